@@ -1,0 +1,106 @@
+//! Request keys: a content hash of (function name, canonical argument bytes).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// 32-byte content hash naming one logical call. The same function with the same arguments
+/// has the same key wherever the call comes from (CLI JSON, Rust client, inside a function),
+/// which is what makes memoization and deduplication cluster-wide.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestKey(pub [u8; 32]);
+
+impl RequestKey {
+    /// Hashes the function name and the canonical argument bytes. The name is length-prefixed
+    /// so that ("ab", "c") and ("a", "bc") can never collide.
+    pub fn of(function: &str, canonical_args: &[u8]) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(&(function.len() as u64).to_le_bytes());
+        h.update(function.as_bytes());
+        h.update(canonical_args);
+        RequestKey(*h.finalize().as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 12 hex digits, enough to tell keys apart on screen.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestKey({})", self.short())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyParseError {
+    #[error("request key '{0}' must be 64 hex digits")]
+    Length(String),
+    #[error("request key '{0}' is not hexadecimal")]
+    NotHex(String),
+}
+
+impl FromStr for RequestKey {
+    type Err = KeyParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.len() != 64 {
+            return Err(KeyParseError::Length(s.to_string()));
+        }
+        let bytes = hex::decode(s).map_err(|_| KeyParseError::NotHex(s.to_string()))?;
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&bytes);
+        Ok(RequestKey(k))
+    }
+}
+
+/// Canonical argument bytes: compact JSON with object keys sorted. serde_json's `Value` keeps
+/// objects in a BTreeMap, so re-encoding a parsed value sorts keys and drops whitespace; the
+/// same logical arguments always give the same bytes.
+pub fn canonical_args(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a serde_json::Value always encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_ignores_whitespace_and_key_order() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": [1, 2]}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":[1,2],"b":1}"#).unwrap();
+        assert_eq!(
+            RequestKey::of("f", &canonical_args(&a)),
+            RequestKey::of("f", &canonical_args(&b))
+        );
+        assert_ne!(
+            RequestKey::of("f", &canonical_args(&a)),
+            RequestKey::of("g", &canonical_args(&a))
+        );
+    }
+
+    #[test]
+    fn name_is_length_prefixed() {
+        assert_ne!(RequestKey::of("ab", b"c"), RequestKey::of("a", b"bc"));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let k = RequestKey::of("fib", &canonical_args(&json!(90)));
+        assert_eq!(k.to_hex().parse::<RequestKey>().unwrap(), k);
+        assert!(matches!("zz".parse::<RequestKey>(), Err(KeyParseError::Length(_))));
+        assert!(matches!("g".repeat(64).parse::<RequestKey>(), Err(KeyParseError::NotHex(_))));
+    }
+}

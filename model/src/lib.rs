@@ -1,0 +1,23 @@
+//! mozen-model: the cluster's vocabulary.
+//!
+//! Plain data shared by every other crate: node records and their capacity score
+//! ([`node`]), content-addressed request keys and canonical arguments ([`key`]), request
+//! records with their life-cycle state ([`request`]) and the outcome of running one
+//! ([`outcome`]).
+//!
+//! Dependency rule: this crate depends on serde (and hashing/hex helpers) only. It knows
+//! nothing of Raft, sled, gRPC or tokio, so the scheduler and the console can use it freely.
+
+pub mod key;
+pub mod node;
+pub mod outcome;
+pub mod request;
+
+pub use key::{KeyParseError, RequestKey, canonical_args};
+pub use node::{NodeId, NodeInfo, NodeRole, NodeState, default_slots, score};
+pub use outcome::{ChainLink, Outcome, TaskError, codes};
+pub use request::{Request, RequestState, RetryPolicy};
+
+/// Milliseconds since the Unix epoch. Timestamps are stamped into commands by the proposer;
+/// the state machine never reads a clock.
+pub type Millis = u64;

@@ -1,0 +1,22 @@
+//! mozen-proto: the gRPC schema and its generated code.
+//!
+//! Two services in separate files: `proto/mozen.proto` (the public `Mozen` API used by the
+//! CLI, the console, clients and workers) and `proto/raft.proto` (the peer-only `Raft`
+//! transport). [`convert`] maps between wire messages and mozen-model types. No logic lives
+//! here.
+//!
+//! Dependency rule: depends on mozen-model and tonic/prost only.
+
+#[allow(clippy::all, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("mozen.v1");
+}
+
+pub mod convert;
+
+pub use v1::*;
+
+/// Metadata key carrying the leader's address when a follower refuses a write.
+pub const LEADER_ADDR_HEADER: &str = "mozen-leader-addr";
+/// Default bound on a single gRPC message, both directions.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

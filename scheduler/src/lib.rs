@@ -1,0 +1,209 @@
+//! mozen-scheduler: placement decisions, as pure functions.
+//!
+//! The Raft leader feeds [`plan`] the node table (state, slots, busy slots, capacity score) and
+//! the queue in scheduling order (priority, then submission order); it returns assignments that
+//! the leader commits in one batched log entry. The rules:
+//!
+//! - never place on a node that is not Active (Draining, Drained and Down take no new work);
+//! - never exceed a node's free slots;
+//! - a child request goes to its parent's node when that node has a free slot (locality), and
+//!   otherwise any node helps out (hoisting, after Girder's distributor);
+//! - other requests go to the node with the greatest free capacity weighted by its score
+//!   (`free / slots x score`), ties to the lowest id, so big machines fill first but an idle
+//!   small machine still beats a busy big one;
+//! - requests still in retry backoff are skipped, not reordered.
+//!
+//! Dependency rule: depends on mozen-model only; no tokio, sled, openraft or tonic.
+
+use mozen_model::{NodeId, NodeState, RequestKey};
+
+/// What the scheduler needs to know about one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeLoad {
+    pub id: NodeId,
+    pub state: NodeState,
+    pub slots: u32,
+    /// Slots held by running requests (a request waiting on children holds none).
+    pub busy: u32,
+    /// Capacity score (cpus x GiB of RAM).
+    pub score: f64,
+}
+
+impl NodeLoad {
+    fn free(&self) -> u32 {
+        if self.state == NodeState::Active { self.slots.saturating_sub(self.busy) } else { 0 }
+    }
+
+    fn weight(&self) -> f64 {
+        let free = f64::from(self.free());
+        free / f64::from(self.slots.max(1)) * self.score.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// One queued request, in scheduling order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub key: RequestKey,
+    /// The node running a parent of this request, if any (locality hint).
+    pub preferred: Option<NodeId>,
+    /// False while the request waits out a retry backoff.
+    pub ready: bool,
+}
+
+/// Run `key` on `node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub key: RequestKey,
+    pub node: NodeId,
+}
+
+/// Places queued requests on free slots. At most `limit` placements; stops early when the
+/// cluster has no free slot left.
+pub fn plan<I>(nodes: &[NodeLoad], queue: I, limit: usize) -> Vec<Placement>
+where
+    I: IntoIterator<Item = Candidate>,
+{
+    let mut loads: Vec<NodeLoad> = nodes.to_vec();
+    loads.sort_by_key(|n| n.id);
+    let mut free_total: u64 = loads.iter().map(|n| u64::from(n.free())).sum();
+    let mut out = Vec::new();
+    for c in queue {
+        if out.len() >= limit || free_total == 0 {
+            break;
+        }
+        if !c.ready {
+            continue;
+        }
+        let local = c.preferred.and_then(|p| loads.iter().position(|n| n.id == p && n.free() > 0));
+        let chosen = local.or_else(|| best(&loads));
+        let Some(i) = chosen else { break };
+        loads[i].busy += 1;
+        free_total -= 1;
+        out.push(Placement { key: c.key, node: loads[i].id });
+    }
+    out
+}
+
+/// Index of the node with the greatest weighted free capacity (lowest id on ties).
+fn best(loads: &[NodeLoad]) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, n) in loads.iter().enumerate() {
+        if n.free() == 0 {
+            continue;
+        }
+        let w = n.weight();
+        if best.is_none_or(|(_, bw)| w > bw) {
+            best = Some((i, w));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn key(i: u64) -> RequestKey {
+        RequestKey::of("t", &i.to_be_bytes())
+    }
+
+    fn node(id: NodeId, state: NodeState, slots: u32, busy: u32, score: f64) -> NodeLoad {
+        NodeLoad { id, state, slots, busy, score }
+    }
+
+    fn cand(i: u64, preferred: Option<NodeId>) -> Candidate {
+        Candidate { key: key(i), preferred, ready: true }
+    }
+
+    #[test]
+    fn never_places_on_draining_drained_or_down_nodes() {
+        let nodes = [
+            node(1, NodeState::Draining, 4, 0, 10.0),
+            node(2, NodeState::Drained, 4, 0, 10.0),
+            node(3, NodeState::Down, 4, 0, 10.0),
+            node(4, NodeState::Active, 2, 0, 1.0),
+        ];
+        let p = plan(&nodes, (0..10).map(|i| cand(i, Some(1))), 100);
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|p| p.node == 4));
+    }
+
+    #[test]
+    fn child_prefers_parent_node_with_free_slot() {
+        let nodes = [node(1, NodeState::Active, 4, 0, 100.0), node(2, NodeState::Active, 4, 3, 1.0)];
+        let p = plan(&nodes, [cand(0, Some(2))], 10);
+        assert_eq!(p, vec![Placement { key: key(0), node: 2 }]);
+    }
+
+    #[test]
+    fn child_is_hoisted_when_parent_node_is_full() {
+        let nodes = [node(1, NodeState::Active, 4, 0, 1.0), node(2, NodeState::Active, 4, 4, 100.0)];
+        let p = plan(&nodes, [cand(0, Some(2))], 10);
+        assert_eq!(p, vec![Placement { key: key(0), node: 1 }]);
+    }
+
+    #[test]
+    fn bigger_score_fills_first_but_idle_small_node_beats_busy_big_one() {
+        let nodes = [node(1, NodeState::Active, 10, 0, 1.0), node(2, NodeState::Active, 10, 0, 8.0)];
+        let p = plan(&nodes, [cand(0, None)], 10);
+        assert_eq!(p[0].node, 2);
+        let nodes = [node(1, NodeState::Active, 10, 0, 1.0), node(2, NodeState::Active, 10, 9, 8.0)];
+        let p = plan(&nodes, [cand(0, None)], 10);
+        assert_eq!(p[0].node, 1);
+    }
+
+    #[test]
+    fn queue_order_is_kept_and_backoff_skipped() {
+        let nodes = [node(1, NodeState::Active, 2, 0, 1.0)];
+        let q = vec![cand(0, None), Candidate { key: key(1), preferred: None, ready: false }, cand(2, None), cand(3, None)];
+        let p = plan(&nodes, q, 10);
+        assert_eq!(p.iter().map(|p| p.key).collect::<Vec<_>>(), vec![key(0), key(2)]);
+    }
+
+    #[test]
+    fn limit_bounds_the_plan() {
+        let nodes = [node(1, NodeState::Active, 100, 0, 1.0)];
+        assert_eq!(plan(&nodes, (0..50).map(|i| cand(i, None)), 7).len(), 7);
+    }
+
+    fn state() -> impl Strategy<Value = NodeState> {
+        prop_oneof![
+            Just(NodeState::Active),
+            Just(NodeState::Draining),
+            Just(NodeState::Drained),
+            Just(NodeState::Down)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_capacity_or_uses_inactive_nodes(
+            nodes in proptest::collection::vec((state(), 0u32..8, 0u32..10, 0.1f64..100.0), 0..12),
+            queue in proptest::collection::vec((proptest::option::of(0u64..14), any::<bool>()), 0..80),
+        ) {
+            let loads: Vec<NodeLoad> = nodes.iter().enumerate()
+                .map(|(i, (s, slots, busy, score))| node(i as u64, *s, *slots, *busy, *score)).collect();
+            let q: Vec<Candidate> = queue.iter().enumerate()
+                .map(|(i, (pref, ready))| Candidate { key: key(i as u64), preferred: *pref, ready: *ready }).collect();
+            let p = plan(&loads, q.clone(), usize::MAX);
+            let mut added: BTreeMap<NodeId, u32> = BTreeMap::new();
+            for pl in &p {
+                *added.entry(pl.node).or_default() += 1;
+            }
+            for (id, n) in &added {
+                let l = &loads[*id as usize];
+                prop_assert_eq!(l.state, NodeState::Active);
+                prop_assert!(l.busy + n <= l.slots);
+            }
+            // Every ready request is placed unless the cluster ran out of free slots.
+            let free: u32 = loads.iter().map(NodeLoad::free).sum();
+            let ready = q.iter().filter(|c| c.ready).count() as u32;
+            prop_assert_eq!(p.len() as u32, ready.min(free));
+            // Each key at most once, in queue order.
+            let order: Vec<usize> = p.iter().map(|pl| q.iter().position(|c| c.key == pl.key).unwrap()).collect();
+            prop_assert!(order.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The replicated commands and their replies.
+//!
+//! `Command` is append-only: variants are encoded by position (postcard), so never reorder or
+//! remove one; add new variants at the end. Golden encodings are checked in `tests`.
+
+use mozen_model::{Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, RequestKey, RetryPolicy};
+use serde::{Deserialize, Serialize};
+
+/// A request to enqueue, as carried by [`Command::Submit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRequest {
+    pub key: RequestKey,
+    pub function: String,
+    /// Canonical JSON argument bytes.
+    pub args: Vec<u8>,
+    /// The running request that calls this one, if any.
+    pub parent: Option<RequestKey>,
+    pub priority: i32,
+    pub retry: RetryPolicy,
+    /// Run again even when a memoized result exists.
+    pub no_cache: bool,
+}
+
+/// Start `attempt` of request `key` on `node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub key: RequestKey,
+    pub node: NodeId,
+    pub attempt: u32,
+}
+
+/// The outcome of `attempt` of request `key`, run on `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub key: RequestKey,
+    pub node: NodeId,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+}
+
+/// Which memoized results to drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForgetSelector {
+    Keys(Vec<RequestKey>),
+    Function(String),
+    /// Everything that finished before this time.
+    OlderThan(Millis),
+    /// The `n` results that finished first (the memo-table eviction rule).
+    Oldest(u64),
+}
+
+/// One fact for the replicated log. Times (`at`) are stamped by the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a node to the table, or refreshes its record (address, capacity) when it rejoins.
+    RegisterNode { node: NodeInfo, at: Millis },
+    /// Drain, undrain, mark down or bring back up a node.
+    SetNodeState { id: NodeId, state: NodeState, at: Millis },
+    /// Removes a node; its running requests are re-queued.
+    RemoveNode { id: NodeId, at: Millis },
+    /// Submits a batch of requests.
+    Submit { requests: Vec<NewRequest>, at: Millis },
+    /// Starts a batch of requests on nodes.
+    Assign { assignments: Vec<Assignment>, at: Millis },
+    /// Records a batch of outcomes.
+    Complete { completions: Vec<Completion>, at: Millis },
+    /// Hands running requests of `node` back to the queue: all of them when `keys` is None.
+    Requeue { node: NodeId, keys: Option<Vec<RequestKey>>, reason: String, at: Millis },
+    /// Cancels a request and the descendants no other live request needs.
+    Cancel { key: RequestKey, at: Millis },
+    /// Drops memoized results.
+    Forget { selector: ForgetSelector, at: Millis },
+    /// Many facts in one log entry.
+    Batch(Vec<Command>),
+    /// Records a node's part in the Raft group after a membership change.
+    SetNodeRole { id: NodeId, role: NodeRole, at: Millis },
+    /// Records a cluster event that is not a state change (e.g. a failure worth telling).
+    Event { kind: String, node: Option<NodeId>, message: String, at: Millis },
+}
+
+impl Command {
+    /// Number of elementary facts, for metrics (a batch counts its parts).
+    pub fn fact_count(&self) -> usize {
+        match self {
+            Command::Submit { requests, .. } => requests.len(),
+            Command::Assign { assignments, .. } => assignments.len(),
+            Command::Complete { completions, .. } => completions.len(),
+            Command::Batch(cs) => cs.iter().map(Command::fact_count).sum(),
+            _ => 1,
+        }
+    }
+}
+
+/// A typed refusal: expected, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Rejection { code: code.to_string(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// What happened to one submitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitReply {
+    /// A new request was enqueued.
+    Queued,
+    /// The same request was already queued or running; the caller joined it.
+    Joined,
+    /// The result was memoized; read it with the key.
+    MemoHit,
+    /// The parent named is not running any more; nothing was submitted.
+    ParentGone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssignReply {
+    Started,
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompleteReply {
+    /// The request is Done or Failed now.
+    Finished,
+    /// The function failed and the request was queued again for a retry.
+    Retrying,
+    /// A repeat, or an attempt that is no longer current: nothing changed.
+    Stale,
+}
+
+/// The state machine's answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Rejected(Rejection),
+    Submitted(Vec<SubmitReply>),
+    Assigned(Vec<AssignReply>),
+    Completed(Vec<CompleteReply>),
+    Requeued { requeued: u32, failed: u32 },
+    Cancelled(Vec<RequestKey>),
+    Forgotten(u64),
+    Batch(Vec<Response>),
+}
+
+/// Stable codes of state-machine rejections.
+pub mod reject {
+    pub const UNKNOWN_NODE: &str = "MZ-UNKNOWN-NODE";
+    pub const UNKNOWN_REQUEST: &str = "MZ-UNKNOWN-REQUEST";
+    pub const NOT_QUEUED: &str = "MZ-NOT-QUEUED";
+    pub const NODE_NOT_ACTIVE: &str = "MZ-NODE-NOT-ACTIVE";
+    pub const NO_FREE_SLOT: &str = "MZ-NO-FREE-SLOT";
+    pub const STALE_ATTEMPT: &str = "MZ-STALE-ATTEMPT";
+    pub const NOT_YET: &str = "MZ-BACKOFF";
+    pub const BAD_TRANSITION: &str = "MZ-BAD-TRANSITION";
+}

@@ -1,0 +1,22 @@
+//! mozen-store: the replicated state machine and its storage.
+//!
+//! - [`command`]: the append-only `Command` enum carried by the Raft log, and its replies.
+//! - [`state`]: `ClusterState`, the pure and deterministic transition function with the read
+//!   indexes the rest of the system uses (queue order, running-by-node, children, counters).
+//! - [`raft_types`]: the openraft type configuration.
+//! - [`storage`]: openraft `RaftLogStorage` + `RaftStateMachine` (storage-v2) on one sled `Db`.
+//! - [`error`]: `StoreError`, naming the tree and key of anything damaged.
+//!
+//! Dependency rule: depends on mozen-model, openraft and sled; never on gRPC, the scheduler or
+//! the agent. See docs/architecture.md for the persistence design.
+
+pub mod command;
+pub mod error;
+pub mod raft_types;
+pub mod state;
+pub mod storage;
+
+pub use command::*;
+pub use error::StoreError;
+pub use raft_types::*;
+pub use state::{ClusterState, Effect, Event, FunctionCounters};

@@ -1,0 +1,704 @@
+//! The replicated state and its pure transition function.
+//!
+//! `ClusterState::apply` reads no clock, does no I/O and draws no random numbers: the same
+//! commands in the same order give the same state on every voter. Result payloads do not stay
+//! here: completing a request pushes an [`Effect`] that the storage layer writes to sled in the
+//! same step, so a million memoized results do not have to fit in RAM.
+
+use crate::command::*;
+use mozen_model::{
+    Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, Request, RequestKey, RequestState,
+    TaskError, codes,
+};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// How many recent events the state keeps for the console and `mozen events`.
+pub const EVENT_LOG_LEN: usize = 256;
+
+/// Execution counters of one function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCounters {
+    /// Requests enqueued (new work).
+    pub submitted: u64,
+    /// Attempts that produced a value.
+    pub executions: u64,
+    /// Submissions answered from the memo table.
+    pub memo_hits: u64,
+    /// Submissions that joined a request already queued or running.
+    pub joined: u64,
+    /// Attempts that ended in an error (each retry counts).
+    pub failures: u64,
+}
+
+/// A replicated event: what an operator wants in the console's Events view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: Millis,
+    pub kind: String,
+    pub node: Option<NodeId>,
+    pub message: String,
+}
+
+/// A write the storage layer performs for a transition, in the same step as the transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    PutOutcome(RequestKey, Outcome),
+    DeleteOutcome(RequestKey),
+}
+
+/// Queue order: higher priority first, then submission order.
+type QueueKey = (Reverse<i32>, u64, RequestKey);
+
+/// The whole replicated state but result payloads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    requests: BTreeMap<RequestKey, Request>,
+    queue: BTreeSet<QueueKey>,
+    running_by_node: BTreeMap<NodeId, BTreeSet<RequestKey>>,
+    /// Running requests per node that hold a slot (not blocked on children).
+    busy: BTreeMap<NodeId, u32>,
+    children: BTreeMap<RequestKey, Vec<RequestKey>>,
+    /// child -> (parent, parent's attempt) pairs blocked on that child right now.
+    waiters: BTreeMap<RequestKey, Vec<(RequestKey, u32)>>,
+    /// Completion order of terminal requests, oldest first (the eviction order).
+    finished: BTreeMap<u64, RequestKey>,
+    finished_seq: BTreeMap<RequestKey, u64>,
+    counters: BTreeMap<String, FunctionCounters>,
+    events: VecDeque<Event>,
+    next_seq: u64,
+    #[serde(skip)]
+    effects: Vec<Effect>,
+}
+
+impl ClusterState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drains the writes produced by the transitions applied so far.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Applies one command. Deterministic; never panics on bad or stale input.
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        match cmd {
+            Command::RegisterNode { node, at } => self.register_node(node, *at),
+            Command::SetNodeState { id, state, at } => self.set_node_state(*id, *state, *at),
+            Command::RemoveNode { id, at } => self.remove_node(*id, *at),
+            Command::Submit { requests, at } => {
+                Response::Submitted(requests.iter().map(|r| self.submit(r, *at)).collect())
+            }
+            Command::Assign { assignments, at } => {
+                Response::Assigned(assignments.iter().map(|a| self.assign(a, *at)).collect())
+            }
+            Command::Complete { completions, at } => {
+                Response::Completed(completions.iter().map(|c| self.complete(c, *at)).collect())
+            }
+            Command::Requeue { node, keys, reason, at } => {
+                let (requeued, failed) = self.requeue(*node, keys.as_deref(), reason, *at);
+                Response::Requeued { requeued, failed }
+            }
+            Command::Cancel { key, at } => self.cancel(*key, *at),
+            Command::Forget { selector, .. } => Response::Forgotten(self.forget(selector)),
+            Command::Batch(cmds) => Response::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
+            Command::SetNodeRole { id, role, at } => match self.nodes.get_mut(id) {
+                Some(n) => {
+                    let old = n.role;
+                    n.role = *role;
+                    if old != *role {
+                        let msg = format!("node {id} is now a {}", role.as_str());
+                        self.event(*at, "role", Some(*id), msg);
+                    }
+                    Response::Ok
+                }
+                None => unknown_node(*id),
+            },
+            Command::Event { kind, node, message, at } => {
+                self.event(*at, kind, *node, message.clone());
+                Response::Ok
+            }
+        }
+    }
+
+    // ----- nodes -----
+
+    fn register_node(&mut self, node: &NodeInfo, at: Millis) -> Response {
+        match self.nodes.get_mut(&node.id) {
+            Some(existing) => {
+                let state = match existing.state {
+                    NodeState::Down => NodeState::Active,
+                    s => s,
+                };
+                let role = existing.role;
+                *existing = node.clone();
+                existing.state = state;
+                existing.role = role;
+                self.event(at, "rejoined", Some(node.id), format!("node {} ({}) rejoined", node.id, node.addr));
+            }
+            None => {
+                let mut n = node.clone();
+                n.state = NodeState::Active;
+                self.nodes.insert(n.id, n);
+                self.event(at, "joined", Some(node.id), format!("node {} ({}) joined", node.id, node.addr));
+            }
+        }
+        Response::Ok
+    }
+
+    fn set_node_state(&mut self, id: NodeId, to: NodeState, at: Millis) -> Response {
+        let Some(node) = self.nodes.get(&id) else { return unknown_node(id) };
+        let from = node.state;
+        let running = self.running_by_node.get(&id).map_or(0, BTreeSet::len);
+        let next = match (from, to) {
+            (a, b) if a == b => return Response::Ok,
+            (NodeState::Active, NodeState::Draining) if running == 0 => NodeState::Drained,
+            (NodeState::Active, NodeState::Draining) => NodeState::Draining,
+            (NodeState::Drained, NodeState::Draining) => return Response::Ok,
+            (NodeState::Draining | NodeState::Drained, NodeState::Active) => NodeState::Active,
+            (NodeState::Down, NodeState::Active) => NodeState::Active,
+            (_, NodeState::Down) => NodeState::Down,
+            (from, to) => {
+                return Response::Rejected(Rejection::new(
+                    reject::BAD_TRANSITION,
+                    format!("node {id} cannot go from {} to {}", from.as_str(), to.as_str()),
+                ));
+            }
+        };
+        self.nodes.get_mut(&id).expect("checked above").state = next;
+        let kind = match next {
+            NodeState::Active if from == NodeState::Down => "up",
+            NodeState::Active => "undrained",
+            NodeState::Draining => "draining",
+            NodeState::Drained => "drained",
+            NodeState::Down => "down",
+        };
+        self.event(at, kind, Some(id), format!("node {id} is {}", next.as_str()));
+        if next == NodeState::Down {
+            self.requeue(id, None, "node is down", at);
+        }
+        Response::Ok
+    }
+
+    fn remove_node(&mut self, id: NodeId, at: Millis) -> Response {
+        if !self.nodes.contains_key(&id) {
+            return unknown_node(id);
+        }
+        self.requeue(id, None, "node was removed", at);
+        self.nodes.remove(&id);
+        self.running_by_node.remove(&id);
+        self.busy.remove(&id);
+        self.event(at, "removed", Some(id), format!("node {id} was removed"));
+        Response::Ok
+    }
+
+    /// Moves a draining node to Drained once nothing runs there.
+    fn settle_drain(&mut self, id: NodeId, at: Millis) {
+        let idle = self.running_by_node.get(&id).is_none_or(BTreeSet::is_empty);
+        if let Some(n) = self.nodes.get_mut(&id)
+            && n.state == NodeState::Draining
+            && idle
+        {
+            n.state = NodeState::Drained;
+            self.event(at, "drained", Some(id), format!("node {id} is drained"));
+        }
+    }
+
+    // ----- requests -----
+
+    fn submit(&mut self, new: &NewRequest, at: Millis) -> SubmitReply {
+        // A parent that is no longer running cannot wait; its call is stale.
+        let parent_attempt = match new.parent {
+            Some(p) => match self.requests.get(&p).map(|r| r.state) {
+                Some(RequestState::Running { attempt, .. }) => Some((p, attempt)),
+                _ => return SubmitReply::ParentGone,
+            },
+            None => None,
+        };
+        let existing = self.requests.get(&new.key).map(|r| r.state);
+        let reply = match existing {
+            Some(RequestState::Done) if !new.no_cache => {
+                self.counter(&new.function).memo_hits += 1;
+                SubmitReply::MemoHit
+            }
+            Some(RequestState::Queued | RequestState::Running { .. }) => {
+                self.counter(&new.function).joined += 1;
+                SubmitReply::Joined
+            }
+            other => {
+                if other.is_some() {
+                    // A finished request submitted again (no_cache, or it failed/was cancelled):
+                    // run it anew. The old outcome stays readable until the new one replaces it.
+                    self.unfinish(new.key);
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let req = Request {
+                    key: new.key,
+                    function: new.function.clone(),
+                    args: new.args.clone(),
+                    parents: Vec::new(),
+                    priority: new.priority,
+                    state: RequestState::Queued,
+                    attempts: 0,
+                    failures: 0,
+                    created: at,
+                    updated: at,
+                    retry: new.retry,
+                    last_node: None,
+                    duration_ms: 0,
+                    waiting: 0,
+                    not_before: 0,
+                    seq,
+                };
+                self.queue.insert((Reverse(req.priority), seq, req.key));
+                self.requests.insert(req.key, req);
+                self.counter(&new.function).submitted += 1;
+                SubmitReply::Queued
+            }
+        };
+        if let Some((parent, attempt)) = parent_attempt {
+            self.link(parent, new.key);
+            if reply != SubmitReply::MemoHit {
+                self.waiters.entry(new.key).or_default().push((parent, attempt));
+                self.set_waiting(parent, 1);
+            }
+        }
+        reply
+    }
+
+    fn link(&mut self, parent: RequestKey, child: RequestKey) {
+        let kids = self.children.entry(parent).or_default();
+        if !kids.contains(&child) {
+            kids.push(child);
+        }
+        if let Some(c) = self.requests.get_mut(&child)
+            && !c.parents.contains(&parent)
+        {
+            c.parents.push(parent);
+        }
+    }
+
+    /// Changes how many children a running request waits on, keeping the node's busy count:
+    /// a request holds a slot only while it waits on nothing.
+    fn set_waiting(&mut self, key: RequestKey, delta: i32) {
+        let Some(r) = self.requests.get_mut(&key) else { return };
+        let RequestState::Running { node, .. } = r.state else { return };
+        let before = r.waiting;
+        r.waiting = if delta >= 0 { before + delta as u32 } else { before.saturating_sub((-delta) as u32) };
+        let after = r.waiting;
+        let busy = self.busy.entry(node).or_default();
+        if before == 0 && after > 0 {
+            *busy = busy.saturating_sub(1);
+        } else if before > 0 && after == 0 {
+            *busy += 1;
+        }
+    }
+
+    fn assign(&mut self, a: &Assignment, at: Millis) -> AssignReply {
+        let Some(req) = self.requests.get(&a.key) else {
+            return AssignReply::Rejected(Rejection::new(reject::UNKNOWN_REQUEST, format!("no request {}", a.key)));
+        };
+        if req.state != RequestState::Queued {
+            return AssignReply::Rejected(Rejection::new(
+                reject::NOT_QUEUED,
+                format!("request {} is {}", a.key.short(), req.state.name()),
+            ));
+        }
+        if a.attempt != req.attempts + 1 {
+            return AssignReply::Rejected(Rejection::new(
+                reject::STALE_ATTEMPT,
+                format!("request {} expects attempt {}, got {}", a.key.short(), req.attempts + 1, a.attempt),
+            ));
+        }
+        if req.not_before > at {
+            return AssignReply::Rejected(Rejection::new(reject::NOT_YET, "retry backoff has not passed"));
+        }
+        let Some(node) = self.nodes.get(&a.node) else {
+            return AssignReply::Rejected(Rejection::new(reject::UNKNOWN_NODE, format!("no node {}", a.node)));
+        };
+        if node.state != NodeState::Active {
+            return AssignReply::Rejected(Rejection::new(
+                reject::NODE_NOT_ACTIVE,
+                format!("node {} is {}", a.node, node.state.as_str()),
+            ));
+        }
+        let busy = self.busy.get(&a.node).copied().unwrap_or(0);
+        if busy >= node.slots {
+            return AssignReply::Rejected(Rejection::new(
+                reject::NO_FREE_SLOT,
+                format!("node {} has all {} slots busy", a.node, node.slots),
+            ));
+        }
+        let req = self.requests.get_mut(&a.key).expect("checked above");
+        self.queue.remove(&(Reverse(req.priority), req.seq, req.key));
+        req.state = RequestState::Running { node: a.node, attempt: a.attempt, since: at };
+        req.attempts = a.attempt;
+        req.updated = at;
+        req.waiting = 0;
+        req.last_node = Some(a.node);
+        self.running_by_node.entry(a.node).or_default().insert(a.key);
+        *self.busy.entry(a.node).or_default() += 1;
+        AssignReply::Started
+    }
+
+    /// Takes a running request off its node (slot and index), leaving its state to the caller.
+    fn stop_running(&mut self, key: RequestKey) -> Option<NodeId> {
+        let r = self.requests.get_mut(&key)?;
+        let RequestState::Running { node, .. } = r.state else { return None };
+        let held_slot = r.waiting == 0;
+        r.waiting = 0;
+        if let Some(set) = self.running_by_node.get_mut(&node) {
+            set.remove(&key);
+        }
+        if held_slot && let Some(b) = self.busy.get_mut(&node) {
+            *b = b.saturating_sub(1);
+        }
+        Some(node)
+    }
+
+    fn complete(&mut self, c: &Completion, at: Millis) -> CompleteReply {
+        let Some(req) = self.requests.get(&c.key) else { return CompleteReply::Stale };
+        match req.state {
+            RequestState::Running { node, attempt, .. } if node == c.node && attempt == c.attempt => {}
+            _ => return CompleteReply::Stale,
+        }
+        let function = req.function.clone();
+        self.stop_running(c.key);
+        let req = self.requests.get_mut(&c.key).expect("checked above");
+        req.updated = at;
+        req.duration_ms = c.duration_ms;
+        let reply = match &c.outcome {
+            Outcome::Value(_) => {
+                req.state = RequestState::Done;
+                self.counter(&function).executions += 1;
+                self.finish(c.key, c.outcome.clone(), at);
+                CompleteReply::Finished
+            }
+            Outcome::Error(err) => {
+                let retryable = err.code == codes::FUNCTION_FAILED;
+                if retryable && req.failures < req.retry.retries && req.attempts < u32::MAX {
+                    req.failures += 1;
+                    let shift = (req.failures - 1).min(16);
+                    req.not_before = at.saturating_add(req.retry.backoff_ms.saturating_mul(1 << shift));
+                    req.state = RequestState::Queued;
+                    self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                    self.counter(&function).failures += 1;
+                    self.release_waiters(c.key);
+                    CompleteReply::Retrying
+                } else {
+                    req.failures += 1;
+                    req.state = RequestState::Failed;
+                    self.counter(&function).failures += 1;
+                    let msg = format!("{function} failed on node {}: {}", c.node, err.message);
+                    self.event(at, "failure", Some(c.node), msg);
+                    self.finish(c.key, c.outcome.clone(), at);
+                    CompleteReply::Finished
+                }
+            }
+        };
+        self.settle_drain(c.node, at);
+        reply
+    }
+
+    /// Records a terminal outcome: payload effect, eviction order, and waking blocked parents.
+    fn finish(&mut self, key: RequestKey, outcome: Outcome, _at: Millis) {
+        self.effects.push(Effect::PutOutcome(key, outcome));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.finished.insert(seq, key);
+        self.finished_seq.insert(key, seq);
+        self.release_waiters(key);
+    }
+
+    /// Parents blocked on `child` stop waiting on it (it finished, or went back to the queue for
+    /// a retry, in which case they wait on the resubmission they will make).
+    fn release_waiters(&mut self, child: RequestKey) {
+        if let Some(ws) = self.waiters.remove(&child) {
+            for (parent, attempt) in ws {
+                let current = matches!(
+                    self.requests.get(&parent).map(|r| r.state),
+                    Some(RequestState::Running { attempt: a, .. }) if a == attempt
+                );
+                if current {
+                    self.set_waiting(parent, -1);
+                }
+            }
+        }
+    }
+
+    /// Forgets the finished-order entry of a request about to run again.
+    fn unfinish(&mut self, key: RequestKey) {
+        if let Some(seq) = self.finished_seq.remove(&key) {
+            self.finished.remove(&seq);
+        }
+    }
+
+    fn requeue(&mut self, node: NodeId, keys: Option<&[RequestKey]>, reason: &str, at: Millis) -> (u32, u32) {
+        let targets: Vec<RequestKey> = match keys {
+            Some(ks) => ks
+                .iter()
+                .copied()
+                .filter(|k| self.requests.get(k).and_then(|r| r.state.node()) == Some(node))
+                .collect(),
+            None => self.running_by_node.get(&node).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+        };
+        let (mut requeued, mut failed) = (0, 0);
+        for key in targets {
+            self.stop_running(key);
+            let req = self.requests.get_mut(&key).expect("indexed as running");
+            req.updated = at;
+            if req.attempts >= req.retry.max_attempts {
+                req.state = RequestState::Failed;
+                let function = req.function.clone();
+                let mut err = TaskError::new(
+                    codes::ATTEMPTS_EXHAUSTED,
+                    format!("{function}: {} attempts used, the last lost because {reason}", req.attempts),
+                );
+                err.node = Some(node);
+                self.counter(&function).failures += 1;
+                self.finish(key, Outcome::Error(err), at);
+                failed += 1;
+            } else {
+                req.state = RequestState::Queued;
+                self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                requeued += 1;
+            }
+        }
+        if requeued + failed > 0 {
+            let msg = format!("{requeued} requests re-queued, {failed} failed from node {node}: {reason}");
+            self.event(at, "requeued", Some(node), msg);
+        }
+        self.settle_drain(node, at);
+        (requeued, failed)
+    }
+
+    fn is_live(&self, key: &RequestKey) -> bool {
+        self.requests.get(key).is_some_and(|r| !r.state.is_terminal())
+    }
+
+    fn cancel(&mut self, key: RequestKey, at: Millis) -> Response {
+        if !self.requests.contains_key(&key) {
+            return Response::Rejected(Rejection::new(reject::UNKNOWN_REQUEST, format!("no request {key}")));
+        }
+        // Collect the subtree whose every live parent is itself being cancelled.
+        let mut set: BTreeSet<RequestKey> = BTreeSet::from([key]);
+        let mut frontier = vec![key];
+        while let Some(k) = frontier.pop() {
+            for child in self.children.get(&k).cloned().unwrap_or_default() {
+                if set.contains(&child) || !self.is_live(&child) {
+                    continue;
+                }
+                let parents = &self.requests[&child].parents;
+                let needed_elsewhere = parents.iter().any(|p| !set.contains(p) && self.is_live(p));
+                if !needed_elsewhere {
+                    set.insert(child);
+                    frontier.push(child);
+                }
+            }
+        }
+        let mut cancelled = Vec::new();
+        for k in set {
+            let Some(r) = self.requests.get(&k) else { continue };
+            if r.state.is_terminal() {
+                continue;
+            }
+            let node = r.state.node();
+            if r.state == RequestState::Queued {
+                self.queue.remove(&(Reverse(r.priority), r.seq, k));
+            }
+            self.stop_running(k);
+            let r = self.requests.get_mut(&k).expect("present");
+            r.state = RequestState::Cancelled;
+            r.updated = at;
+            let err = TaskError::new(codes::CANCELLED, format!("{} was cancelled", r.function));
+            self.finish(k, Outcome::Error(err), at);
+            if let Some(n) = node {
+                self.settle_drain(n, at);
+            }
+            cancelled.push(k);
+        }
+        Response::Cancelled(cancelled)
+    }
+
+    fn forget(&mut self, sel: &ForgetSelector) -> u64 {
+        let keys: Vec<RequestKey> = match sel {
+            ForgetSelector::Keys(ks) => ks.clone(),
+            ForgetSelector::Function(f) => {
+                self.finished.values().filter(|k| self.requests.get(k).is_some_and(|r| &r.function == f)).copied().collect()
+            }
+            ForgetSelector::OlderThan(t) => {
+                self.finished.values().filter(|k| self.requests.get(k).is_some_and(|r| r.updated < *t)).copied().collect()
+            }
+            ForgetSelector::Oldest(n) => self.finished.values().take(*n as usize).copied().collect(),
+        };
+        let mut n = 0;
+        for k in keys {
+            let terminal = self.requests.get(&k).is_some_and(|r| r.state.is_terminal());
+            if !terminal {
+                continue;
+            }
+            let r = self.requests.remove(&k).expect("present");
+            self.unfinish(k);
+            for p in &r.parents {
+                if let Some(kids) = self.children.get_mut(p) {
+                    kids.retain(|c| *c != k);
+                }
+            }
+            // Children keep their own records; only the link to the forgotten parent goes.
+            if let Some(kids) = self.children.remove(&k) {
+                for c in kids {
+                    if let Some(cr) = self.requests.get_mut(&c) {
+                        cr.parents.retain(|p| *p != k);
+                    }
+                }
+            }
+            self.effects.push(Effect::DeleteOutcome(k));
+            n += 1;
+        }
+        n
+    }
+
+    fn counter(&mut self, function: &str) -> &mut FunctionCounters {
+        if !self.counters.contains_key(function) {
+            self.counters.insert(function.to_string(), FunctionCounters::default());
+        }
+        self.counters.get_mut(function).expect("inserted above")
+    }
+
+    fn event(&mut self, at: Millis, kind: &str, node: Option<NodeId>, message: String) {
+        if self.events.len() == EVENT_LOG_LEN {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event { at, kind: kind.to_string(), node, message });
+    }
+
+    // ----- read API -----
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
+    }
+
+    pub fn request(&self, key: &RequestKey) -> Option<&Request> {
+        self.requests.get(key)
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = &Request> {
+        self.requests.values()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn children(&self, key: &RequestKey) -> &[RequestKey] {
+        self.children.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Queued requests in scheduling order (priority, then FIFO).
+    pub fn queue(&self) -> impl Iterator<Item = &Request> {
+        self.queue.iter().filter_map(|(_, _, k)| self.requests.get(k))
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Request> {
+        self.running_by_node.get(&node).into_iter().flatten().filter_map(|k| self.requests.get(k))
+    }
+
+    pub fn running_count(&self, node: NodeId) -> usize {
+        self.running_by_node.get(&node).map_or(0, BTreeSet::len)
+    }
+
+    /// Slots in use on a node: running requests not blocked on children.
+    pub fn busy_slots(&self, node: NodeId) -> u32 {
+        self.busy.get(&node).copied().unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> &BTreeMap<String, FunctionCounters> {
+        &self.counters
+    }
+
+    pub fn events(&self) -> impl DoubleEndedIterator<Item = &Event> {
+        self.events.iter()
+    }
+
+    /// Memoized (terminal) results held, oldest first.
+    pub fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// Counts requests by state name, for metrics.
+    pub fn state_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut m = BTreeMap::new();
+        for r in self.requests.values() {
+            *m.entry(r.state.name()).or_default() += 1;
+        }
+        m
+    }
+
+    /// Checks the internal indexes against the request records. Used by tests; returns the
+    /// first inconsistency found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut running: BTreeMap<NodeId, BTreeSet<RequestKey>> = BTreeMap::new();
+        let mut busy: BTreeMap<NodeId, u32> = BTreeMap::new();
+        let mut queued = 0;
+        for r in self.requests.values() {
+            match r.state {
+                RequestState::Running { node, .. } => {
+                    running.entry(node).or_default().insert(r.key);
+                    if r.waiting == 0 {
+                        *busy.entry(node).or_default() += 1;
+                    }
+                }
+                RequestState::Queued => {
+                    queued += 1;
+                    if !self.queue.contains(&(Reverse(r.priority), r.seq, r.key)) {
+                        return Err(format!("queued request {} missing from the queue", r.key.short()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if queued != self.queue.len() {
+            return Err(format!("queue holds {} entries for {} queued requests", self.queue.len(), queued));
+        }
+        for (node, keys) in &self.running_by_node {
+            if !keys.is_empty() && running.get(node) != Some(keys) {
+                return Err(format!("running index of node {node} disagrees with records"));
+            }
+        }
+        for (node, n) in &busy {
+            if self.busy.get(node).copied().unwrap_or(0) != *n {
+                return Err(format!("busy count of node {node} is {:?}, records say {n}", self.busy.get(node)));
+            }
+            // busy may exceed slots for a moment: a parent whose children finished resumes
+            // at once, even if its slot was lent to other work meanwhile (it never waits twice).
+        }
+        Ok(())
+    }
+
+    /// A digest of the encoded state, to compare voters.
+    pub fn digest(&self) -> [u8; 32] {
+        let bytes = postcard::to_allocvec(self).expect("state encodes");
+        *blake3::hash(&bytes).as_bytes()
+    }
+
+    /// Role of a node as recorded in the table.
+    pub fn role(&self, id: NodeId) -> Option<NodeRole> {
+        self.nodes.get(&id).map(|n| n.role)
+    }
+}
+
+fn unknown_node(id: NodeId) -> Response {
+    Response::Rejected(Rejection::new(reject::UNKNOWN_NODE, format!("no node {id} in the node table")))
+}

@@ -31,7 +31,11 @@ pub struct NodeLoad {
 
 impl NodeLoad {
     fn free(&self) -> u32 {
-        if self.state == NodeState::Active { self.slots.saturating_sub(self.busy) } else { 0 }
+        if self.state == NodeState::Active {
+            self.slots.saturating_sub(self.busy)
+        } else {
+            0
+        }
     }
 
     fn weight(&self) -> f64 {
@@ -74,12 +78,17 @@ where
         if !c.ready {
             continue;
         }
-        let local = c.preferred.and_then(|p| loads.iter().position(|n| n.id == p && n.free() > 0));
+        let local = c
+            .preferred
+            .and_then(|p| loads.iter().position(|n| n.id == p && n.free() > 0));
         let chosen = local.or_else(|| best(&loads));
         let Some(i) = chosen else { break };
         loads[i].busy += 1;
         free_total -= 1;
-        out.push(Placement { key: c.key, node: loads[i].id });
+        out.push(Placement {
+            key: c.key,
+            node: loads[i].id,
+        });
     }
     out
 }
@@ -110,11 +119,21 @@ mod tests {
     }
 
     fn node(id: NodeId, state: NodeState, slots: u32, busy: u32, score: f64) -> NodeLoad {
-        NodeLoad { id, state, slots, busy, score }
+        NodeLoad {
+            id,
+            state,
+            slots,
+            busy,
+            score,
+        }
     }
 
     fn cand(i: u64, preferred: Option<NodeId>) -> Candidate {
-        Candidate { key: key(i), preferred, ready: true }
+        Candidate {
+            key: key(i),
+            preferred,
+            ready: true,
+        }
     }
 
     #[test]
@@ -132,24 +151,48 @@ mod tests {
 
     #[test]
     fn child_prefers_parent_node_with_free_slot() {
-        let nodes = [node(1, NodeState::Active, 4, 0, 100.0), node(2, NodeState::Active, 4, 3, 1.0)];
+        let nodes = [
+            node(1, NodeState::Active, 4, 0, 100.0),
+            node(2, NodeState::Active, 4, 3, 1.0),
+        ];
         let p = plan(&nodes, [cand(0, Some(2))], 10);
-        assert_eq!(p, vec![Placement { key: key(0), node: 2 }]);
+        assert_eq!(
+            p,
+            vec![Placement {
+                key: key(0),
+                node: 2
+            }]
+        );
     }
 
     #[test]
     fn child_is_hoisted_when_parent_node_is_full() {
-        let nodes = [node(1, NodeState::Active, 4, 0, 1.0), node(2, NodeState::Active, 4, 4, 100.0)];
+        let nodes = [
+            node(1, NodeState::Active, 4, 0, 1.0),
+            node(2, NodeState::Active, 4, 4, 100.0),
+        ];
         let p = plan(&nodes, [cand(0, Some(2))], 10);
-        assert_eq!(p, vec![Placement { key: key(0), node: 1 }]);
+        assert_eq!(
+            p,
+            vec![Placement {
+                key: key(0),
+                node: 1
+            }]
+        );
     }
 
     #[test]
     fn bigger_score_fills_first_but_idle_small_node_beats_busy_big_one() {
-        let nodes = [node(1, NodeState::Active, 10, 0, 1.0), node(2, NodeState::Active, 10, 0, 8.0)];
+        let nodes = [
+            node(1, NodeState::Active, 10, 0, 1.0),
+            node(2, NodeState::Active, 10, 0, 8.0),
+        ];
         let p = plan(&nodes, [cand(0, None)], 10);
         assert_eq!(p[0].node, 2);
-        let nodes = [node(1, NodeState::Active, 10, 0, 1.0), node(2, NodeState::Active, 10, 9, 8.0)];
+        let nodes = [
+            node(1, NodeState::Active, 10, 0, 1.0),
+            node(2, NodeState::Active, 10, 9, 8.0),
+        ];
         let p = plan(&nodes, [cand(0, None)], 10);
         assert_eq!(p[0].node, 1);
     }
@@ -157,9 +200,21 @@ mod tests {
     #[test]
     fn queue_order_is_kept_and_backoff_skipped() {
         let nodes = [node(1, NodeState::Active, 2, 0, 1.0)];
-        let q = vec![cand(0, None), Candidate { key: key(1), preferred: None, ready: false }, cand(2, None), cand(3, None)];
+        let q = vec![
+            cand(0, None),
+            Candidate {
+                key: key(1),
+                preferred: None,
+                ready: false,
+            },
+            cand(2, None),
+            cand(3, None),
+        ];
         let p = plan(&nodes, q, 10);
-        assert_eq!(p.iter().map(|p| p.key).collect::<Vec<_>>(), vec![key(0), key(2)]);
+        assert_eq!(
+            p.iter().map(|p| p.key).collect::<Vec<_>>(),
+            vec![key(0), key(2)]
+        );
     }
 
     #[test]

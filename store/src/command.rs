@@ -3,7 +3,9 @@
 //! `Command` is append-only: variants are encoded by position (postcard), so never reorder or
 //! remove one; add new variants at the end. Golden encodings are checked in `tests`.
 
-use mozen_model::{Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, RequestKey, RetryPolicy};
+use mozen_model::{
+    Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, RequestKey, RetryPolicy,
+};
 use serde::{Deserialize, Serialize};
 
 /// A request to enqueue, as carried by [`Command::Submit`].
@@ -56,27 +58,57 @@ pub enum Command {
     /// Adds a node to the table, or refreshes its record (address, capacity) when it rejoins.
     RegisterNode { node: NodeInfo, at: Millis },
     /// Drain, undrain, mark down or bring back up a node.
-    SetNodeState { id: NodeId, state: NodeState, at: Millis },
+    SetNodeState {
+        id: NodeId,
+        state: NodeState,
+        at: Millis,
+    },
     /// Removes a node; its running requests are re-queued.
     RemoveNode { id: NodeId, at: Millis },
     /// Submits a batch of requests.
-    Submit { requests: Vec<NewRequest>, at: Millis },
+    Submit {
+        requests: Vec<NewRequest>,
+        at: Millis,
+    },
     /// Starts a batch of requests on nodes.
-    Assign { assignments: Vec<Assignment>, at: Millis },
+    Assign {
+        assignments: Vec<Assignment>,
+        at: Millis,
+    },
     /// Records a batch of outcomes.
-    Complete { completions: Vec<Completion>, at: Millis },
+    Complete {
+        completions: Vec<Completion>,
+        at: Millis,
+    },
     /// Hands running requests of `node` back to the queue: all of them when `keys` is None.
-    Requeue { node: NodeId, keys: Option<Vec<RequestKey>>, reason: String, at: Millis },
+    Requeue {
+        node: NodeId,
+        keys: Option<Vec<RequestKey>>,
+        reason: String,
+        at: Millis,
+    },
     /// Cancels a request and the descendants no other live request needs.
     Cancel { key: RequestKey, at: Millis },
     /// Drops memoized results.
-    Forget { selector: ForgetSelector, at: Millis },
+    Forget {
+        selector: ForgetSelector,
+        at: Millis,
+    },
     /// Many facts in one log entry.
     Batch(Vec<Command>),
     /// Records a node's part in the Raft group after a membership change.
-    SetNodeRole { id: NodeId, role: NodeRole, at: Millis },
+    SetNodeRole {
+        id: NodeId,
+        role: NodeRole,
+        at: Millis,
+    },
     /// Records a cluster event that is not a state change (e.g. a failure worth telling).
-    Event { kind: String, node: Option<NodeId>, message: String, at: Millis },
+    Event {
+        kind: String,
+        node: Option<NodeId>,
+        message: String,
+        at: Millis,
+    },
 }
 
 impl Command {
@@ -101,7 +133,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        Rejection { code: code.to_string(), message: message.into() }
+        Rejection {
+            code: code.to_string(),
+            message: message.into(),
+        }
     }
 }
 

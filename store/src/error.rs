@@ -10,10 +10,22 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
-    #[error("corrupt record in tree '{tree}' at key {key}: {reason}; restore this data dir from a backup or remove it and let the node rejoin as a new member")]
-    Corrupt { tree: &'static str, key: String, reason: String },
-    #[error("data dir {dir} has format version {found}, this build reads version {expected}; run a matching mozen-agent or move the directory away")]
-    Version { dir: String, found: String, expected: u32 },
+    #[error(
+        "corrupt record in tree '{tree}' at key {key}: {reason}; restore this data dir from a backup or remove it and let the node rejoin as a new member"
+    )]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "data dir {dir} has format version {found}, this build reads version {expected}; run a matching mozen-agent or move the directory away"
+    )]
+    Version {
+        dir: String,
+        found: String,
+        expected: u32,
+    },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,

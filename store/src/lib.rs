@@ -20,3 +20,4 @@ pub use command::*;
 pub use error::StoreError;
 pub use raft_types::*;
 pub use state::{ClusterState, Effect, Event, FunctionCounters};
+pub use storage::*;

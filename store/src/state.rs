@@ -98,7 +98,12 @@ impl ClusterState {
             Command::Complete { completions, at } => {
                 Response::Completed(completions.iter().map(|c| self.complete(c, *at)).collect())
             }
-            Command::Requeue { node, keys, reason, at } => {
+            Command::Requeue {
+                node,
+                keys,
+                reason,
+                at,
+            } => {
                 let (requeued, failed) = self.requeue(*node, keys.as_deref(), reason, *at);
                 Response::Requeued { requeued, failed }
             }
@@ -117,7 +122,12 @@ impl ClusterState {
                 }
                 None => unknown_node(*id),
             },
-            Command::Event { kind, node, message, at } => {
+            Command::Event {
+                kind,
+                node,
+                message,
+                at,
+            } => {
                 self.event(*at, kind, *node, message.clone());
                 Response::Ok
             }
@@ -137,20 +147,32 @@ impl ClusterState {
                 *existing = node.clone();
                 existing.state = state;
                 existing.role = role;
-                self.event(at, "rejoined", Some(node.id), format!("node {} ({}) rejoined", node.id, node.addr));
+                self.event(
+                    at,
+                    "rejoined",
+                    Some(node.id),
+                    format!("node {} ({}) rejoined", node.id, node.addr),
+                );
             }
             None => {
                 let mut n = node.clone();
                 n.state = NodeState::Active;
                 self.nodes.insert(n.id, n);
-                self.event(at, "joined", Some(node.id), format!("node {} ({}) joined", node.id, node.addr));
+                self.event(
+                    at,
+                    "joined",
+                    Some(node.id),
+                    format!("node {} ({}) joined", node.id, node.addr),
+                );
             }
         }
         Response::Ok
     }
 
     fn set_node_state(&mut self, id: NodeId, to: NodeState, at: Millis) -> Response {
-        let Some(node) = self.nodes.get(&id) else { return unknown_node(id) };
+        let Some(node) = self.nodes.get(&id) else {
+            return unknown_node(id);
+        };
         let from = node.state;
         let running = self.running_by_node.get(&id).map_or(0, BTreeSet::len);
         let next = match (from, to) {
@@ -164,7 +186,11 @@ impl ClusterState {
             (from, to) => {
                 return Response::Rejected(Rejection::new(
                     reject::BAD_TRANSITION,
-                    format!("node {id} cannot go from {} to {}", from.as_str(), to.as_str()),
+                    format!(
+                        "node {id} cannot go from {} to {}",
+                        from.as_str(),
+                        to.as_str()
+                    ),
                 ));
             }
         };
@@ -176,7 +202,12 @@ impl ClusterState {
             NodeState::Drained => "drained",
             NodeState::Down => "down",
         };
-        self.event(at, kind, Some(id), format!("node {id} is {}", next.as_str()));
+        self.event(
+            at,
+            kind,
+            Some(id),
+            format!("node {id} is {}", next.as_str()),
+        );
         if next == NodeState::Down {
             self.requeue(id, None, "node is down", at);
         }
@@ -263,7 +294,10 @@ impl ClusterState {
         if let Some((parent, attempt)) = parent_attempt {
             self.link(parent, new.key);
             if reply != SubmitReply::MemoHit {
-                self.waiters.entry(new.key).or_default().push((parent, attempt));
+                self.waiters
+                    .entry(new.key)
+                    .or_default()
+                    .push((parent, attempt));
                 self.set_waiting(parent, 1);
             }
         }
@@ -285,10 +319,18 @@ impl ClusterState {
     /// Changes how many children a running request waits on, keeping the node's busy count:
     /// a request holds a slot only while it waits on nothing.
     fn set_waiting(&mut self, key: RequestKey, delta: i32) {
-        let Some(r) = self.requests.get_mut(&key) else { return };
-        let RequestState::Running { node, .. } = r.state else { return };
+        let Some(r) = self.requests.get_mut(&key) else {
+            return;
+        };
+        let RequestState::Running { node, .. } = r.state else {
+            return;
+        };
         let before = r.waiting;
-        r.waiting = if delta >= 0 { before + delta as u32 } else { before.saturating_sub((-delta) as u32) };
+        r.waiting = if delta >= 0 {
+            before + delta as u32
+        } else {
+            before.saturating_sub((-delta) as u32)
+        };
         let after = r.waiting;
         let busy = self.busy.entry(node).or_default();
         if before == 0 && after > 0 {
@@ -300,7 +342,10 @@ impl ClusterState {
 
     fn assign(&mut self, a: &Assignment, at: Millis) -> AssignReply {
         let Some(req) = self.requests.get(&a.key) else {
-            return AssignReply::Rejected(Rejection::new(reject::UNKNOWN_REQUEST, format!("no request {}", a.key)));
+            return AssignReply::Rejected(Rejection::new(
+                reject::UNKNOWN_REQUEST,
+                format!("no request {}", a.key),
+            ));
         };
         if req.state != RequestState::Queued {
             return AssignReply::Rejected(Rejection::new(
@@ -311,14 +356,25 @@ impl ClusterState {
         if a.attempt != req.attempts + 1 {
             return AssignReply::Rejected(Rejection::new(
                 reject::STALE_ATTEMPT,
-                format!("request {} expects attempt {}, got {}", a.key.short(), req.attempts + 1, a.attempt),
+                format!(
+                    "request {} expects attempt {}, got {}",
+                    a.key.short(),
+                    req.attempts + 1,
+                    a.attempt
+                ),
             ));
         }
         if req.not_before > at {
-            return AssignReply::Rejected(Rejection::new(reject::NOT_YET, "retry backoff has not passed"));
+            return AssignReply::Rejected(Rejection::new(
+                reject::NOT_YET,
+                "retry backoff has not passed",
+            ));
         }
         let Some(node) = self.nodes.get(&a.node) else {
-            return AssignReply::Rejected(Rejection::new(reject::UNKNOWN_NODE, format!("no node {}", a.node)));
+            return AssignReply::Rejected(Rejection::new(
+                reject::UNKNOWN_NODE,
+                format!("no node {}", a.node),
+            ));
         };
         if node.state != NodeState::Active {
             return AssignReply::Rejected(Rejection::new(
@@ -334,13 +390,21 @@ impl ClusterState {
             ));
         }
         let req = self.requests.get_mut(&a.key).expect("checked above");
-        self.queue.remove(&(Reverse(req.priority), req.seq, req.key));
-        req.state = RequestState::Running { node: a.node, attempt: a.attempt, since: at };
+        self.queue
+            .remove(&(Reverse(req.priority), req.seq, req.key));
+        req.state = RequestState::Running {
+            node: a.node,
+            attempt: a.attempt,
+            since: at,
+        };
         req.attempts = a.attempt;
         req.updated = at;
         req.waiting = 0;
         req.last_node = Some(a.node);
-        self.running_by_node.entry(a.node).or_default().insert(a.key);
+        self.running_by_node
+            .entry(a.node)
+            .or_default()
+            .insert(a.key);
         *self.busy.entry(a.node).or_default() += 1;
         AssignReply::Started
     }
@@ -348,7 +412,9 @@ impl ClusterState {
     /// Takes a running request off its node (slot and index), leaving its state to the caller.
     fn stop_running(&mut self, key: RequestKey) -> Option<NodeId> {
         let r = self.requests.get_mut(&key)?;
-        let RequestState::Running { node, .. } = r.state else { return None };
+        let RequestState::Running { node, .. } = r.state else {
+            return None;
+        };
         let held_slot = r.waiting == 0;
         r.waiting = 0;
         if let Some(set) = self.running_by_node.get_mut(&node) {
@@ -361,9 +427,12 @@ impl ClusterState {
     }
 
     fn complete(&mut self, c: &Completion, at: Millis) -> CompleteReply {
-        let Some(req) = self.requests.get(&c.key) else { return CompleteReply::Stale };
+        let Some(req) = self.requests.get(&c.key) else {
+            return CompleteReply::Stale;
+        };
         match req.state {
-            RequestState::Running { node, attempt, .. } if node == c.node && attempt == c.attempt => {}
+            RequestState::Running { node, attempt, .. }
+                if node == c.node && attempt == c.attempt => {}
             _ => return CompleteReply::Stale,
         }
         let function = req.function.clone();
@@ -383,7 +452,8 @@ impl ClusterState {
                 if retryable && req.failures < req.retry.retries && req.attempts < u32::MAX {
                     req.failures += 1;
                     let shift = (req.failures - 1).min(16);
-                    req.not_before = at.saturating_add(req.retry.backoff_ms.saturating_mul(1 << shift));
+                    req.not_before =
+                        at.saturating_add(req.retry.backoff_ms.saturating_mul(1 << shift));
                     req.state = RequestState::Queued;
                     self.queue.insert((Reverse(req.priority), req.seq, req.key));
                     self.counter(&function).failures += 1;
@@ -437,14 +507,24 @@ impl ClusterState {
         }
     }
 
-    fn requeue(&mut self, node: NodeId, keys: Option<&[RequestKey]>, reason: &str, at: Millis) -> (u32, u32) {
+    fn requeue(
+        &mut self,
+        node: NodeId,
+        keys: Option<&[RequestKey]>,
+        reason: &str,
+        at: Millis,
+    ) -> (u32, u32) {
         let targets: Vec<RequestKey> = match keys {
             Some(ks) => ks
                 .iter()
                 .copied()
                 .filter(|k| self.requests.get(k).and_then(|r| r.state.node()) == Some(node))
                 .collect(),
-            None => self.running_by_node.get(&node).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+            None => self
+                .running_by_node
+                .get(&node)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
         };
         let (mut requeued, mut failed) = (0, 0);
         for key in targets {
@@ -456,7 +536,10 @@ impl ClusterState {
                 let function = req.function.clone();
                 let mut err = TaskError::new(
                     codes::ATTEMPTS_EXHAUSTED,
-                    format!("{function}: {} attempts used, the last lost because {reason}", req.attempts),
+                    format!(
+                        "{function}: {} attempts used, the last lost because {reason}",
+                        req.attempts
+                    ),
                 );
                 err.node = Some(node);
                 self.counter(&function).failures += 1;
@@ -469,7 +552,9 @@ impl ClusterState {
             }
         }
         if requeued + failed > 0 {
-            let msg = format!("{requeued} requests re-queued, {failed} failed from node {node}: {reason}");
+            let msg = format!(
+                "{requeued} requests re-queued, {failed} failed from node {node}: {reason}"
+            );
             self.event(at, "requeued", Some(node), msg);
         }
         self.settle_drain(node, at);
@@ -477,12 +562,17 @@ impl ClusterState {
     }
 
     fn is_live(&self, key: &RequestKey) -> bool {
-        self.requests.get(key).is_some_and(|r| !r.state.is_terminal())
+        self.requests
+            .get(key)
+            .is_some_and(|r| !r.state.is_terminal())
     }
 
     fn cancel(&mut self, key: RequestKey, at: Millis) -> Response {
         if !self.requests.contains_key(&key) {
-            return Response::Rejected(Rejection::new(reject::UNKNOWN_REQUEST, format!("no request {key}")));
+            return Response::Rejected(Rejection::new(
+                reject::UNKNOWN_REQUEST,
+                format!("no request {key}"),
+            ));
         }
         // Collect the subtree whose every live parent is itself being cancelled.
         let mut set: BTreeSet<RequestKey> = BTreeSet::from([key]);
@@ -502,7 +592,9 @@ impl ClusterState {
         }
         let mut cancelled = Vec::new();
         for k in set {
-            let Some(r) = self.requests.get(&k) else { continue };
+            let Some(r) = self.requests.get(&k) else {
+                continue;
+            };
             if r.state.is_terminal() {
                 continue;
             }
@@ -527,13 +619,21 @@ impl ClusterState {
     fn forget(&mut self, sel: &ForgetSelector) -> u64 {
         let keys: Vec<RequestKey> = match sel {
             ForgetSelector::Keys(ks) => ks.clone(),
-            ForgetSelector::Function(f) => {
-                self.finished.values().filter(|k| self.requests.get(k).is_some_and(|r| &r.function == f)).copied().collect()
+            ForgetSelector::Function(f) => self
+                .finished
+                .values()
+                .filter(|k| self.requests.get(k).is_some_and(|r| &r.function == f))
+                .copied()
+                .collect(),
+            ForgetSelector::OlderThan(t) => self
+                .finished
+                .values()
+                .filter(|k| self.requests.get(k).is_some_and(|r| r.updated < *t))
+                .copied()
+                .collect(),
+            ForgetSelector::Oldest(n) => {
+                self.finished.values().take(*n as usize).copied().collect()
             }
-            ForgetSelector::OlderThan(t) => {
-                self.finished.values().filter(|k| self.requests.get(k).is_some_and(|r| r.updated < *t)).copied().collect()
-            }
-            ForgetSelector::Oldest(n) => self.finished.values().take(*n as usize).copied().collect(),
         };
         let mut n = 0;
         for k in keys {
@@ -564,7 +664,8 @@ impl ClusterState {
 
     fn counter(&mut self, function: &str) -> &mut FunctionCounters {
         if !self.counters.contains_key(function) {
-            self.counters.insert(function.to_string(), FunctionCounters::default());
+            self.counters
+                .insert(function.to_string(), FunctionCounters::default());
         }
         self.counters.get_mut(function).expect("inserted above")
     }
@@ -573,7 +674,12 @@ impl ClusterState {
         if self.events.len() == EVENT_LOG_LEN {
             self.events.pop_front();
         }
-        self.events.push_back(Event { at, kind: kind.to_string(), node, message });
+        self.events.push_back(Event {
+            at,
+            kind: kind.to_string(),
+            node,
+            message,
+        });
     }
 
     // ----- read API -----
@@ -604,7 +710,9 @@ impl ClusterState {
 
     /// Queued requests in scheduling order (priority, then FIFO).
     pub fn queue(&self) -> impl Iterator<Item = &Request> {
-        self.queue.iter().filter_map(|(_, _, k)| self.requests.get(k))
+        self.queue
+            .iter()
+            .filter_map(|(_, _, k)| self.requests.get(k))
     }
 
     pub fn queue_len(&self) -> usize {
@@ -612,7 +720,11 @@ impl ClusterState {
     }
 
     pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Request> {
-        self.running_by_node.get(&node).into_iter().flatten().filter_map(|k| self.requests.get(k))
+        self.running_by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.requests.get(k))
     }
 
     pub fn running_count(&self, node: NodeId) -> usize {
@@ -663,23 +775,35 @@ impl ClusterState {
                 RequestState::Queued => {
                     queued += 1;
                     if !self.queue.contains(&(Reverse(r.priority), r.seq, r.key)) {
-                        return Err(format!("queued request {} missing from the queue", r.key.short()));
+                        return Err(format!(
+                            "queued request {} missing from the queue",
+                            r.key.short()
+                        ));
                     }
                 }
                 _ => {}
             }
         }
         if queued != self.queue.len() {
-            return Err(format!("queue holds {} entries for {} queued requests", self.queue.len(), queued));
+            return Err(format!(
+                "queue holds {} entries for {} queued requests",
+                self.queue.len(),
+                queued
+            ));
         }
         for (node, keys) in &self.running_by_node {
             if !keys.is_empty() && running.get(node) != Some(keys) {
-                return Err(format!("running index of node {node} disagrees with records"));
+                return Err(format!(
+                    "running index of node {node} disagrees with records"
+                ));
             }
         }
         for (node, n) in &busy {
             if self.busy.get(node).copied().unwrap_or(0) != *n {
-                return Err(format!("busy count of node {node} is {:?}, records say {n}", self.busy.get(node)));
+                return Err(format!(
+                    "busy count of node {node} is {:?}, records say {n}",
+                    self.busy.get(node)
+                ));
             }
             // busy may exceed slots for a moment: a parent whose children finished resumes
             // at once, even if its slot was lent to other work meanwhile (it never waits twice).
@@ -700,5 +824,8 @@ impl ClusterState {
 }
 
 fn unknown_node(id: NodeId) -> Response {
-    Response::Rejected(Rejection::new(reject::UNKNOWN_NODE, format!("no node {id} in the node table")))
+    Response::Rejected(Rejection::new(
+        reject::UNKNOWN_NODE,
+        format!("no node {id} in the node table"),
+    ))
 }

@@ -1,0 +1,470 @@
+//! The Rust client: call functions on a Mozen cluster as if it were a local pool.
+//!
+//! `Client::connect(["127.0.0.1:7001", ...])` talks to any agent and follows the leader
+//! transparently: a follower answers `MZ-NOT-LEADER` with the leader's address in the
+//! `mozen-leader-addr` header, and an unreachable agent makes the client try the next address.
+//! A call in flight survives a leader change or the loss of the agent it talked to: the client
+//! knows the request's key (the same content hash the cluster computes) and re-attaches to it
+//! with `Get(wait)` wherever it can.
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use mozen_model::{RequestKey, TaskError, canonical_args, codes};
+use mozen_proto as pb;
+use mozen_proto::mozen_client::MozenClient;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::future::{Future, IntoFuture};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent could be reached (all addresses tried until the deadline).
+    #[error("MZ-UNREACHABLE: no Mozen agent answered at {addrs}: {last}")]
+    Unreachable { addrs: String, last: String },
+    /// The cluster refused the operation.
+    #[error("{code}: {message}")]
+    Rejected { code: String, message: String },
+    /// The function (or one it called) failed.
+    #[error("{0}")]
+    Task(TaskError),
+    /// The deadline passed before the request finished; it may still finish later.
+    #[error(
+        "MZ-TIMEOUT: request {key} did not finish within {after:?}; `mozen get {key} --wait` re-attaches"
+    )]
+    Timeout { key: String, after: Duration },
+    /// The arguments or the result are not what the types say.
+    #[error("MZ-BAD-ARGUMENTS: {0}")]
+    Codec(String),
+}
+
+impl ClientError {
+    /// Stable code for scripts.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Unreachable { .. } => "MZ-UNREACHABLE",
+            ClientError::Rejected { code, .. } => code,
+            ClientError::Task(e) => &e.code,
+            ClientError::Timeout { .. } => codes::TIMEOUT,
+            ClientError::Codec(_) => codes::BAD_ARGUMENTS,
+        }
+    }
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    pub no_cache: bool,
+    pub priority: i32,
+    /// None: wait as long as it takes.
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    /// Hex key of the calling request (re-entrant calls).
+    pub parent: Option<RequestKey>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    /// The agent currently believed to be the leader (index into `addrs` or an address learnt
+    /// from a redirect) and its channel.
+    current: Mutex<Option<(String, MozenClient<Channel>)>>,
+    max_message: usize,
+    /// How long to keep looking for a reachable leader before giving up.
+    patience: Duration,
+}
+
+/// A cheap, cloneable handle on a cluster.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// The leader address a follower put in its refusal, if any.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::FailedPrecondition || !status.message().starts_with("MZ-NOT-LEADER") {
+        return None;
+    }
+    status
+        .metadata()
+        .get(pb::LEADER_ADDR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+fn is_not_leader(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition && status.message().starts_with("MZ-NOT-LEADER")
+}
+
+fn is_transport(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
+    ) || (status.code() == Code::Internal && status.message().contains("transport"))
+}
+
+/// Splits `HOST:PORT[,HOST:PORT...]`.
+pub fn split_addrs(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl Client {
+    /// A client for the agents at `addrs` (HOST:PORT). Connects lazily.
+    pub fn connect<I, S>(addrs: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_options(
+            addrs,
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Like [`connect`](Self::connect) with a message bound and a patience for finding a leader.
+    pub fn with_options<I, S>(
+        addrs: I,
+        max_message: usize,
+        patience: Duration,
+    ) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Rejected {
+                code: "MZ-USAGE".into(),
+                message: "no agent address given".into(),
+            });
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                addrs,
+                current: Mutex::new(None),
+                max_message,
+                patience,
+            }),
+        })
+    }
+
+    fn make(&self, addr: &str) -> Result<MozenClient<Channel>, Status> {
+        let ch = crate::network::channel(addr)
+            .map_err(|e| Status::unavailable(format!("bad address {addr}: {e}")))?;
+        Ok(MozenClient::new(ch)
+            .max_decoding_message_size(self.inner.max_message)
+            .max_encoding_message_size(self.inner.max_message))
+    }
+
+    fn current(&self, attempt: usize) -> Result<(String, MozenClient<Channel>), Status> {
+        let mut cur = self.inner.current.lock().expect("client lock");
+        if let Some(c) = cur.as_ref() {
+            return Ok(c.clone());
+        }
+        let addr = self.inner.addrs[attempt % self.inner.addrs.len()].clone();
+        let c = (addr.clone(), self.make(&addr)?);
+        *cur = Some(c.clone());
+        Ok(c)
+    }
+
+    fn switch(&self, to: Option<String>) {
+        let mut cur = self.inner.current.lock().expect("client lock");
+        *cur = match to {
+            Some(addr) => self.make(&addr).ok().map(|c| (addr, c)),
+            None => None,
+        };
+    }
+
+    /// Forgets the current agent: the next call looks for the leader again.
+    pub fn rpc_reset(&self) {
+        self.switch(None);
+    }
+
+    /// The address the client talks to now.
+    pub fn current_addr(&self) -> Option<String> {
+        self.inner
+            .current
+            .lock()
+            .expect("client lock")
+            .as_ref()
+            .map(|(a, _)| a.clone())
+    }
+
+    /// Runs `op` against the leader, following redirects and skipping unreachable agents until
+    /// the client's patience runs out.
+    pub async fn rpc<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(MozenClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let start = Instant::now();
+        let mut attempt = 0usize;
+        let mut last;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let result = match self.current(attempt) {
+                Ok((addr, client)) => (addr, op(client).await),
+                Err(s) => (String::new(), Err(s)),
+            };
+            let (addr, result) = result;
+            match result {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) if is_not_leader(&status) => {
+                    last = format!("{addr}: {}", status.message());
+                    match leader_hint(&status) {
+                        Some(leader) if leader != addr => {
+                            self.switch(Some(leader));
+                            continue;
+                        }
+                        _ => {
+                            // No leader known yet (election in progress): try elsewhere.
+                            attempt += 1;
+                            self.switch(None);
+                        }
+                    }
+                }
+                Err(status) if is_transport(&status) => {
+                    last = format!("{addr}: {}", status.message());
+                    attempt += 1;
+                    self.switch(None);
+                }
+                Err(status) => {
+                    let msg = status.message().to_string();
+                    let (code, message) = match msg.split_once(": ") {
+                        Some((c, m)) if c.starts_with("MZ-") => (c.to_string(), m.to_string()),
+                        _ => (format!("MZ-RPC-{:?}", status.code()).to_uppercase(), msg),
+                    };
+                    return Err(ClientError::Rejected { code, message });
+                }
+            }
+            if start.elapsed() > self.inner.patience {
+                return Err(ClientError::Unreachable {
+                    addrs: self.inner.addrs.join(","),
+                    last,
+                });
+            }
+            if attempt.is_multiple_of(self.inner.addrs.len().max(1)) {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Calls `function(args)` and decodes its result.
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: A,
+    ) -> Result<R, ClientError> {
+        let v = serde_json::to_value(args)
+            .map_err(|e| ClientError::Codec(format!("{function}: {e}")))?;
+        let reply = self.call_json(function, v, &CallOptions::default()).await?;
+        decode_result(function, &reply)
+    }
+
+    /// Calls with JSON arguments and options; returns the full reply (key, cached, node...).
+    pub async fn call_json(
+        &self,
+        function: &str,
+        args: Value,
+        opts: &CallOptions,
+    ) -> Result<pb::CallReply, ClientError> {
+        let key = RequestKey::of(function, &canonical_args(&args));
+        let req = call_request(function, &args, opts);
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        let first = self
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.call(r).await }
+            })
+            .await;
+        let reply = match first {
+            Ok(r) => r,
+            // The agent we talked to died mid-call: the request lives on in the cluster.
+            Err(ClientError::Unreachable { .. }) => pb::CallReply {
+                key: key.to_hex(),
+                state: "unknown".into(),
+                ..Default::default()
+            },
+            Err(e) => return Err(e),
+        };
+        self.settle(key, reply, deadline, opts.timeout).await
+    }
+
+    /// Follows a request until it finishes (re-attaching by key after leader changes).
+    async fn settle(
+        &self,
+        key: RequestKey,
+        mut reply: pb::CallReply,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<pb::CallReply, ClientError> {
+        loop {
+            match reply.state.as_str() {
+                "done" => return Ok(reply),
+                "failed" | "cancelled" => {
+                    let e = reply
+                        .error
+                        .as_ref()
+                        .map(TaskError::from)
+                        .unwrap_or_else(|| TaskError::new(codes::FUNCTION_FAILED, "failed"));
+                    return Err(ClientError::Task(e));
+                }
+                _ => {}
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(l) if !l.is_zero() => l,
+                    _ => {
+                        return Err(ClientError::Timeout {
+                            key: key.to_hex(),
+                            after: timeout.unwrap_or_default(),
+                        });
+                    }
+                },
+                None => Duration::from_secs(30),
+            };
+            let get = pb::GetRequest {
+                key: key.to_hex(),
+                wait: true,
+                timeout_ms: left.as_millis().min(30_000) as u64,
+            };
+            reply = match self
+                .rpc(|mut c| {
+                    let g = get.clone();
+                    async move { c.get(g).await }
+                })
+                .await
+            {
+                Ok(r) => r,
+                Err(ClientError::Rejected { code, .. }) if code == "MZ-UNKNOWN-REQUEST" => {
+                    // Not yet replicated where we asked (e.g. a fresh leader): ask again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    pb::CallReply {
+                        key: key.to_hex(),
+                        state: "unknown".into(),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+        }
+    }
+
+    /// Submits without waiting; the handle is a future of the result.
+    pub fn submit<A: Serialize, R: DeserializeOwned + Send + 'static>(
+        &self,
+        function: &str,
+        args: A,
+    ) -> Handle<R> {
+        let client = self.clone();
+        let function = function.to_string();
+        let args = serde_json::to_value(args);
+        let fut: BoxFuture<'static, Result<R, ClientError>> = Box::pin(async move {
+            let args = args.map_err(|e| ClientError::Codec(format!("{function}: {e}")))?;
+            let reply = client
+                .call_json(&function, args, &CallOptions::default())
+                .await?;
+            decode_result(&function, &reply)
+        });
+        Handle {
+            fut: tokio::spawn(fut),
+        }
+    }
+
+    /// Calls `function` on every item with at most `concurrency` calls in flight; results in
+    /// input order.
+    pub async fn map<A, R, I>(
+        &self,
+        function: &str,
+        items: I,
+        concurrency: usize,
+    ) -> Vec<Result<R, ClientError>>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let calls = items.into_iter().map(|a| self.call::<A, R>(function, a));
+        futures::stream::iter(calls)
+            .buffered(concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Calls on the cluster; if no agent can be reached, runs `local` instead.
+    pub async fn call_or_local<A, R, F, Fut>(
+        &self,
+        function: &str,
+        args: A,
+        local: F,
+    ) -> Result<R, ClientError>
+    where
+        A: Serialize + Clone,
+        R: DeserializeOwned,
+        F: FnOnce(A) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        match self.call(function, args.clone()).await {
+            Err(ClientError::Unreachable { .. }) => Ok(local(args).await),
+            other => other,
+        }
+    }
+}
+
+/// Builds the wire request of a call.
+pub fn call_request(function: &str, args: &Value, opts: &CallOptions) -> pb::CallRequest {
+    pb::CallRequest {
+        function: function.to_string(),
+        args_json: args.to_string(),
+        parent: opts.parent.map(|p| p.to_hex()).unwrap_or_default(),
+        no_cache: opts.no_cache,
+        priority: opts.priority,
+        timeout_ms: opts.timeout.map_or(0, |t| t.as_millis() as u64),
+        retries: opts.retries,
+        max_attempts: opts.max_attempts,
+        backoff_ms: opts.backoff_ms,
+    }
+}
+
+fn decode_result<R: DeserializeOwned>(
+    function: &str,
+    reply: &pb::CallReply,
+) -> Result<R, ClientError> {
+    let text = reply.result_json.as_deref().unwrap_or("null");
+    serde_json::from_str(text)
+        .map_err(|e| ClientError::Codec(format!("{function}: result {text} does not decode: {e}")))
+}
+
+/// A submitted request; await it for the result.
+pub struct Handle<R> {
+    fut: tokio::task::JoinHandle<Result<R, ClientError>>,
+}
+
+impl<R: Send + 'static> IntoFuture for Handle<R> {
+    type Output = Result<R, ClientError>;
+    type IntoFuture = BoxFuture<'static, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            self.fut.await.unwrap_or_else(|e| {
+                Err(ClientError::Rejected {
+                    code: "MZ-INTERNAL".into(),
+                    message: e.to_string(),
+                })
+            })
+        })
+    }
+}

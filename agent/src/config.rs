@@ -1,0 +1,398 @@
+//! The agent's command line, validated once into an [`AgentConfig`].
+//!
+//! Errors quote the bad value and say how to fix it; nothing downstream re-validates.
+
+use clap::Parser;
+use mozen_model::NodeId;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Raw flags of `mozen-agent`, exactly as typed.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "mozen-agent",
+    version,
+    about = "A Mozen cluster member: Raft voter or worker, scheduler when leader"
+)]
+pub struct AgentArgs {
+    /// This agent's node id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// gRPC address to listen on, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Address other agents and clients use to reach this one (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Other agents, ID@HOST:PORT separated by commas.
+    #[arg(long, default_value = "")]
+    pub peers: String,
+    /// Data directory (default ./mozen-data/<id>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Human-readable node name (default: node-<id>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Worker slots (default 3 x cpus).
+    #[arg(long)]
+    pub slots: Option<String>,
+    /// CPUs to advertise (default: detected).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory to advertise, e.g. 16GiB, 512MiB, 1000000 (default: detected).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Number of Raft voters at bootstrap: 1, 3, 5 or 7.
+    #[arg(long, default_value = "3")]
+    pub voters: String,
+    /// Heartbeat lease after which the leader marks a silent node Down, e.g. 3s.
+    #[arg(long, default_value = "3s")]
+    pub lease: String,
+    /// How long a stopping agent lets running requests finish before handing them back.
+    #[arg(long, default_value = "10s")]
+    pub shutdown_deadline: String,
+    /// Largest gRPC message accepted or sent, e.g. 16MiB.
+    #[arg(long, default_value = "16MiB")]
+    pub max_message: String,
+    /// Most memoized results kept; the oldest finished are forgotten first.
+    #[arg(long, default_value = "1000000")]
+    pub memo_limit: String,
+    /// Allow the built-in `exec` function to run programs on this machine.
+    #[arg(long)]
+    pub allow_exec: bool,
+    /// Serve Prometheus metrics on HOST:PORT.
+    #[arg(long)]
+    pub metrics: Option<String>,
+}
+
+/// A peer from `--peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub peers: Vec<Peer>,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub slots: u32,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub voters: usize,
+    pub lease: Duration,
+    pub shutdown_deadline: Duration,
+    pub max_message: usize,
+    pub memo_limit: u64,
+    pub allow_exec: bool,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A flag that does not make sense, with the text to show the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(flag: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("--{flag} '{value}': {why}"))
+}
+
+/// Checks HOST:PORT, quoting the flag on error.
+pub fn parse_host_port(flag: &str, whole: &str, s: &str) -> Result<String, ConfigError> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(bad(flag, whole, format!("'{s}' is not HOST:PORT")));
+    };
+    if host.is_empty() {
+        return Err(bad(flag, whole, format!("'{s}' has no host")));
+    }
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(s.to_string()),
+        _ => Err(bad(flag, whole, "port must be 1-65535")),
+    }
+}
+
+/// Parses `ID@HOST:PORT[,...]`.
+pub fn parse_peers(s: &str) -> Result<Vec<Peer>, ConfigError> {
+    let mut out: Vec<Peer> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, addr)) = part.split_once('@') else {
+            return Err(bad("peers", part, "expected ID@HOST:PORT"));
+        };
+        let id: NodeId = match id.parse() {
+            Ok(i) if i > 0 => i,
+            _ => return Err(bad("peers", part, "id must be a positive integer")),
+        };
+        let addr = parse_host_port("peers", part, addr)?;
+        if out.iter().any(|p| p.id == id) {
+            return Err(bad("peers", part, format!("id {id} is listed twice")));
+        }
+        out.push(Peer { id, addr });
+    }
+    Ok(out)
+}
+
+/// Parses sizes such as `512MiB`, `16GiB`, `2G`, `1000`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    let v = n * mult;
+    (v.is_finite() && v >= 0.0).then_some(v as u64)
+}
+
+fn parse_duration(flag: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s).map_err(|e| bad(flag, s, format!("{e} (examples: 500ms, 3s, 1m)")))
+}
+
+fn parse_positive(flag: &str, s: &str) -> Result<u32, ConfigError> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad(flag, s, "must be a positive integer")),
+    }
+}
+
+/// Detected CPUs of this machine.
+pub fn detect_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Detected memory of this machine (MemTotal), or 1 GiB when unknown.
+pub fn detect_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                        .map(|kb| kb * 1024)
+                })
+        })
+        .unwrap_or(1 << 30)
+}
+
+impl AgentArgs {
+    /// Validates every flag.
+    pub fn validate(&self) -> Result<AgentConfig, ConfigError> {
+        let id_s = self
+            .id
+            .as_deref()
+            .ok_or_else(|| ConfigError("--id is required (a positive integer)".into()))?;
+        let id: NodeId = match id_s.parse() {
+            Ok(i) if i > 0 => i,
+            _ => return Err(bad("id", id_s, "must be a positive integer")),
+        };
+        parse_host_port("listen", &self.listen, &self.listen)?;
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            bad(
+                "listen",
+                &self.listen,
+                "must be an IP address and port, e.g. 0.0.0.0:7070",
+            )
+        })?;
+        let advertise = match &self.advertise {
+            Some(a) => parse_host_port("advertise", a, a)?,
+            None if listen.ip().is_unspecified() => {
+                return Err(bad(
+                    "listen",
+                    &self.listen,
+                    "listening on all interfaces needs --advertise HOST:PORT",
+                ));
+            }
+            None => self.listen.clone(),
+        };
+        let peers = parse_peers(&self.peers)?;
+        if let Some(p) = peers.iter().find(|p| p.id == id && p.addr != advertise) {
+            return Err(bad(
+                "peers",
+                &format!("{}@{}", p.id, p.addr),
+                format!("names this agent's id {id} with another address than {advertise}"),
+            ));
+        }
+        let peers: Vec<Peer> = peers.into_iter().filter(|p| p.id != id).collect();
+        let cpus = match &self.cpus {
+            Some(c) => parse_positive("cpus", c)?,
+            None => detect_cpus(),
+        };
+        let memory_bytes = match &self.memory {
+            Some(m) => match parse_size(m) {
+                Some(b) if b > 0 => b,
+                _ => {
+                    return Err(bad(
+                        "memory",
+                        m,
+                        "expected a size such as 16GiB, 512MiB or 1000000",
+                    ));
+                }
+            },
+            None => detect_memory(),
+        };
+        let slots = match &self.slots {
+            Some(s) => parse_positive("slots", s)?,
+            None => mozen_model::default_slots(cpus),
+        };
+        let voters = match self.voters.as_str() {
+            "1" => 1,
+            "3" => 3,
+            "5" => 5,
+            "7" => 7,
+            v => return Err(bad("voters", v, "must be 1, 3, 5 or 7")),
+        };
+        let lease = parse_duration("lease", &self.lease)?;
+        if lease < Duration::from_millis(500) {
+            return Err(bad("lease", &self.lease, "must be at least 500ms"));
+        }
+        let shutdown_deadline = parse_duration("shutdown-deadline", &self.shutdown_deadline)?;
+        let max_message = match parse_size(&self.max_message) {
+            Some(b) if b >= 64 * 1024 && b <= u32::MAX as u64 => b as usize,
+            _ => {
+                return Err(bad(
+                    "max-message",
+                    &self.max_message,
+                    "expected a size between 64KiB and 4GiB, e.g. 16MiB",
+                ));
+            }
+        };
+        let memo_limit: u64 = self
+            .memo_limit
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad("memo-limit", &self.memo_limit, "must be a positive integer"))?;
+        let metrics = match &self.metrics {
+            Some(m) => Some(m.parse().map_err(|_| {
+                bad(
+                    "metrics",
+                    m,
+                    "must be an IP address and port, e.g. 127.0.0.1:9100",
+                )
+            })?),
+            None => None,
+        };
+        Ok(AgentConfig {
+            id,
+            listen,
+            advertise,
+            peers,
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("mozen-data").join(id.to_string())),
+            name: self.name.clone().unwrap_or_else(|| format!("node-{id}")),
+            slots,
+            cpus,
+            memory_bytes,
+            voters,
+            lease,
+            shutdown_deadline,
+            max_message,
+            memo_limit,
+            allow_exec: self.allow_exec,
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        let mut v = vec!["mozen-agent", "--id", "1", "--listen", "127.0.0.1:7001"];
+        v.extend_from_slice(extra);
+        AgentArgs::parse_from(v)
+    }
+
+    #[test]
+    fn bad_peer_port_quotes_value() {
+        let e = args(&["--peers", "3@host:99999"]).validate().unwrap_err();
+        assert_eq!(e.0, "--peers '3@host:99999': port must be 1-65535");
+    }
+
+    #[test]
+    fn peers_parse_and_exclude_self() {
+        let c = args(&["--peers", "1@127.0.0.1:7001,2@127.0.0.1:7002"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.peers,
+            vec![Peer {
+                id: 2,
+                addr: "127.0.0.1:7002".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = args(&["--cpus", "4", "--memory", "8GiB"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.slots, 12);
+        assert_eq!(c.memory_bytes, 8 << 30);
+        assert_eq!(c.data_dir, PathBuf::from("mozen-data/1"));
+        assert_eq!(c.voters, 3);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(
+            args(&["--voters", "2"])
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("1, 3, 5 or 7")
+        );
+        assert!(
+            args(&["--memory", "lots"])
+                .validate()
+                .unwrap_err()
+                .0
+                .starts_with("--memory 'lots'")
+        );
+        assert!(args(&["--slots", "0"]).validate().is_err());
+        assert!(
+            args(&["--peers", "x@h:1"])
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("positive integer")
+        );
+        assert!(args(&["--lease", "soon"]).validate().is_err());
+        let e = AgentArgs::parse_from(["mozen-agent", "--id", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.0, "--id '0': must be a positive integer");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("2G"), Some(2_000_000_000));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -1,0 +1,347 @@
+//! Named functions: the registry, the context a running function gets, and the built-ins.
+//!
+//! A function takes typed (serde) arguments and returns a typed result or a [`TaskError`]. It
+//! may call other functions on the cluster through [`Ctx::call`]; while it awaits them the
+//! state machine counts it as waiting, so its slot serves other work (see docs/architecture.md).
+
+use futures::future::{BoxFuture, FutureExt, join_all};
+use mozen_model::{NodeId, RequestKey, TaskError, codes};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How a running function reaches the cluster for child calls.
+pub trait ClusterCaller: Send + Sync + 'static {
+    /// Calls `function(args)` on the cluster as a child of `parent`, waiting for its outcome.
+    fn call_child(
+        &self,
+        parent: RequestKey,
+        function: String,
+        args: Value,
+    ) -> BoxFuture<'static, Result<Value, TaskError>>;
+}
+
+/// What a running function knows about itself and its cluster.
+#[derive(Clone)]
+pub struct Ctx {
+    pub key: RequestKey,
+    pub node: NodeId,
+    pub attempt: u32,
+    /// Fires when the request is cancelled; long functions should watch it.
+    pub cancel: CancellationToken,
+    caller: Arc<dyn ClusterCaller>,
+}
+
+impl Ctx {
+    pub fn new(
+        key: RequestKey,
+        node: NodeId,
+        attempt: u32,
+        cancel: CancellationToken,
+        caller: Arc<dyn ClusterCaller>,
+    ) -> Self {
+        Ctx {
+            key,
+            node,
+            attempt,
+            cancel,
+            caller,
+        }
+    }
+
+    /// Calls another function on the cluster; identical calls anywhere share one execution.
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: A,
+    ) -> Result<R, TaskError> {
+        let args = serde_json::to_value(args).map_err(|e| {
+            TaskError::new(
+                codes::BAD_ARGUMENTS,
+                format!("{function}: arguments do not encode: {e}"),
+            )
+        })?;
+        let fut = self.caller.call_child(self.key, function.to_string(), args);
+        let value = tokio::select! {
+            v = fut => v?,
+            _ = self.cancel.cancelled() => return Err(TaskError::new(codes::CANCELLED, "cancelled while waiting on a child")),
+        };
+        serde_json::from_value(value).map_err(|e| {
+            TaskError::new(
+                codes::BAD_ARGUMENTS,
+                format!("{function}: result does not decode: {e}"),
+            )
+        })
+    }
+}
+
+type Handler =
+    Arc<dyn Fn(Ctx, Value) -> BoxFuture<'static, Result<Value, TaskError>> + Send + Sync>;
+
+struct Function {
+    shape: String,
+    handler: Handler,
+}
+
+/// The functions an agent can run.
+#[derive(Clone, Default)]
+pub struct Functions {
+    map: BTreeMap<String, Arc<Function>>,
+}
+
+/// A failure of the function itself (retryable under the request's retry policy).
+pub fn fail(message: impl Into<String>) -> TaskError {
+    TaskError::new(codes::FUNCTION_FAILED, message)
+}
+
+impl Functions {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-ins every agent has.
+    pub fn with_builtins(allow_exec: bool) -> Self {
+        let mut f = Self::new();
+        builtins(&mut f, allow_exec);
+        f
+    }
+
+    /// Registers `name`. `shape` describes the expected arguments for error messages.
+    pub fn register<A, R, F, Fut>(&mut self, name: &str, shape: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, TaskError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let fname = name.to_string();
+        let fshape = shape.to_string();
+        let handler: Handler = Arc::new(move |ctx, args| {
+            let f = f.clone();
+            let fname = fname.clone();
+            let fshape = fshape.clone();
+            async move {
+                let a: A = serde_json::from_value(args.clone()).map_err(|e| {
+                    TaskError::new(
+                        codes::BAD_ARGUMENTS,
+                        format!("{fname}: arguments {args} do not match the expected shape {fshape}: {e}"),
+                    )
+                })?;
+                let r = f(ctx, a).await?;
+                serde_json::to_value(r).map_err(|e| fail(format!("{fname}: result does not encode: {e}")))
+            }
+            .boxed()
+        });
+        self.map.insert(
+            name.to_string(),
+            Arc::new(Function {
+                shape: shape.to_string(),
+                handler,
+            }),
+        );
+        self
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// Registered names with their argument shapes.
+    pub fn list(&self) -> Vec<(String, String)> {
+        self.map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect()
+    }
+
+    /// Runs `name` with JSON arguments. An unknown name is a typed error, not a hang.
+    pub fn run(
+        &self,
+        name: &str,
+        ctx: Ctx,
+        args: Value,
+    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+        match self.map.get(name) {
+            Some(f) => (f.handler)(ctx, args),
+            None => {
+                let node = ctx.node;
+                let e = TaskError::new(
+                    codes::UNKNOWN_FUNCTION,
+                    format!("no function named '{name}' on node {node}"),
+                );
+                async move { Err(e) }.boxed()
+            }
+        }
+    }
+}
+
+fn builtins(f: &mut Functions, allow_exec: bool) {
+    f.register(
+        "noop",
+        "any JSON value",
+        |_c, x: Value| async move { Ok(x) },
+    );
+    f.register(
+        "echo",
+        "any JSON value",
+        |_c, x: Value| async move { Ok(x) },
+    );
+    f.register("sleep", "milliseconds (integer)", |c: Ctx, ms: u64| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(Value::Null),
+            _ = c.cancel.cancelled() => Err(TaskError::new(codes::CANCELLED, "sleep cancelled")),
+        }
+    });
+    f.register(
+        "spin",
+        "milliseconds (integer)",
+        |c: Ctx, ms: u64| async move {
+            let cancel = c.cancel.clone();
+            tokio::task::spawn_blocking(move || {
+                let end = Instant::now() + Duration::from_millis(ms);
+                let mut x: u64 = 0;
+                while Instant::now() < end && !cancel.is_cancelled() {
+                    for i in 0..10_000u64 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                    }
+                    std::hint::black_box(x);
+                }
+            })
+            .await
+            .map_err(|e| fail(format!("spin: {e}")))?;
+            Ok(Value::Null)
+        },
+    );
+    f.register(
+        "fib",
+        "n (non-negative integer)",
+        |c: Ctx, n: u64| async move {
+            if n < 2 {
+                return Ok(n);
+            }
+            let (a, b) = futures::join!(
+                c.call::<_, u64>("fib", n - 1),
+                c.call::<_, u64>("fib", n - 2)
+            );
+            a?.checked_add(b?)
+                .ok_or_else(|| fail(format!("fib({n}) overflows u64")))
+        },
+    );
+    f.register(
+        "tree",
+        "[depth, fanout, nonce]",
+        |c: Ctx, (depth, fanout, nonce): (u32, u32, Value)| async move {
+            if depth == 0 {
+                return Ok(1u64);
+            }
+            let calls = (0..fanout)
+                .map(|i| c.call::<_, u64>("tree", json!([depth - 1, fanout, [nonce.clone(), i]])));
+            let mut total = 1u64;
+            for r in join_all(calls).await {
+                total += r?;
+            }
+            Ok(total)
+        },
+    );
+    f.register(
+        "divide",
+        "[x, y] (numbers)",
+        |_c, (x, y): (f64, f64)| async move {
+            if y == 0.0 {
+                Err(fail("division by zero"))
+            } else {
+                Ok(x / y)
+            }
+        },
+    );
+    f.register("ratio", "i (number)", |c: Ctx, i: f64| async move {
+        c.call::<_, f64>("divide", json!([i, i - 1.0])).await
+    });
+    f.register("fail", "message (string)", |_c, msg: String| async move {
+        Err::<Value, _>(fail(msg))
+    });
+    f.register(
+        "bogosity",
+        "[msec, jobnum, reclevel, numrecjobs, args]",
+        |c: Ctx, (msec, jobnum, reclevel, numrecjobs, args): (u64, u64, u32, u32, Value)| async move {
+            let mut kids = Vec::new();
+            if reclevel > 0 {
+                let calls = (0..numrecjobs)
+                    .map(|j| c.call::<_, String>("bogosity", json!([msec, j, reclevel - 1, numrecjobs, args.clone()])));
+                for r in join_all(calls).await {
+                    kids.push(r?);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(msec)) => {}
+                _ = c.cancel.cancelled() => return Err(TaskError::new(codes::CANCELLED, "bogosity cancelled")),
+            }
+            Ok(format!(
+                "bogosity(job {jobnum}, level {reclevel}, args {args}) on node {} [{}]",
+                c.node,
+                kids.join(", ")
+            ))
+        },
+    );
+    f.register("exec", "{\"cmd\": [program, args...], \"stdin\": string, \"timeout_ms\": n}", move |c: Ctx, spec: ExecSpec| async move {
+        if !allow_exec {
+            return Err(TaskError::new(
+                codes::EXEC_REFUSED,
+                format!("exec is refused on node {}: start the agent with --allow-exec to run programs", c.node),
+            ));
+        }
+        run_exec(c, spec).await
+    });
+}
+
+/// Arguments of the built-in `exec`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub stdin: String,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+async fn run_exec(c: Ctx, spec: ExecSpec) -> Result<Value, TaskError> {
+    use tokio::io::AsyncWriteExt;
+    let Some((prog, rest)) = spec.cmd.split_first() else {
+        return Err(TaskError::new(
+            codes::BAD_ARGUMENTS,
+            "exec: cmd must name a program",
+        ));
+    };
+    let mut child = tokio::process::Command::new(prog)
+        .args(rest)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("exec: cannot start {prog}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = spec.stdin.clone().into_bytes();
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+    }
+    let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(60_000));
+    let out = tokio::select! {
+        r = child.wait_with_output() => r.map_err(|e| fail(format!("exec: {prog}: {e}")))?,
+        _ = tokio::time::sleep(timeout) => return Err(TaskError::new(codes::TIMEOUT, format!("exec: {prog} ran longer than {} ms", timeout.as_millis()))),
+        _ = c.cancel.cancelled() => return Err(TaskError::new(codes::CANCELLED, "exec cancelled")),
+    };
+    Ok(json!({
+        "status": out.status.code(),
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+    }))
+}

@@ -1,0 +1,214 @@
+//! The hub: what the agent does when the state machine applies commands.
+//!
+//! The store calls [`Hub::applied`] after each applied batch (on every voter). From it:
+//! callers waiting on a request are woken when it finishes, assignments are pushed down the
+//! Work streams of the nodes that run them (only the leader holds streams), cancellations are
+//! broadcast to workers, and the scheduler is nudged when queue or capacity changed.
+//! Liveness (last heartbeat per node) and throughput rates live here too: they are leader
+//! memory, never log entries, and a new leader starts them afresh.
+
+use mozen_model::{NodeId, RequestKey};
+use mozen_proto as pb;
+use mozen_store::{ApplyObserver, AssignReply, Command, CompleteReply, Response, SharedState};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// A worker's open Work stream.
+pub struct Stream {
+    pub conn: u64,
+    pub tx: mpsc::UnboundedSender<Result<pb::WorkItem, tonic::Status>>,
+}
+
+/// Per-node liveness and throughput, kept by the leader.
+#[derive(Default)]
+pub struct Liveness {
+    pub last_seen: HashMap<NodeId, Instant>,
+    /// Agents shutting down: no new work for them.
+    pub leaving: HashSet<NodeId>,
+    /// Completed attempts per node since this agent started.
+    pub completed: HashMap<NodeId, u64>,
+    /// Completions per second per node, refreshed about every second.
+    pub rates: HashMap<NodeId, f64>,
+    last_totals: HashMap<NodeId, u64>,
+    last_rate_at: Option<Instant>,
+}
+
+impl Liveness {
+    /// Recomputes the per-node rates when a second has passed.
+    pub fn refresh_rates(&mut self) {
+        let now = Instant::now();
+        let Some(prev) = self.last_rate_at else {
+            self.last_rate_at = Some(now);
+            self.last_totals = self.completed.clone();
+            return;
+        };
+        let dt = now.duration_since(prev).as_secs_f64();
+        if dt < 1.0 {
+            return;
+        }
+        for (node, total) in &self.completed {
+            let before = self.last_totals.get(node).copied().unwrap_or(0);
+            self.rates.insert(*node, (total - before) as f64 / dt);
+        }
+        self.last_totals = self.completed.clone();
+        self.last_rate_at = Some(now);
+    }
+}
+
+pub struct Hub {
+    pub state: SharedState,
+    waiters: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<()>>>>,
+    pub streams: Mutex<HashMap<NodeId, Stream>>,
+    pub liveness: Mutex<Liveness>,
+    /// Wakes the leader's scheduler loop.
+    pub schedule: Notify,
+    /// Wakes the leader's liveness and housekeeping loop (node table changed).
+    pub nodes_changed: Notify,
+}
+
+impl Hub {
+    pub fn new(state: SharedState) -> Self {
+        Hub {
+            state,
+            waiters: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            liveness: Mutex::new(Liveness::default()),
+            schedule: Notify::new(),
+            nodes_changed: Notify::new(),
+        }
+    }
+
+    /// Registers interest in `key` finishing. Register before checking the state, then check,
+    /// then await: a finish applied in between still wakes the receiver.
+    pub fn wait_for(&self, key: RequestKey) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters")
+            .entry(key)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    fn wake(&self, key: &RequestKey) {
+        if let Some(ws) = self.waiters.lock().expect("waiters").remove(key) {
+            for w in ws {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        let all: Vec<_> = self.waiters.lock().expect("waiters").drain().collect();
+        for (_, ws) in all {
+            for w in ws {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Sends an item down a node's Work stream; false when the node has none.
+    pub fn send_work(&self, node: NodeId, item: pb::WorkItem) -> bool {
+        let streams = self.streams.lock().expect("streams");
+        streams
+            .get(&node)
+            .is_some_and(|s| s.tx.send(Ok(item)).is_ok())
+    }
+
+    fn broadcast(&self, item: pb::WorkItem) {
+        for s in self.streams.lock().expect("streams").values() {
+            let _ = s.tx.send(Ok(item.clone()));
+        }
+    }
+
+    fn on(&self, cmd: &Command, resp: &Response) {
+        match (cmd, resp) {
+            (Command::Batch(cs), Response::Batch(rs)) => {
+                for (c, r) in cs.iter().zip(rs) {
+                    self.on(c, r);
+                }
+            }
+            (Command::Submit { .. }, _) => self.schedule.notify_one(),
+            (Command::Assign { assignments, .. }, Response::Assigned(replies)) => {
+                let has_streams = !self.streams.lock().expect("streams").is_empty();
+                if !has_streams {
+                    return;
+                }
+                let state = self.state.read().expect("state lock");
+                for (a, r) in assignments.iter().zip(replies) {
+                    if *r != AssignReply::Started {
+                        continue;
+                    }
+                    let Some(req) = state.request(&a.key) else {
+                        continue;
+                    };
+                    let item = pb::WorkItem {
+                        item: Some(pb::work_item::Item::Assign(pb::Assignment {
+                            key: a.key.0.to_vec(),
+                            function: req.function.clone(),
+                            args: req.args.clone(),
+                            attempt: a.attempt,
+                        })),
+                    };
+                    self.send_work(a.node, item);
+                }
+            }
+            (Command::Complete { completions, .. }, Response::Completed(replies)) => {
+                {
+                    let mut l = self.liveness.lock().expect("liveness");
+                    for (c, r) in completions.iter().zip(replies) {
+                        if *r != CompleteReply::Stale {
+                            *l.completed.entry(c.node).or_default() += 1;
+                        }
+                    }
+                }
+                for (c, r) in completions.iter().zip(replies) {
+                    if *r == CompleteReply::Finished {
+                        self.wake(&c.key);
+                    }
+                }
+                self.schedule.notify_one();
+            }
+            (Command::Cancel { .. }, Response::Cancelled(keys)) => {
+                for k in keys {
+                    self.wake(k);
+                    self.broadcast(pb::WorkItem {
+                        item: Some(pb::work_item::Item::Cancel(k.0.to_vec())),
+                    });
+                }
+                self.schedule.notify_one();
+            }
+            (
+                Command::Requeue { .. } | Command::SetNodeState { .. } | Command::RemoveNode { .. },
+                _,
+            ) => {
+                self.wake_all();
+                self.schedule.notify_one();
+                self.nodes_changed.notify_one();
+            }
+            (Command::RegisterNode { .. } | Command::SetNodeRole { .. }, _) => {
+                self.schedule.notify_one();
+                self.nodes_changed.notify_one();
+            }
+            (Command::Forget { .. }, _) => self.wake_all(),
+            _ => {}
+        }
+    }
+}
+
+impl ApplyObserver for Hub {
+    fn applied(&self, batch: &[(u64, &Command, &Response)]) {
+        for (_, c, r) in batch {
+            self.on(c, r);
+        }
+    }
+
+    fn snapshot_installed(&self) {
+        self.wake_all();
+        self.schedule.notify_one();
+        self.nodes_changed.notify_one();
+    }
+}

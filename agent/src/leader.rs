@@ -1,0 +1,236 @@
+//! What the leader does besides replicating: schedule, watch liveness, bound the memo table.
+//!
+//! [`watch_leadership`] follows Raft metrics; when this agent becomes leader it starts a
+//! session (scheduler loop + liveness loop) under a child token, and cancels it when
+//! leadership is lost. A new leader starts every node's lease afresh.
+
+use crate::node::{Agent, now_ms};
+use crate::proposer::ProposeError;
+use mozen_model::{NodeState, RequestKey, RequestState};
+use mozen_scheduler::{Candidate, NodeLoad, plan};
+use mozen_store::{Assignment, Command, ForgetSelector};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Most assignments in one plan (one log entry).
+pub const PLAN_LIMIT: usize = 4096;
+
+pub async fn watch_leadership(agent: Arc<Agent>) {
+    let mut metrics = agent.raft.metrics();
+    let mut session: Option<CancellationToken> = None;
+    loop {
+        let leading = {
+            let m = metrics.borrow_and_update();
+            m.current_leader == Some(agent.me()) && m.state.is_leader()
+        };
+        match (leading, session.is_some()) {
+            (true, false) => {
+                info!(
+                    term = agent.raft.metrics().borrow().current_term,
+                    "became leader: scheduling"
+                );
+                let token = agent.shutdown.child_token();
+                start_session(agent.clone(), token.clone());
+                session = Some(token);
+            }
+            (false, true) => {
+                info!("no longer leader");
+                if let Some(t) = session.take() {
+                    t.cancel();
+                }
+                // Workers reconnect to the new leader.
+                agent.hub.streams.lock().expect("streams").clear();
+            }
+            _ => {}
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { break },
+            _ = agent.shutdown.cancelled() => break,
+        }
+    }
+    if let Some(t) = session {
+        t.cancel();
+    }
+}
+
+fn start_session(agent: Arc<Agent>, token: CancellationToken) {
+    {
+        let now = Instant::now();
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        let mut l = agent.hub.liveness.lock().expect("liveness");
+        l.last_seen.clear();
+        for n in state.nodes() {
+            l.last_seen.insert(n.id, now);
+        }
+    }
+    tokio::spawn(scheduler_loop(agent.clone(), token.clone()));
+    tokio::spawn(liveness_loop(agent, token));
+}
+
+/// Builds one plan from the replicated state and the leader's liveness view.
+fn make_plan(agent: &Agent) -> Vec<Assignment> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let (connected, leaving) = {
+        let streams = agent.hub.streams.lock().expect("streams");
+        let l = agent.hub.liveness.lock().expect("liveness");
+        (
+            streams
+                .keys()
+                .copied()
+                .collect::<std::collections::HashSet<_>>(),
+            l.leaving.clone(),
+        )
+    };
+    let loads: Vec<NodeLoad> = state
+        .nodes()
+        .filter(|n| connected.contains(&n.id) && !leaving.contains(&n.id))
+        .map(|n| NodeLoad {
+            id: n.id,
+            state: n.state,
+            slots: n.slots,
+            busy: state.busy_slots(n.id),
+            score: n.score(),
+        })
+        .collect();
+    if loads
+        .iter()
+        .all(|n| n.state != NodeState::Active || n.busy >= n.slots)
+    {
+        return Vec::new();
+    }
+    let now = now_ms();
+    let queue = state.queue().map(|r| Candidate {
+        key: r.key,
+        preferred: r
+            .parents
+            .iter()
+            .find_map(|p| state.request(p).and_then(|pr| pr.state.node())),
+        ready: r.not_before <= now,
+    });
+    plan(&loads, queue, PLAN_LIMIT)
+        .into_iter()
+        .map(|p| Assignment {
+            key: p.key,
+            node: p.node,
+            attempt: state.request(&p.key).map_or(1, |r| r.attempts + 1),
+        })
+        .collect()
+}
+
+async fn scheduler_loop(agent: Arc<Agent>, token: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = agent.hub.schedule.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = token.cancelled() => return,
+        }
+        if agent.stopping.is_cancelled() {
+            return;
+        }
+        let assignments = make_plan(&agent);
+        if assignments.is_empty() {
+            continue;
+        }
+        match agent
+            .propose(Command::Assign {
+                assignments,
+                at: now_ms(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Closed) => return,
+            Err(e) => {
+                warn!("assign: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // More may be placeable right away (e.g. the plan hit its limit).
+        agent.hub.schedule.notify_one();
+    }
+}
+
+async fn liveness_loop(agent: Arc<Agent>, token: CancellationToken) {
+    let lease = agent.cfg.lease;
+    let tick = (lease / 6).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = token.cancelled() => return,
+        }
+        let now = Instant::now();
+        let at = now_ms();
+        let mut cmds = Vec::new();
+        let excess;
+        {
+            let state = agent.sm.shared();
+            let state = state.read().expect("state");
+            let mut l = agent.hub.liveness.lock().expect("liveness");
+            l.refresh_rates();
+            for n in state.nodes() {
+                let seen = *l.last_seen.entry(n.id).or_insert(now);
+                let fresh = now.duration_since(seen) < lease;
+                match (n.state, fresh) {
+                    (NodeState::Down, true) => {
+                        cmds.push(Command::SetNodeState {
+                            id: n.id,
+                            state: NodeState::Active,
+                            at,
+                        });
+                    }
+                    (NodeState::Down, false) => {}
+                    (_, false) => {
+                        info!(node = n.id, "no heartbeat within the lease: marking down");
+                        cmds.push(Command::SetNodeState {
+                            id: n.id,
+                            state: NodeState::Down,
+                            at,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            excess = (state.finished_len() as u64).saturating_sub(agent.cfg.memo_limit);
+        }
+        if excess > 0 {
+            cmds.push(Command::Forget {
+                selector: ForgetSelector::Oldest(excess),
+                at,
+            });
+        }
+        if cmds.is_empty() {
+            continue;
+        }
+        let cmd = if cmds.len() == 1 {
+            cmds.pop().expect("one")
+        } else {
+            Command::Batch(cmds)
+        };
+        if let Err(e) = agent.propose(cmd).await {
+            warn!("liveness: {e}");
+        }
+    }
+}
+
+/// Requests the state shows running on `node` for a while that the worker does not report:
+/// their assignment was lost (e.g. a stream broke as it was sent).
+pub fn lost_assignments(
+    agent: &Agent,
+    node: u64,
+    reported: &[RequestKey],
+    grace_ms: u64,
+) -> Vec<RequestKey> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let now = now_ms();
+    state
+        .running_on(node)
+        .filter(|r| matches!(r.state, RequestState::Running { since, .. } if now.saturating_sub(since) > grace_ms))
+        .filter(|r| !reported.contains(&r.key))
+        .map(|r| r.key)
+        .collect()
+}

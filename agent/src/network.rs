@@ -1,0 +1,193 @@
+//! The peer-only Raft transport: openraft RPCs as postcard bytes over the gRPC `Raft` service.
+//!
+//! Failures are classified for openraft: a transport failure is `Unreachable` (openraft backs
+//! off instead of retrying hot), a `RaftError` from the peer is `RemoteError`, and a payload
+//! that does not decode is a `Network` error naming the RPC.
+
+use mozen_proto::RaftPayload;
+use mozen_proto::raft_client::RaftClient;
+use mozen_proto::raft_server;
+use mozen_store::{RaftNode, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// Envelope version of [`RaftPayload::data`].
+pub const PAYLOAD_VERSION: u32 = 1;
+
+fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, postcard::Error> {
+    Ok(RaftPayload {
+        version: PAYLOAD_VERSION,
+        data: postcard::to_allocvec(v)?,
+    })
+}
+
+fn decode<T: DeserializeOwned>(what: &str, p: &RaftPayload) -> Result<T, String> {
+    if p.version != PAYLOAD_VERSION {
+        return Err(format!(
+            "{what}: payload version {} but this agent speaks {PAYLOAD_VERSION}",
+            p.version
+        ));
+    }
+    postcard::from_bytes(&p.data).map_err(|e| format!("{what}: payload does not decode: {e}"))
+}
+
+/// Builds a lazily connecting gRPC channel to `addr` (HOST:PORT).
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Creates one [`PeerClient`] per target.
+#[derive(Clone)]
+pub struct Network {
+    pub max_message: usize,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &RaftNode) -> Self::Network {
+        let client = channel(&node.addr).ok().map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(self.max_message)
+                .max_encoding_message_size(self.max_message)
+        });
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            client,
+        }
+    }
+}
+
+/// The Raft RPC client for one peer.
+pub struct PeerClient {
+    target: u64,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
+
+impl PeerClient {
+    async fn rpc<Req, Resp, E>(
+        &mut self,
+        what: &'static str,
+        req: &Req,
+        opt: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            let e = std::io::Error::other(format!("bad peer address {}", self.addr));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(payload);
+        request.set_timeout(opt.hard_ttl());
+        let reply = match what {
+            "append_entries" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        };
+        let reply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let e = std::io::Error::other(format!(
+                    "{what} to node {} at {}: {status}",
+                    self.target, self.addr
+                ));
+                return Err(match status.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                });
+            }
+        };
+        let res: Result<Resp, RaftError<u64, E>> = decode(what, &reply)
+            .map_err(|m| RPCError::Network(NetworkError::new(&std::io::Error::other(m))))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        self.rpc("append_entries", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        self.rpc("install_snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcErr> {
+        self.rpc("vote", &rpc, &option).await
+    }
+}
+
+/// Server side of the peer transport: hands each RPC to the local Raft.
+pub struct RaftService {
+    pub raft: mozen_store::Raft,
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    encode(v)
+        .map(Response::new)
+        .map_err(|e| Status::internal(format!("reply does not encode: {e}")))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode("append_entries", req.get_ref()).map_err(Status::invalid_argument)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<u64> =
+            decode("vote", req.get_ref()).map_err(Status::invalid_argument)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> =
+            decode("install_snapshot", req.get_ref()).map_err(Status::invalid_argument)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+}

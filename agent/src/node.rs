@@ -1,0 +1,547 @@
+//! The agent: one Raft member (or a worker), its gRPC server, and its background tasks.
+//!
+//! [`run`] opens the store, starts Raft and the gRPC server on an already-bound listener,
+//! forms or joins the cluster, and runs until `shutdown` fires. Every long-lived task is
+//! spawned under one `CancellationToken` tree and a `TaskTracker`.
+//!
+//! Cluster formation (empty data dir): ask every peer for `ClusterInfo`. If any already belongs
+//! to a cluster, join it. If none does and every peer answered, the lowest id initializes the
+//! cluster with the lowest `--voters` ids as voters; the others join as workers. A restarted
+//! member finds its membership in its own log and simply rejoins.
+
+use crate::client::Client;
+use crate::config::AgentConfig;
+use crate::functions::Functions;
+use crate::hub::Hub;
+use crate::network::Network;
+use crate::proposer::{ProposeError, Proposer};
+use mozen_model::{NodeId, NodeInfo, NodeRole, NodeState};
+use mozen_proto as pb;
+use mozen_store::{Command, LogStore, Raft, RaftNode, StateMachineStore, StoreOptions};
+use openraft::ChangeMembers;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Milliseconds since the epoch, stamped into commands by the proposer.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why the agent could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] mozen_store::StoreError),
+    #[error(
+        "MZ-IDENTITY: data dir {dir} belongs to node {stored}, but --id is {given}; use --id {stored} or another --data-dir"
+    )]
+    Identity {
+        dir: String,
+        stored: NodeId,
+        given: NodeId,
+    },
+    #[error("MZ-RAFT: {0}")]
+    Raft(String),
+    #[error("MZ-SERVER: {0}")]
+    Server(String),
+}
+
+/// Everything the agent's tasks and services share.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub raft: Raft,
+    pub log: LogStore,
+    pub sm: StateMachineStore,
+    pub hub: Arc<Hub>,
+    pub proposer: Proposer,
+    pub functions: Functions,
+    /// Talks to the cluster's leader (used by the worker and for child calls).
+    pub client: Client,
+    /// Fires when the agent must stop; children stop their loops.
+    pub shutdown: CancellationToken,
+    /// Fires first on shutdown: stop taking new work.
+    pub stopping: CancellationToken,
+    /// Set when the node table no longer has this node (it was removed).
+    pub removed: CancellationToken,
+    pub tasks: TaskTracker,
+    /// The leader's address as last learnt (used by non-members to redirect clients).
+    pub known_leader: Mutex<Option<String>>,
+    pub started: Instant,
+    conn_seq: AtomicU64,
+}
+
+impl Agent {
+    pub fn me(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    pub fn next_conn(&self) -> u64 {
+        self.conn_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether this agent is the Raft leader right now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.me()) && m.state.is_leader()
+    }
+
+    /// Whether this agent replicates the log (voter or learner).
+    pub fn is_member(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.nodes().any(|(id, _)| *id == self.me())
+    }
+
+    /// The leader's id and address, as far as this agent knows.
+    pub fn leader(&self) -> Option<(Option<NodeId>, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        if let Some(l) = m.current_leader
+            && let Some(n) = m
+                .membership_config
+                .nodes()
+                .find(|(id, _)| **id == l)
+                .map(|(_, n)| n.clone())
+        {
+            return Some((Some(l), n.addr));
+        }
+        self.known_leader
+            .lock()
+            .expect("leader lock")
+            .clone()
+            .map(|a| (None, a))
+    }
+
+    /// Commits a command through the batching proposer.
+    pub async fn propose(&self, cmd: Command) -> Result<mozen_store::Response, ProposeError> {
+        self.proposer.propose(cmd).await
+    }
+
+    /// Voter and learner ids of the current membership.
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let learners: BTreeSet<NodeId> = m.membership_config.membership().learner_ids().collect();
+        (voters, learners)
+    }
+
+    /// The role the membership gives `id`.
+    pub fn role_of(&self, id: NodeId) -> NodeRole {
+        let (v, l) = self.membership();
+        if v.contains(&id) {
+            NodeRole::Voter
+        } else if l.contains(&id) {
+            NodeRole::Learner
+        } else {
+            NodeRole::Worker
+        }
+    }
+
+    /// This agent's node record.
+    pub fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.cfg.id,
+            name: self.cfg.name.clone(),
+            addr: self.cfg.advertise.clone(),
+            cpus: self.cfg.cpus,
+            memory_bytes: self.cfg.memory_bytes,
+            slots: self.cfg.slots,
+            state: NodeState::Active,
+            role: NodeRole::Worker,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Raft timing for a loaded 2-core machine running debug builds with an fsync per append.
+pub fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "mozen".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 700,
+        election_timeout_max: 1400,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 5_000,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+}
+
+/// Runs an agent until `shutdown` fires. `listener` is already bound (tests bind port 0).
+pub async fn run(
+    cfg: AgentConfig,
+    functions: Functions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        AgentError::Store(mozen_store::StoreError::Io {
+            path: cfg.data_dir.display().to_string(),
+            source: e,
+        })
+    })?;
+    let (log, sm) = mozen_store::open(&cfg.data_dir, &StoreOptions::default())?;
+    match log.read_identity()? {
+        Some(stored) if stored != cfg.id => {
+            return Err(AgentError::Identity {
+                dir: cfg.data_dir.display().to_string(),
+                stored,
+                given: cfg.id,
+            });
+        }
+        Some(_) => info!(id = cfg.id, "restarting with stored identity"),
+        None => log.write_identity(cfg.id)?,
+    }
+    let config = Arc::new(
+        raft_config()
+            .validate()
+            .map_err(|e| AgentError::Raft(e.to_string()))?,
+    );
+    let network = Network {
+        max_message: cfg.max_message,
+    };
+    let raft = Raft::new(cfg.id, config, network, log.clone(), sm.clone())
+        .await
+        .map_err(|e| AgentError::Raft(e.to_string()))?;
+    let hub = Arc::new(Hub::new(sm.shared()));
+    sm.set_observer(hub.clone());
+    let proposer = Proposer::start(raft.clone(), cfg.id);
+    let mut addrs = vec![cfg.advertise.clone()];
+    addrs.extend(cfg.peers.iter().map(|p| p.addr.clone()));
+    let client = Client::with_options(addrs, cfg.max_message, Duration::from_secs(3600))
+        .map_err(|e| AgentError::Server(e.to_string()))?;
+    let agent = Arc::new(Agent {
+        cfg,
+        raft,
+        log,
+        sm,
+        hub,
+        proposer,
+        functions,
+        client,
+        shutdown: shutdown.clone(),
+        stopping: CancellationToken::new(),
+        removed: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        known_leader: Mutex::new(None),
+        started: Instant::now(),
+        conn_seq: AtomicU64::new(1),
+    });
+
+    let server_stop = CancellationToken::new();
+    let server = crate::service::serve(agent.clone(), listener, server_stop.clone());
+    let server = tokio::spawn(server);
+
+    agent
+        .tasks
+        .spawn(crate::leader::watch_leadership(agent.clone()));
+    {
+        let a = agent.clone();
+        agent.tasks.spawn(async move {
+            if form_cluster(&a).await {
+                crate::worker::run(a).await;
+            }
+        });
+    }
+    if let Some(addr) = agent.cfg.metrics {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                agent.tasks.spawn(crate::metrics::serve(agent.clone(), l));
+            }
+            Err(e) => warn!(%addr, "cannot serve metrics: {e}"),
+        }
+    }
+
+    shutdown.cancelled().await;
+    info!(
+        "stopping: no new work; running requests get {:?} to finish",
+        agent.cfg.shutdown_deadline
+    );
+    agent.stopping.cancel();
+    agent.tasks.close();
+    let _ = tokio::time::timeout(
+        agent.cfg.shutdown_deadline + Duration::from_secs(2),
+        agent.tasks.wait(),
+    )
+    .await;
+    if let Err(e) = agent.raft.shutdown().await {
+        warn!("raft shutdown: {e}");
+    }
+    server_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    agent.log.flush()?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Forms or joins the cluster, then registers this node in the node table. Returns false when
+/// the agent stopped first.
+async fn form_cluster(agent: &Arc<Agent>) -> bool {
+    let me = agent.me();
+    let mut delay = Duration::from_millis(100);
+    let mut last_log = Instant::now() - Duration::from_secs(10);
+    loop {
+        if agent.stopping.is_cancelled() {
+            return false;
+        }
+        if agent.raft.is_initialized().await.unwrap_or(false) {
+            break;
+        }
+        let mut answered = 0usize;
+        let mut joined_via: Option<String> = None;
+        let mut missing = Vec::new();
+        for p in &agent.cfg.peers {
+            match cluster_info(&p.addr).await {
+                Ok(info) => {
+                    answered += 1;
+                    if info.initialized {
+                        joined_via = Some(p.addr.clone());
+                    }
+                }
+                Err(e) => missing.push(format!("{}@{} ({e})", p.id, p.addr)),
+            }
+        }
+        if joined_via.is_some() {
+            info!("a peer already belongs to a cluster; joining it");
+            break;
+        }
+        let lowest = agent.cfg.peers.iter().all(|p| p.id > me);
+        if answered == agent.cfg.peers.len() && lowest {
+            let mut ids: Vec<(NodeId, String)> = agent
+                .cfg
+                .peers
+                .iter()
+                .map(|p| (p.id, p.addr.clone()))
+                .collect();
+            ids.push((me, agent.cfg.advertise.clone()));
+            ids.sort();
+            let voters: BTreeMap<NodeId, RaftNode> = ids
+                .into_iter()
+                .take(agent.cfg.voters)
+                .map(|(id, addr)| (id, RaftNode { addr }))
+                .collect();
+            info!(voters = ?voters.keys().collect::<Vec<_>>(), "initializing a new cluster");
+            match agent.raft.initialize(voters).await {
+                Ok(()) => break,
+                Err(e) => warn!("initialize: {e}"),
+            }
+        } else if last_log.elapsed() > Duration::from_secs(2) {
+            last_log = Instant::now();
+            if missing.is_empty() {
+                info!("waiting for the lowest-id peer to initialize the cluster");
+            } else {
+                info!(waiting_for = %missing.join(", "), "waiting for peers before forming the cluster");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = agent.stopping.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    // Register in the node table (through whoever leads).
+    let info = agent.node_info();
+    let req = pb::JoinRequest {
+        id: info.id,
+        name: info.name.clone(),
+        addr: info.addr.clone(),
+        cpus: info.cpus,
+        memory_bytes: info.memory_bytes,
+        slots: info.slots,
+        labels: Default::default(),
+    };
+    loop {
+        let r = agent
+            .client
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.join(r).await }
+            })
+            .await;
+        match r {
+            Ok(reply) => {
+                info!(role = %reply.role, leader = reply.leader_id, "registered in the node table");
+                *agent.known_leader.lock().expect("leader lock") = agent.client.current_addr();
+                return true;
+            }
+            Err(e) => warn!("join: {e}; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = agent.stopping.cancelled() => return false,
+        }
+    }
+}
+
+async fn cluster_info(addr: &str) -> Result<pb::ClusterInfoReply, String> {
+    let ch = crate::network::channel(addr).map_err(|e| e.to_string())?;
+    let mut c = pb::mozen_client::MozenClient::new(ch);
+    let mut req = tonic::Request::new(pb::ClusterInfoRequest {});
+    req.set_timeout(Duration::from_secs(1));
+    c.cluster_info(req)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
+}
+
+/// Why a membership operation was refused.
+pub fn quorum_check(agent: &Agent, removing: NodeId) -> Result<(), String> {
+    let (voters, _) = agent.membership();
+    if !voters.contains(&removing) {
+        return Ok(());
+    }
+    let after: Vec<NodeId> = voters.iter().copied().filter(|v| *v != removing).collect();
+    if after.is_empty() {
+        return Err(format!(
+            "MZ-QUORUM: node {removing} is the last voter; promote another node first"
+        ));
+    }
+    let lease = agent.cfg.lease;
+    let live = {
+        let l = agent.hub.liveness.lock().expect("liveness");
+        after
+            .iter()
+            .filter(|v| {
+                **v == agent.me() || l.last_seen.get(v).is_some_and(|t| t.elapsed() < lease)
+            })
+            .count()
+    };
+    let need = after.len() / 2 + 1;
+    if live < need {
+        return Err(format!(
+            "MZ-QUORUM: removing voter {removing} leaves {live} live of {} voters; a majority ({need}) is needed",
+            after.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Carries out a node operation on the leader.
+pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, String> {
+    let at = now_ms();
+    let node = agent.sm.shared().read().expect("state").node(id).cloned();
+    let Some(node) = node else {
+        return Err(format!("MZ-UNKNOWN-NODE: no node {id} in the node table"));
+    };
+    let perr = |e: ProposeError| e.to_string();
+    let raft_err = |e: String| format!("MZ-RAFT: {e}");
+    match op {
+        "drain" => {
+            agent
+                .propose(Command::SetNodeState {
+                    id,
+                    state: NodeState::Draining,
+                    at,
+                })
+                .await
+                .map_err(perr)?;
+            Ok(format!("node {id} is draining"))
+        }
+        "undrain" => {
+            agent
+                .propose(Command::SetNodeState {
+                    id,
+                    state: NodeState::Active,
+                    at,
+                })
+                .await
+                .map_err(perr)?;
+            Ok(format!("node {id} is active"))
+        }
+        "promote" => {
+            if agent.role_of(id) == NodeRole::Voter {
+                return Ok(format!("node {id} is already a voter"));
+            }
+            agent
+                .raft
+                .add_learner(
+                    id,
+                    RaftNode {
+                        addr: node.addr.clone(),
+                    },
+                    true,
+                )
+                .await
+                .map_err(|e| raft_err(e.to_string()))?;
+            agent
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| raft_err(e.to_string()))?;
+            agent
+                .propose(Command::SetNodeRole {
+                    id,
+                    role: NodeRole::Voter,
+                    at,
+                })
+                .await
+                .map_err(perr)?;
+            Ok(format!("node {id} is a voter"))
+        }
+        "demote" => {
+            match agent.role_of(id) {
+                NodeRole::Worker => return Ok(format!("node {id} is already a worker")),
+                NodeRole::Voter => {
+                    quorum_check(agent, id)?;
+                    agent
+                        .raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| raft_err(e.to_string()))?;
+                }
+                NodeRole::Learner => {
+                    agent
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| raft_err(e.to_string()))?;
+                }
+            }
+            agent
+                .propose(Command::SetNodeRole {
+                    id,
+                    role: NodeRole::Worker,
+                    at,
+                })
+                .await
+                .map_err(perr)?;
+            Ok(format!("node {id} is a worker"))
+        }
+        "remove" => {
+            match agent.role_of(id) {
+                NodeRole::Voter => {
+                    quorum_check(agent, id)?;
+                    agent
+                        .raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| raft_err(e.to_string()))?;
+                }
+                NodeRole::Learner => {
+                    agent
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| raft_err(e.to_string()))?;
+                }
+                NodeRole::Worker => {}
+            }
+            agent
+                .propose(Command::RemoveNode { id, at })
+                .await
+                .map_err(perr)?;
+            Ok(format!("node {id} was removed"))
+        }
+        other => Err(format!(
+            "MZ-BAD-OP: unknown node operation '{other}' (drain, undrain, promote, demote, remove)"
+        )),
+    }
+}

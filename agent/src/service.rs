@@ -1,0 +1,797 @@
+//! The public `Mozen` gRPC service (CLI, console, clients and workers).
+//!
+//! Writes go to the leader: a follower answers `FAILED_PRECONDITION` with a message starting
+//! `MZ-NOT-LEADER` and the leader's address in the `mozen-leader-addr` header, which the
+//! client library follows. Reads are served by any Raft member from its applied state; an agent
+//! that is only a worker redirects reads too. Memo hits are answered by any member without
+//! touching the log.
+
+use crate::node::{Agent, node_op, now_ms};
+use crate::proposer::ProposeError;
+use crate::view;
+use mozen_model::{
+    NodeInfo, NodeRole, NodeState, RequestKey, RequestState, RetryPolicy, canonical_args,
+};
+use mozen_proto as pb;
+use mozen_proto::mozen_server::{Mozen, MozenServer};
+use mozen_proto::raft_server::RaftServer;
+use mozen_store::{Command, ForgetSelector, NewRequest, Response as SmResponse, SubmitReply};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// Longest a single Call or Get(wait) RPC waits before answering "still running"; the client
+/// then re-attaches, so no RPC outlives a leader change by much.
+const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// Serves both gRPC services on `listener` until `stop` fires.
+pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken) {
+    let max = agent.cfg.max_message;
+    let mozen = MozenServer::new(Service {
+        agent: agent.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let raft = RaftServer::new(crate::network::RaftService {
+        raft: agent.raft.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let incoming = TcpListenerStream::new(listener);
+    let r = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft)
+        .add_service(mozen)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await;
+    if let Err(e) = r {
+        tracing::error!("gRPC server: {e}");
+    }
+}
+
+pub struct Service {
+    agent: Arc<Agent>,
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+impl Service {
+    fn not_leader(&self) -> Status {
+        let leader = self.agent.leader();
+        let (id, addr) = match &leader {
+            Some((id, addr)) => (
+                id.map_or("unknown".to_string(), |i| i.to_string()),
+                addr.clone(),
+            ),
+            None => ("unknown".to_string(), String::new()),
+        };
+        let mut s = Status::failed_precondition(format!(
+            "MZ-NOT-LEADER: node {} is not the leader; the leader is node {id} ({})",
+            self.agent.me(),
+            if addr.is_empty() {
+                "being elected"
+            } else {
+                &addr
+            }
+        ));
+        if !addr.is_empty()
+            && let Ok(v) = addr.parse()
+        {
+            s.metadata_mut().insert(pb::LEADER_ADDR_HEADER, v);
+        }
+        s
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.agent.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    fn require_member(&self) -> Result<(), Status> {
+        if self.agent.is_member() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    fn propose_err(&self, e: ProposeError) -> Status {
+        match e {
+            ProposeError::NotLeader { .. } => self.not_leader(),
+            ProposeError::Closed => Status::unavailable(e.to_string()),
+            ProposeError::Raft(m) => Status::unavailable(format!("MZ-RAFT: {m}")),
+        }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<SmResponse, Status> {
+        self.agent
+            .propose(cmd)
+            .await
+            .map_err(|e| self.propose_err(e))
+    }
+
+    /// The reply for `key` as the applied state knows it.
+    fn reply_for(&self, key: &RequestKey, cached: bool) -> Result<pb::CallReply, Status> {
+        let state = self.agent.sm.shared();
+        let state = state.read().expect("state");
+        let Some(r) = state.request(key) else {
+            return Ok(pb::CallReply {
+                key: key.to_hex(),
+                state: "unknown".into(),
+                ..Default::default()
+            });
+        };
+        let mut reply = pb::CallReply {
+            key: key.to_hex(),
+            cached,
+            node: r.state.node().or(r.last_node),
+            duration_ms: r.duration_ms,
+            state: r.state.name().into(),
+            ..Default::default()
+        };
+        if r.state.is_terminal() {
+            drop(state);
+            match self
+                .agent
+                .sm
+                .outcome(key)
+                .map_err(|e| Status::internal(e.to_string()))?
+            {
+                Some(mozen_model::Outcome::Value(v)) => {
+                    reply.result_json = Some(String::from_utf8_lossy(&v).into_owned())
+                }
+                Some(mozen_model::Outcome::Error(e)) => reply.error = Some(pb::TaskError::from(&e)),
+                None => {}
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Waits until `key` is terminal or `limit` passes; answers its reply either way.
+    async fn wait_reply(
+        &self,
+        key: RequestKey,
+        limit: Duration,
+        cached: bool,
+    ) -> Result<pb::CallReply, Status> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let rx = self.agent.hub.wait_for(key);
+            let reply = self.reply_for(&key, cached)?;
+            if matches!(reply.state.as_str(), "done" | "failed" | "cancelled") {
+                return Ok(reply);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(reply);
+            }
+            tokio::select! {
+                _ = rx => {}
+                _ = tokio::time::sleep(left) => {}
+                _ = self.agent.shutdown.cancelled() => return Ok(reply),
+            }
+        }
+    }
+
+    fn parse_call(&self, c: &pb::CallRequest) -> Result<(RequestKey, NewRequest), Status> {
+        if c.function.is_empty() {
+            return Err(Status::invalid_argument(
+                "MZ-BAD-ARGUMENTS: function name is empty",
+            ));
+        }
+        let text = if c.args_json.trim().is_empty() {
+            "null"
+        } else {
+            c.args_json.as_str()
+        };
+        let args: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            Status::invalid_argument(format!(
+                "MZ-BAD-ARGUMENTS: arguments of {} are not one JSON value: {e}",
+                c.function
+            ))
+        })?;
+        let canon = canonical_args(&args);
+        let key = RequestKey::of(&c.function, &canon);
+        let parent =
+            if c.parent.is_empty() {
+                None
+            } else {
+                Some(c.parent.parse::<RequestKey>().map_err(|e| {
+                    Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: parent: {e}"))
+                })?)
+            };
+        let def = RetryPolicy::default();
+        let retry = RetryPolicy {
+            retries: c.retries,
+            backoff_ms: if c.backoff_ms == 0 {
+                def.backoff_ms
+            } else {
+                c.backoff_ms
+            },
+            max_attempts: if c.max_attempts == 0 {
+                def.max_attempts
+            } else {
+                c.max_attempts
+            },
+        };
+        Ok((
+            key,
+            NewRequest {
+                key,
+                function: c.function.clone(),
+                args: canon,
+                parent,
+                priority: c.priority,
+                retry,
+                no_cache: c.no_cache,
+            },
+        ))
+    }
+
+    fn memo_hit(&self, key: &RequestKey) -> bool {
+        self.agent.is_member()
+            && self
+                .agent
+                .sm
+                .shared()
+                .read()
+                .expect("state")
+                .request(key)
+                .is_some_and(|r| r.state == RequestState::Done)
+    }
+
+    async fn do_call(&self, c: pb::CallRequest) -> Result<pb::CallReply, Status> {
+        let (key, new) = self.parse_call(&c)?;
+        if !c.no_cache && self.memo_hit(&key) {
+            return self.reply_for(&key, true);
+        }
+        self.require_leader()?;
+        let limit = if c.timeout_ms == 0 {
+            MAX_WAIT
+        } else {
+            Duration::from_millis(c.timeout_ms).min(MAX_WAIT)
+        };
+        let resp = self
+            .propose(Command::Submit {
+                requests: vec![new],
+                at: now_ms(),
+            })
+            .await?;
+        match resp {
+            SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::MemoHit) => {
+                self.reply_for(&key, true)
+            }
+            SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::ParentGone) => {
+                Err(Status::failed_precondition(
+                    "MZ-PARENT-GONE: the calling request is no longer running (cancelled or re-queued)",
+                ))
+            }
+            _ => self.wait_reply(key, limit, false).await,
+        }
+    }
+}
+
+type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Mozen for Service {
+    async fn cluster_info(&self, _r: Request<pb::ClusterInfoRequest>) -> Res<pb::ClusterInfoReply> {
+        let a = &self.agent;
+        let m = a.raft.metrics().borrow().clone();
+        let initialized = a.raft.is_initialized().await.unwrap_or(false);
+        let voters = m
+            .membership_config
+            .nodes()
+            .filter(|(id, _)| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == **id)
+            })
+            .map(|(id, n)| pb::Member {
+                id: *id,
+                addr: n.addr.clone(),
+            })
+            .collect();
+        let leader_addr = a.leader().map(|(_, addr)| addr).unwrap_or_default();
+        Ok(Response::new(pb::ClusterInfoReply {
+            node_id: a.me(),
+            initialized,
+            leader_id: m.current_leader,
+            leader_addr,
+            voters,
+            term: m.current_term,
+            role: a.role_of(a.me()).as_str().into(),
+        }))
+    }
+
+    async fn status(&self, _r: Request<pb::StatusRequest>) -> Res<pb::RaftStatus> {
+        self.require_member()?;
+        Ok(Response::new(view::raft_status(&self.agent)))
+    }
+
+    async fn nodes(&self, _r: Request<pb::NodesRequest>) -> Res<pb::NodesReply> {
+        self.require_leader()?;
+        Ok(Response::new(pb::NodesReply {
+            nodes: view::nodes(&self.agent),
+        }))
+    }
+
+    async fn node_op(&self, r: Request<pb::NodeOpRequest>) -> Res<pb::NodeOpReply> {
+        self.require_leader()?;
+        let r = r.into_inner();
+        match node_op(&self.agent, r.node_id, &r.op).await {
+            Ok(message) => Ok(Response::new(pb::NodeOpReply { message })),
+            Err(m) if m.starts_with("MZ-UNKNOWN-NODE") => Err(Status::not_found(m)),
+            Err(m) if m.starts_with("MZ-NOT-LEADER") => Err(self.not_leader()),
+            Err(m) => Err(Status::failed_precondition(m)),
+        }
+    }
+
+    async fn add_node(&self, r: Request<pb::AddNodeRequest>) -> Res<pb::NodeOpReply> {
+        self.require_leader()?;
+        let r = r.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument(
+                "MZ-BAD-ARGUMENTS: node id must be a positive integer",
+            ));
+        }
+        crate::config::parse_host_port("addr", &r.addr, &r.addr)
+            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: {e}")))?;
+        if self
+            .agent
+            .sm
+            .shared()
+            .read()
+            .expect("state")
+            .node(r.node_id)
+            .is_some()
+        {
+            return Err(Status::already_exists(format!(
+                "MZ-NODE-EXISTS: node {} is already in the node table",
+                r.node_id
+            )));
+        }
+        let at = now_ms();
+        let node = NodeInfo {
+            id: r.node_id,
+            name: format!("node-{}", r.node_id),
+            addr: r.addr.clone(),
+            cpus: 0,
+            memory_bytes: 0,
+            slots: 0,
+            state: NodeState::Down,
+            role: NodeRole::Worker,
+            labels: BTreeMap::new(),
+        };
+        self.propose(Command::Batch(vec![
+            Command::RegisterNode { node, at },
+            Command::SetNodeState {
+                id: r.node_id,
+                state: NodeState::Down,
+                at,
+            },
+        ]))
+        .await?;
+        Ok(Response::new(pb::NodeOpReply {
+            message: format!(
+                "expecting node {} at {}: start `mozen-agent --id {} --peers ...` there",
+                r.node_id, r.addr, r.node_id
+            ),
+        }))
+    }
+
+    async fn join(&self, r: Request<pb::JoinRequest>) -> Res<pb::JoinReply> {
+        self.require_leader()?;
+        let r = r.into_inner();
+        if r.id == 0 || r.slots == 0 {
+            return Err(Status::invalid_argument(
+                "MZ-BAD-ARGUMENTS: join needs a positive id and slots",
+            ));
+        }
+        let role = self.agent.role_of(r.id);
+        let node = NodeInfo {
+            id: r.id,
+            name: r.name,
+            addr: r.addr,
+            cpus: r.cpus,
+            memory_bytes: r.memory_bytes,
+            slots: r.slots,
+            state: NodeState::Active,
+            role,
+            labels: r.labels.into_iter().collect(),
+        };
+        let at = now_ms();
+        self.agent
+            .hub
+            .liveness
+            .lock()
+            .expect("liveness")
+            .last_seen
+            .insert(r.id, Instant::now());
+        self.propose(Command::Batch(vec![
+            Command::RegisterNode { node, at },
+            Command::SetNodeRole { id: r.id, role, at },
+        ]))
+        .await?;
+        Ok(Response::new(pb::JoinReply {
+            leader_id: self.agent.me(),
+            role: role.as_str().into(),
+        }))
+    }
+
+    async fn heartbeat(&self, r: Request<pb::HeartbeatRequest>) -> Res<pb::HeartbeatReply> {
+        self.require_leader()?;
+        let r = r.into_inner();
+        let known = self
+            .agent
+            .sm
+            .shared()
+            .read()
+            .expect("state")
+            .node(r.node_id)
+            .is_some();
+        if !known {
+            return Err(Status::not_found(format!(
+                "MZ-UNKNOWN-NODE: node {} is not in the node table",
+                r.node_id
+            )));
+        }
+        {
+            let mut l = self.agent.hub.liveness.lock().expect("liveness");
+            l.last_seen.insert(r.node_id, Instant::now());
+            if r.leaving {
+                l.leaving.insert(r.node_id);
+            } else {
+                l.leaving.remove(&r.node_id);
+            }
+        }
+        let at = now_ms();
+        if !r.hand_back.is_empty() {
+            let keys: Vec<RequestKey> = r
+                .hand_back
+                .iter()
+                .filter_map(|k| pb::convert::key_from_bytes(k))
+                .collect();
+            self.propose(Command::Requeue {
+                node: r.node_id,
+                keys: Some(keys),
+                reason: "its agent shut down".into(),
+                at,
+            })
+            .await?;
+        } else if !r.leaving {
+            let reported: Vec<RequestKey> = r
+                .running
+                .iter()
+                .filter_map(|k| pb::convert::key_from_bytes(k))
+                .collect();
+            let grace = (self.agent.cfg.lease.as_millis() as u64).max(3000);
+            let lost = crate::leader::lost_assignments(&self.agent, r.node_id, &reported, grace);
+            if !lost.is_empty() {
+                tracing::info!(
+                    node = r.node_id,
+                    count = lost.len(),
+                    "re-queueing assignments the worker does not know"
+                );
+                self.propose(Command::Requeue {
+                    node: r.node_id,
+                    keys: Some(lost),
+                    reason: "assignment lost".into(),
+                    at,
+                })
+                .await?;
+            }
+        }
+        let term = self.agent.raft.metrics().borrow().current_term;
+        Ok(Response::new(pb::HeartbeatReply {
+            leader_id: self.agent.me(),
+            term,
+        }))
+    }
+
+    type WorkStream = WorkStream;
+
+    async fn work(&self, r: Request<pb::WorkRequest>) -> Res<Self::WorkStream> {
+        self.require_leader()?;
+        let r = r.into_inner();
+        let node = r.node_id;
+        let state = self.agent.sm.shared();
+        if state.read().expect("state").node(node).is_none() {
+            return Err(Status::not_found(format!(
+                "MZ-UNKNOWN-NODE: node {node} is not in the node table"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = self.agent.next_conn();
+        {
+            // Register first, then replay what already runs there: an assignment applied in
+            // between is sent twice and the worker ignores the repeat.
+            self.agent.hub.streams.lock().expect("streams").insert(
+                node,
+                crate::hub::Stream {
+                    conn,
+                    tx: tx.clone(),
+                },
+            );
+            self.agent
+                .hub
+                .liveness
+                .lock()
+                .expect("liveness")
+                .last_seen
+                .insert(node, Instant::now());
+            let state = state.read().expect("state");
+            for req in state.running_on(node) {
+                if let RequestState::Running { attempt, .. } = req.state {
+                    let _ = tx.send(Ok(pb::WorkItem {
+                        item: Some(pb::work_item::Item::Assign(pb::Assignment {
+                            key: req.key.0.to_vec(),
+                            function: req.function.clone(),
+                            args: req.args.clone(),
+                            attempt,
+                        })),
+                    }));
+                }
+            }
+        }
+        self.agent.hub.schedule.notify_one();
+        let hub = self.agent.hub.clone();
+        let out = UnboundedReceiverStream::new(rx);
+        // Unregister when the worker goes away (the stream is dropped).
+        let guard = StreamGuard { hub, node, conn };
+        let s = async_stream_with_guard(out, guard);
+        Ok(Response::new(Box::pin(s)))
+    }
+
+    async fn complete(&self, r: Request<pb::CompleteRequest>) -> Res<pb::CompleteReply> {
+        self.require_leader()?;
+        let r = r.into_inner();
+        let mut completions = Vec::with_capacity(r.completions.len());
+        for c in r.completions {
+            let Some(key) = pb::convert::key_from_bytes(&c.key) else {
+                return Err(Status::invalid_argument(
+                    "MZ-BAD-ARGUMENTS: completion key must be 32 bytes",
+                ));
+            };
+            let outcome = match (c.value, c.error) {
+                (Some(v), None) => mozen_model::Outcome::Value(v),
+                (_, Some(e)) => mozen_model::Outcome::Error((&e).into()),
+                (None, None) => mozen_model::Outcome::Value(b"null".to_vec()),
+            };
+            completions.push(mozen_store::Completion {
+                key,
+                node: c.node,
+                attempt: c.attempt,
+                outcome,
+                duration_ms: c.duration_ms,
+            });
+        }
+        self.propose(Command::Complete {
+            completions,
+            at: now_ms(),
+        })
+        .await?;
+        Ok(Response::new(pb::CompleteReply {}))
+    }
+
+    async fn call(&self, r: Request<pb::CallRequest>) -> Res<pb::CallReply> {
+        Ok(Response::new(self.do_call(r.into_inner()).await?))
+    }
+
+    async fn call_batch(&self, r: Request<pb::CallBatchRequest>) -> Res<pb::CallBatchReply> {
+        let calls = r.into_inner().calls;
+        let replies = futures::future::join_all(calls.into_iter().map(|c| self.do_call(c))).await;
+        let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::CallBatchReply { replies }))
+    }
+
+    async fn submit(&self, r: Request<pb::CallRequest>) -> Res<pb::SubmitReply> {
+        let (key, new) = self.parse_call(r.get_ref())?;
+        self.require_leader()?;
+        let resp = self
+            .propose(Command::Submit {
+                requests: vec![new],
+                at: now_ms(),
+            })
+            .await?;
+        let disposition = match resp {
+            SmResponse::Submitted(r) => match r.first() {
+                Some(SubmitReply::Queued) => "queued",
+                Some(SubmitReply::Joined) => "joined",
+                Some(SubmitReply::MemoHit) => "memo-hit",
+                _ => "parent-gone",
+            },
+            _ => "unknown",
+        };
+        Ok(Response::new(pb::SubmitReply {
+            key: key.to_hex(),
+            disposition: disposition.into(),
+        }))
+    }
+
+    async fn get(&self, r: Request<pb::GetRequest>) -> Res<pb::CallReply> {
+        self.require_member()?;
+        let r = r.into_inner();
+        let key: RequestKey = r
+            .key
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+        if self
+            .agent
+            .sm
+            .shared()
+            .read()
+            .expect("state")
+            .request(&key)
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "MZ-UNKNOWN-REQUEST: no request {key} (never submitted, or forgotten)"
+            )));
+        }
+        if !r.wait {
+            return Ok(Response::new(self.reply_for(&key, false)?));
+        }
+        let limit = if r.timeout_ms == 0 {
+            MAX_WAIT
+        } else {
+            Duration::from_millis(r.timeout_ms).min(MAX_WAIT)
+        };
+        Ok(Response::new(self.wait_reply(key, limit, false).await?))
+    }
+
+    async fn cancel(&self, r: Request<pb::CancelRequest>) -> Res<pb::CancelReply> {
+        let key: RequestKey = r
+            .get_ref()
+            .key
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+        self.require_leader()?;
+        match self.propose(Command::Cancel { key, at: now_ms() }).await? {
+            SmResponse::Cancelled(keys) => Ok(Response::new(pb::CancelReply {
+                cancelled: keys.iter().map(|k| k.to_hex()).collect(),
+            })),
+            SmResponse::Rejected(rej) => Err(Status::not_found(rej.to_string())),
+            _ => Ok(Response::new(pb::CancelReply::default())),
+        }
+    }
+
+    async fn forget(&self, r: Request<pb::ForgetRequest>) -> Res<pb::ForgetReply> {
+        let r = r.into_inner();
+        let selector = if !r.key.is_empty() {
+            let key: RequestKey = r
+                .key
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+            ForgetSelector::Keys(vec![key])
+        } else if !r.function.is_empty() {
+            ForgetSelector::Function(r.function)
+        } else if r.older_than_ms > 0 {
+            ForgetSelector::OlderThan(now_ms().saturating_sub(r.older_than_ms))
+        } else {
+            return Err(Status::invalid_argument(
+                "MZ-BAD-ARGUMENTS: forget needs a key, a function or an age",
+            ));
+        };
+        self.require_leader()?;
+        match self
+            .propose(Command::Forget {
+                selector,
+                at: now_ms(),
+            })
+            .await?
+        {
+            SmResponse::Forgotten(n) => Ok(Response::new(pb::ForgetReply { forgotten: n })),
+            _ => Ok(Response::new(pb::ForgetReply { forgotten: 0 })),
+        }
+    }
+
+    async fn tree(&self, r: Request<pb::TreeRequest>) -> Res<pb::TreeReply> {
+        self.require_member()?;
+        let r = r.into_inner();
+        let key: RequestKey = r
+            .key
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+        let max = if r.max_nodes == 0 {
+            10_000
+        } else {
+            r.max_nodes as usize
+        };
+        let entries = view::tree(&self.agent, key, max).map_err(Status::not_found)?;
+        Ok(Response::new(pb::TreeReply { entries }))
+    }
+
+    async fn functions(&self, _r: Request<pb::FunctionsRequest>) -> Res<pb::FunctionsReply> {
+        self.require_member()?;
+        Ok(Response::new(pb::FunctionsReply {
+            functions: view::functions(&self.agent),
+        }))
+    }
+
+    async fn queue(&self, r: Request<pb::QueueRequest>) -> Res<pb::QueueReply> {
+        self.require_member()?;
+        let limit = r.into_inner().limit.max(1) as usize;
+        let (summary, head) = view::queue(&self.agent, limit);
+        Ok(Response::new(pb::QueueReply {
+            summary: Some(summary),
+            head,
+        }))
+    }
+
+    async fn events(&self, r: Request<pb::EventsRequest>) -> Res<pb::EventsReply> {
+        self.require_member()?;
+        let limit = r.into_inner().limit;
+        Ok(Response::new(pb::EventsReply {
+            events: view::events(&self.agent, if limit == 0 { 100 } else { limit as usize }),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, r: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
+        self.require_leader()?;
+        let n = r.into_inner().requests;
+        let n = if n == 0 { 200 } else { n as usize };
+        let agent = self.agent.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                if !agent.is_leader() {
+                    break; // the console reconnects and follows the new leader
+                }
+                let update = view::cluster_update(&agent, n);
+                if tx.send(Ok(update)).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = agent.shutdown.cancelled() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Unregisters a worker's stream when tonic drops it.
+struct StreamGuard {
+    hub: Arc<crate::hub::Hub>,
+    node: u64,
+    conn: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut s = self.hub.streams.lock().expect("streams");
+        if s.get(&self.node).is_some_and(|st| st.conn == self.conn) {
+            s.remove(&self.node);
+        }
+    }
+}
+
+fn async_stream_with_guard<S>(
+    inner: S,
+    guard: StreamGuard,
+) -> impl Stream<Item = Result<pb::WorkItem, Status>> + Send
+where
+    S: Stream<Item = Result<pb::WorkItem, Status>> + Send + Unpin,
+{
+    futures::stream::unfold((inner, guard), |(mut inner, guard)| async move {
+        use futures::StreamExt;
+        inner.next().await.map(|item| (item, (inner, guard)))
+    })
+}

@@ -1,0 +1,255 @@
+//! Read views of the applied state as wire messages (status, nodes, queue, trees, events).
+
+use crate::node::{Agent, now_ms};
+use mozen_model::{Request, RequestKey, RequestState};
+use mozen_proto as pb;
+use mozen_store::ClusterState;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
+    let m = agent.raft.metrics().borrow().clone();
+    let mem = m.membership_config.membership();
+    let member = |id: &u64| pb::Member {
+        id: *id,
+        addr: mem.get_node(id).map(|n| n.addr.clone()).unwrap_or_default(),
+    };
+    let leader_addr = agent.leader().map(|(_, a)| a).unwrap_or_default();
+    let last_log = m.last_log_index.unwrap_or(0);
+    pb::RaftStatus {
+        node_id: agent.me(),
+        leader_id: m.current_leader,
+        leader_addr,
+        term: m.current_term,
+        last_log_index: last_log,
+        commit_index: commit_index(&m).max(m.last_applied.map_or(0, |l| l.index)),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        purged_index: m.purged.map_or(0, |l| l.index),
+        voters: mem.voter_ids().map(|id| member(&id)).collect(),
+        learners: mem.learner_ids().map(|id| member(&id)).collect(),
+        server_state: format!("{:?}", m.state).to_lowercase(),
+        log_entries: agent.log.log_len(),
+        disk_bytes: agent.log.disk_size(),
+    }
+}
+
+/// On the leader: the highest index a majority of voters hold. Elsewhere: 0 (callers take the
+/// applied index, which trails the commit index by at most a few entries).
+fn commit_index(m: &openraft::RaftMetrics<u64, mozen_store::RaftNode>) -> u64 {
+    let Some(rep) = &m.replication else { return 0 };
+    let mut matched: Vec<u64> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(|id| {
+            if id == m.id {
+                m.last_log_index.unwrap_or(0)
+            } else {
+                rep.get(&id).and_then(|l| l.as_ref()).map_or(0, |l| l.index)
+            }
+        })
+        .collect();
+    if matched.is_empty() {
+        return 0;
+    }
+    matched.sort_unstable();
+    matched[(matched.len() - 1) / 2]
+}
+
+pub fn nodes(agent: &Agent) -> Vec<pb::Node> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let leader = agent.raft.metrics().borrow().current_leader;
+    let l = agent.hub.liveness.lock().expect("liveness");
+    let now = Instant::now();
+    state
+        .nodes()
+        .map(|n| {
+            let mut p = pb::Node::from_info(n);
+            p.is_leader = leader == Some(n.id);
+            p.busy_slots = state.busy_slots(n.id);
+            p.running = state.running_count(n.id) as u32;
+            p.heartbeat_age_ms = l
+                .last_seen
+                .get(&n.id)
+                .map_or(-1, |t| now.duration_since(*t).as_millis() as i64);
+            p.tasks_per_sec = l.rates.get(&n.id).copied().unwrap_or(0.0);
+            p
+        })
+        .collect()
+}
+
+pub fn request_info(state: &ClusterState, r: &Request, error: String) -> pb::RequestInfo {
+    pb::RequestInfo {
+        key: r.key.to_hex(),
+        function: r.function.clone(),
+        args_json: String::from_utf8_lossy(&r.args).into_owned(),
+        state: r.state.name().into(),
+        node: r.state.node().or(r.last_node),
+        attempts: r.attempts,
+        priority: r.priority,
+        created_ms: r.created,
+        updated_ms: r.updated,
+        duration_ms: r.duration_ms,
+        error,
+        parents: r.parents.len() as u32,
+        children: state.children(&r.key).len() as u32,
+    }
+}
+
+fn error_of(agent: &Agent, r: &Request) -> String {
+    if matches!(r.state, RequestState::Failed | RequestState::Cancelled)
+        && let Ok(Some(mozen_model::Outcome::Error(e))) = agent.sm.outcome(&r.key)
+    {
+        return format!("{}: {}", e.code, e.message);
+    }
+    String::new()
+}
+
+/// Depth-first request tree from `root`, at most `max` entries. Shared children (several
+/// parents) are marked; a child seen before is listed once more as `repeated`, without its
+/// subtree.
+pub fn tree(agent: &Agent, root: RequestKey, max: usize) -> Result<Vec<pb::TreeEntry>, String> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    if state.request(&root).is_none() {
+        return Err(format!("MZ-UNKNOWN-REQUEST: no request {root}"));
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![(root, 0u32)];
+    while let Some((k, depth)) = stack.pop() {
+        if out.len() >= max {
+            break;
+        }
+        let Some(r) = state.request(&k) else { continue };
+        let repeated = !seen.insert(k);
+        out.push(pb::TreeEntry {
+            depth,
+            request: Some(request_info(&state, r, error_of(agent, r))),
+            shared: r.parents.len() > 1,
+            repeated,
+        });
+        if !repeated {
+            for c in state.children(&k).iter().rev() {
+                stack.push((*c, depth + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn functions(agent: &Agent) -> Vec<pb::FunctionStats> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let mut out: BTreeMap<String, pb::FunctionStats> = BTreeMap::new();
+    for (name, c) in state.counters() {
+        out.insert(
+            name.clone(),
+            pb::FunctionStats {
+                name: name.clone(),
+                submitted: c.submitted,
+                executions: c.executions,
+                memo_hits: c.memo_hits,
+                joined: c.joined,
+                failures: c.failures,
+                registered: agent.functions.contains(name),
+            },
+        );
+    }
+    for (name, _) in agent.functions.list() {
+        out.entry(name.clone()).or_insert(pb::FunctionStats {
+            name,
+            registered: true,
+            ..Default::default()
+        });
+    }
+    out.into_values().collect()
+}
+
+pub fn queue(agent: &Agent, limit: usize) -> (pb::QueueSummary, Vec<pb::RequestInfo>) {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let now = now_ms();
+    let mut groups: BTreeMap<(i32, String), (u64, u64)> = BTreeMap::new();
+    let mut head = Vec::new();
+    for r in state.queue() {
+        let g = groups.entry((-r.priority, r.function.clone())).or_default();
+        g.0 += 1;
+        g.1 = g.1.max(now.saturating_sub(r.created));
+        if head.len() < limit {
+            head.push(request_info(&state, r, String::new()));
+        }
+    }
+    let counts = state.state_counts();
+    let throughput: f64 = agent
+        .hub
+        .liveness
+        .lock()
+        .expect("liveness")
+        .rates
+        .values()
+        .sum();
+    let summary = pb::QueueSummary {
+        queued: state.queue_len() as u64,
+        running: counts.get("running").copied().unwrap_or(0),
+        groups: groups
+            .into_iter()
+            .map(|((p, f), (count, oldest))| pb::QueueGroup {
+                function: f,
+                priority: -p,
+                count,
+                oldest_age_ms: oldest,
+            })
+            .collect(),
+        throughput,
+        done: counts.get("done").copied().unwrap_or(0),
+        failed: counts.get("failed").copied().unwrap_or(0),
+    };
+    (summary, head)
+}
+
+pub fn events(agent: &Agent, limit: usize) -> Vec<pb::Event> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let all: Vec<_> = state.events().collect();
+    let skip = all.len().saturating_sub(limit);
+    all.into_iter()
+        .skip(skip)
+        .map(|e| pb::Event {
+            at_ms: e.at,
+            kind: e.kind.clone(),
+            node: e.node,
+            message: e.message.clone(),
+        })
+        .collect()
+}
+
+/// Recently updated requests, newest first.
+pub fn recent_requests(agent: &Agent, n: usize) -> Vec<pb::RequestInfo> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let mut rs: Vec<&Request> = state.requests().collect();
+    if rs.len() > n {
+        rs.select_nth_unstable_by(n - 1, |a, b| b.updated.cmp(&a.updated));
+        rs.truncate(n);
+    }
+    rs.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.key.cmp(&b.key)));
+    rs.into_iter()
+        .map(|r| request_info(&state, r, String::new()))
+        .collect()
+}
+
+pub fn cluster_update(agent: &Agent, requests: usize) -> pb::ClusterUpdate {
+    let (queue, _) = queue(agent, 0);
+    pb::ClusterUpdate {
+        now_ms: now_ms(),
+        raft: Some(raft_status(agent)),
+        nodes: nodes(agent),
+        queue: Some(queue),
+        requests: recent_requests(agent, requests),
+        events: events(agent, 100),
+        functions: functions(agent),
+    }
+}

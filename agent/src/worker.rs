@@ -1,0 +1,310 @@
+//! The worker: every agent runs requests the leader assigns to it.
+//!
+//! The worker opens a server stream (`Work`) to the leader and receives assignments as they
+//! are committed: no polling. Each assignment runs as a task; its outcome is reported with
+//! `Complete` (batched, retried until acknowledged: completions are idempotent). Heartbeats
+//! carry the running set so the leader can re-queue assignments that were lost. On shutdown
+//! the worker takes no new work, lets running requests finish until the deadline, and hands
+//! the rest back.
+
+use crate::client::{CallOptions, Client, ClientError};
+use crate::functions::{ClusterCaller, Ctx};
+use crate::node::Agent;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use mozen_model::{ChainLink, RequestKey, TaskError, codes};
+use mozen_proto as pb;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Child calls of running functions go through the agent's client to the leader.
+struct ChildCaller {
+    client: Client,
+}
+
+impl ClusterCaller for ChildCaller {
+    fn call_child(
+        &self,
+        parent: RequestKey,
+        function: String,
+        args: Value,
+    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+        let client = self.client.clone();
+        async move {
+            let opts = CallOptions {
+                parent: Some(parent),
+                ..Default::default()
+            };
+            match client.call_json(&function, args, &opts).await {
+                Ok(reply) => {
+                    let text = reply.result_json.unwrap_or_else(|| "null".into());
+                    serde_json::from_str(&text).map_err(|e| {
+                        TaskError::new(
+                            codes::BAD_ARGUMENTS,
+                            format!("{function}: result does not decode: {e}"),
+                        )
+                    })
+                }
+                Err(ClientError::Task(e)) => Err(e),
+                Err(e) => Err(TaskError::new(
+                    codes::CHILD_FAILED,
+                    format!("calling {function}: {e}"),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Requests this worker runs (or has finished but not yet reported), by key.
+type Running = Arc<Mutex<HashMap<RequestKey, (u32, CancellationToken)>>>;
+
+pub async fn run(agent: Arc<Agent>) {
+    let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<pb::Completion>();
+    let reporter = tokio::spawn(report(agent.clone(), done_rx, running.clone()));
+    let heartbeat = tokio::spawn(heartbeat(agent.clone(), running.clone()));
+    let caller: Arc<dyn ClusterCaller> = Arc::new(ChildCaller {
+        client: agent.client.clone(),
+    });
+    let mut delay = Duration::from_millis(50);
+    while !agent.stopping.is_cancelled() && !agent.removed.is_cancelled() {
+        let req = pb::WorkRequest {
+            node_id: agent.me(),
+            running: keys(&running),
+        };
+        let stream = agent
+            .client
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.work(r).await }
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("work stream: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = agent.stopping.cancelled() => break,
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(50);
+        *agent.known_leader.lock().expect("leader lock") = agent.client.current_addr();
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = agent.stopping.cancelled() => break,
+                _ = agent.removed.cancelled() => break,
+            };
+            let item = match msg {
+                Ok(Some(pb::WorkItem { item: Some(item) })) => item,
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            };
+            match item {
+                pb::work_item::Item::Assign(a) => start(&agent, &caller, &running, &done_tx, a),
+                pb::work_item::Item::Cancel(k) => {
+                    if let Some(key) = pb::convert::key_from_bytes(&k)
+                        && let Some((_, token)) = running.lock().expect("running").get(&key)
+                    {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+        // The stream ended: the leader changed or went away. Reconnect (running work goes on).
+        agent.client.rpc_reset();
+    }
+    // Shutting down: let running requests finish until the deadline, then hand them back.
+    let deadline = Instant::now() + agent.cfg.shutdown_deadline;
+    while Instant::now() < deadline && !running.lock().expect("running").is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = keys(&running);
+    if !left.is_empty() {
+        info!(
+            count = left.len(),
+            "handing unfinished requests back to the queue"
+        );
+        for (_, (_, t)) in running.lock().expect("running").iter() {
+            t.cancel();
+        }
+        let hb = pb::HeartbeatRequest {
+            node_id: agent.me(),
+            running: vec![],
+            leaving: true,
+            hand_back: left,
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(3),
+            agent.client.rpc(|mut c| {
+                let r = hb.clone();
+                async move { c.heartbeat(r).await }
+            }),
+        )
+        .await;
+    }
+    heartbeat.abort();
+    drop(done_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(3), reporter).await;
+}
+
+fn keys(running: &Running) -> Vec<Vec<u8>> {
+    running
+        .lock()
+        .expect("running")
+        .keys()
+        .map(|k| k.0.to_vec())
+        .collect()
+}
+
+fn start(
+    agent: &Arc<Agent>,
+    caller: &Arc<dyn ClusterCaller>,
+    running: &Running,
+    done: &mpsc::UnboundedSender<pb::Completion>,
+    a: pb::Assignment,
+) {
+    let Some(key) = pb::convert::key_from_bytes(&a.key) else {
+        warn!("assignment with a malformed key ignored");
+        return;
+    };
+    let token = CancellationToken::new();
+    {
+        let mut r = running.lock().expect("running");
+        if r.get(&key).is_some_and(|(att, _)| *att >= a.attempt) {
+            return; // already running (re-sent after a reconnect)
+        }
+        r.insert(key, (a.attempt, token.clone()));
+    }
+    let me = agent.me();
+    let ctx = Ctx::new(key, me, a.attempt, token, caller.clone());
+    let functions = agent.functions.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let args_text = String::from_utf8_lossy(&a.args).to_string();
+        let outcome = match serde_json::from_slice::<Value>(&a.args) {
+            Ok(args) => functions.run(&a.function, ctx, args).await,
+            Err(e) => Err(TaskError::new(
+                codes::BAD_ARGUMENTS,
+                format!("{}: arguments are not JSON: {e}", a.function),
+            )),
+        };
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        let (value, error) = match outcome {
+            Ok(v) => (
+                Some(serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec())),
+                None,
+            ),
+            Err(mut e) => {
+                if e.node.is_none() {
+                    e.node = Some(me);
+                }
+                e.chain.push(ChainLink {
+                    key,
+                    function: a.function.clone(),
+                    args: args_text,
+                    node: Some(me),
+                });
+                (None, Some(pb::TaskError::from(&e)))
+            }
+        };
+        let _ = done.send(pb::Completion {
+            key: a.key,
+            node: me,
+            attempt: a.attempt,
+            value,
+            error,
+            duration_ms,
+        });
+    });
+}
+
+/// Reports completions in batches; retries until the leader acknowledges.
+async fn report(
+    agent: Arc<Agent>,
+    mut rx: mpsc::UnboundedReceiver<pb::Completion>,
+    running: Running,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let req = pb::CompleteRequest { completions: batch };
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = agent
+                .client
+                .rpc(|mut c| {
+                    let r = req.clone();
+                    async move { c.complete(r).await }
+                })
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if Instant::now() > give_up => {
+                    warn!(
+                        "dropping {} completions after retrying for a minute: {e}",
+                        req.completions.len()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    debug!("complete: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let mut r = running.lock().expect("running");
+        for c in &req.completions {
+            if let Some(key) = pb::convert::key_from_bytes(&c.key)
+                && r.get(&key).is_some_and(|(att, _)| *att == c.attempt)
+            {
+                r.remove(&key);
+            }
+        }
+    }
+}
+
+async fn heartbeat(agent: Arc<Agent>, running: Running) {
+    let every = (agent.cfg.lease / 4).max(Duration::from_millis(100));
+    loop {
+        let req = pb::HeartbeatRequest {
+            node_id: agent.me(),
+            running: keys(&running),
+            leaving: agent.stopping.is_cancelled(),
+            hand_back: vec![],
+        };
+        let r = agent
+            .client
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.heartbeat(r).await }
+            })
+            .await;
+        if let Err(ClientError::Rejected { code, message }) = &r
+            && code == "MZ-UNKNOWN-NODE"
+        {
+            warn!(
+                "{code}: {message}; this agent was removed from the cluster and takes no more work (restart it to rejoin)"
+            );
+            agent.removed.cancel();
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

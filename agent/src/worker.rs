@@ -78,13 +78,14 @@ pub async fn run(agent: Arc<Agent>) {
             node_id: agent.me(),
             running: keys(&running),
         };
-        let stream = agent
-            .client
-            .rpc(|mut c| {
+        let stream = tokio::select! {
+            s = agent.client.rpc(|mut c| {
                 let r = req.clone();
                 async move { c.work(r).await }
-            })
-            .await;
+            }) => s,
+            _ = agent.stopping.cancelled() => break,
+            _ = agent.removed.cancelled() => break,
+        };
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
@@ -124,7 +125,24 @@ pub async fn run(agent: Arc<Agent>) {
         // The stream ended: the leader changed or went away. Reconnect (running work goes on).
         agent.client.rpc_reset();
     }
-    // Shutting down: let running requests finish until the deadline, then hand them back.
+    // Shutting down: tell the leader (no new work), let running requests finish until the
+    // deadline, then hand the rest back.
+    if !running.lock().expect("running").is_empty() {
+        let hb = pb::HeartbeatRequest {
+            node_id: agent.me(),
+            running: keys(&running),
+            leaving: true,
+            hand_back: vec![],
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            agent.client.rpc(|mut c| {
+                let r = hb.clone();
+                async move { c.heartbeat(r).await }
+            }),
+        )
+        .await;
+    }
     let deadline = Instant::now() + agent.cfg.shutdown_deadline;
     while Instant::now() < deadline && !running.lock().expect("running").is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,0 +1,180 @@
+//! Cluster formation, failover, restart, liveness and bad input (issue: the agent).
+
+use crate::harness::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_agents_bootstrap_one_leader_three_voters() {
+    let c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let s = c.status().await.unwrap();
+    assert!(s.leader_id.is_some());
+    assert_eq!(s.voters.len(), 3);
+    let st = c.cli_json(&["status", "--json"]);
+    let members = st["members"].as_array().unwrap();
+    assert_eq!(members.iter().filter(|m| m["role"] == "leader").count(), 1);
+    assert_eq!(members.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_sigkill_elects_new_leader_and_restart_catches_up() {
+    let mut c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let client = c.client();
+    let v: u64 = client.call("fib", 30).await.unwrap();
+    assert_eq!(v, 832040);
+    let old = c.leader().await;
+    c.agent(old).kill();
+    let t0 = Instant::now();
+    let new = c.new_leader(old).await;
+    eprintln!("new leader {new} after {:?}", t0.elapsed());
+    // Writes continue.
+    let v: u64 = client.call("fib", 31).await.unwrap();
+    assert_eq!(v, 1346269);
+    // The killed agent restarts on its data dir and catches up.
+    c.agent(old).start();
+    let target = c.status().await.unwrap().applied_index;
+    let a = c.agent(old).client();
+    eventually(
+        Duration::from_secs(20),
+        "restarted agent catches up",
+        || async {
+            let s = a
+                .rpc(|mut c| async move { c.status(mozen_proto::StatusRequest {}).await })
+                .await;
+            s.is_ok_and(|s| s.node_id == old && s.applied_index >= target)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_all_and_restart_keeps_nodes_requests_and_results() {
+    let mut c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let client = c.client();
+    let v: u64 = client.call("fib", 25).await.unwrap();
+    assert_eq!(v, 75025);
+    let key = c.cli_json(&["call", "echo", "[1,2,3]", "--json"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = c.cli_json(&["functions", "--json"]);
+    for a in &mut c.agents {
+        let st = a.terminate();
+        assert!(st.success(), "agent {} exited with {st}", a.id);
+    }
+    for a in &mut c.agents {
+        a.start();
+    }
+    c.ready(3).await;
+    assert_eq!(c.cli_json(&["functions", "--json"]), before);
+    let got = c.cli_json(&["get", &key, "--json"]);
+    assert_eq!(got["result"], json!([1, 2, 3]));
+    let again = c.cli_json(&["call", "fib", "25", "--json"]);
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["result"], json!(75025));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopped_worker_goes_down_within_lease_and_comes_back() {
+    let mut c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let leader = c.leader().await;
+    let victim = c
+        .agents
+        .iter()
+        .map(|a| a.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    c.agent(victim).signal("STOP");
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(2 + 1 + 2), "node down", || async {
+        c.nodes()
+            .await
+            .iter()
+            .any(|n| n.id == victim && n.state == "down")
+    })
+    .await;
+    eprintln!("down after {:?} (lease 2s)", t0.elapsed());
+    c.agent(victim).signal("CONT");
+    eventually(Duration::from_secs(10), "node active again", || async {
+        c.nodes()
+            .await
+            .iter()
+            .any(|n| n.id == victim && n.state == "active")
+    })
+    .await;
+}
+
+#[test]
+fn bad_flags_quote_the_value_and_exit_2() {
+    let out = std::process::Command::new(AGENT)
+        .args(["--id", "1", "--peers", "3@host:99999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--peers '3@host:99999': port must be 1-65535")
+    );
+    let out = std::process::Command::new(AGENT)
+        .args(["--id", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--id 'x'"));
+    let out = std::process::Command::new(CLI)
+        .args(["node", "frobnicate", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_id_for_data_dir_is_refused() {
+    let mut c = Cluster::start(1, &["--voters", "1"]);
+    c.ready(1).await;
+    let dir = c.agents[0].dir.clone();
+    assert!(c.agents[0].terminate().success());
+    let out = std::process::Command::new(AGENT)
+        .args([
+            "--id",
+            "7",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MZ-IDENTITY") && err.contains("belongs to node 1"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_peers_keep_waiting_and_cli_reports_unreachable() {
+    let mut c = Cluster::new(3, &[]);
+    c.agents[0].start(); // peers 2 and 3 never start
+    let out = std::process::Command::new(CLI)
+        .env("MOZEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MZ-UNREACHABLE"));
+    // The lone agent is alive and not initialized (it waits for its peers).
+    let a = c.agents[0].client();
+    eventually(Duration::from_secs(10), "agent answers", || async {
+        a.rpc(|mut c| async move { c.cluster_info(mozen_proto::ClusterInfoRequest {}).await })
+            .await
+            .is_ok_and(|i| !i.initialized)
+    })
+    .await;
+    c.agents[0].kill();
+}

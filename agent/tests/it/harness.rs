@@ -1,0 +1,282 @@
+//! Starting, stopping and polling real agents.
+
+use mozen_agent::client::Client;
+use mozen_proto as pb;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_mozen-agent");
+pub const CLI: &str = env!("CARGO_BIN_EXE_mozen");
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the agent to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Agent {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub extra: Vec<String>,
+    pub child: Option<Child>,
+    pub peers: String,
+}
+
+impl Agent {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent {} already running", self.id);
+        let log = std::fs::File::create(
+            self.dir
+                .with_extension(format!("log{}", Instant::now().elapsed().as_nanos())),
+        )
+        .unwrap();
+        let mut cmd = Command::new(AGENT);
+        cmd.args([
+            "--id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr,
+            "--data-dir",
+        ])
+        .arg(&self.dir)
+        .args(["--peers", &self.peers, "--lease", "2s"])
+        .args(&self.extra)
+        .env("MOZEN_LOG", "info,openraft=error")
+        .stdout(Stdio::null())
+        .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn mozen-agent"));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut c = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {} did not stop after SIGTERM",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::with_options(
+            [self.addr.clone()],
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            Duration::from_secs(20),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub agents: Vec<Agent>,
+}
+
+impl Cluster {
+    /// `n` agents that know each other; all started.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(n, extra);
+        for a in &mut c.agents {
+            a.start();
+        }
+        c
+    }
+
+    /// `n` agents configured but not started.
+    pub fn new(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}@{a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let agents = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Agent {
+                id: i as u64 + 1,
+                addr: a.clone(),
+                dir: dir.path().join(format!("n{}", i + 1)),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+                peers: peers.clone(),
+            })
+            .collect();
+        Cluster { dir, agents }
+    }
+
+    /// Adds an agent that points at the existing ones (not started).
+    pub fn add(&mut self, id: u64, extra: &[&str]) -> usize {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let peers = self
+            .agents
+            .iter()
+            .map(|a| format!("{}@{}", a.id, a.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.agents.push(Agent {
+            id,
+            addr,
+            dir: self.dir.path().join(format!("n{id}")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            peers,
+        });
+        self.agents.len() - 1
+    }
+
+    pub fn addrs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| a.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn client(&self) -> Client {
+        let addrs: Vec<String> = self.agents.iter().map(|a| a.addr.clone()).collect();
+        Client::with_options(
+            addrs,
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    pub async fn status(&self) -> Option<pb::RaftStatus> {
+        let c = self.client();
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            c.rpc(|mut c| async move { c.status(pb::StatusRequest {}).await }),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
+    pub async fn nodes(&self) -> Vec<pb::Node> {
+        let c = self.client();
+        c.rpc(|mut c| async move { c.nodes(pb::NodesRequest {}).await })
+            .await
+            .map(|r| r.nodes)
+            .unwrap_or_default()
+    }
+
+    /// Waits until there is a leader and `n` nodes are registered and active.
+    pub async fn ready(&self, n: usize) {
+        eventually(Duration::from_secs(30), "cluster ready", || async {
+            let nodes = self.nodes().await;
+            nodes.len() == n && nodes.iter().all(|x| x.state == "active")
+        })
+        .await;
+    }
+
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) = self.status().await.and_then(|s| s.leader_id) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no leader within 20s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a leader other than `old`.
+    pub async fn new_leader(&self, old: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(l) = self.status().await.and_then(|s| s.leader_id)
+                && l != old
+            {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no new leader within 15s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn agent(&mut self, id: u64) -> &mut Agent {
+        self.agents.iter_mut().find(|a| a.id == id).unwrap()
+    }
+
+    /// Runs the `mozen` CLI against this cluster.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CLI)
+            .env("MOZEN_ADDR", self.addrs())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "mozen {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Polls `cond` until it holds, failing the test with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

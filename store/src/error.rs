@@ -32,4 +32,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A value could not be encoded. Only a bug can cause this (every stored type encodes).
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+    /// A snapshot whose content disagrees with the metadata Raft sent along with it.
+    #[error("snapshot {snapshot} does not match its metadata: {reason}")]
+    SnapshotMismatch { snapshot: String, reason: String },
 }

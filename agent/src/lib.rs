@@ -35,3 +35,4 @@ pub use builder::AgentBuilder;
 pub use client::{Client, ClientError};
 pub use functions::{Ctx, Functions, fail};
 pub use mozen_model::TaskError;
+pub use node::Agent;

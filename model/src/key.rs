@@ -100,7 +100,13 @@ mod tests {
     fn hex_round_trip() {
         let k = RequestKey::of("fib", &canonical_args(&json!(90)));
         assert_eq!(k.to_hex().parse::<RequestKey>().unwrap(), k);
-        assert!(matches!("zz".parse::<RequestKey>(), Err(KeyParseError::Length(_))));
-        assert!(matches!("g".repeat(64).parse::<RequestKey>(), Err(KeyParseError::NotHex(_))));
+        assert!(matches!(
+            "zz".parse::<RequestKey>(),
+            Err(KeyParseError::Length(_))
+        ));
+        assert!(matches!(
+            "g".repeat(64).parse::<RequestKey>(),
+            Err(KeyParseError::NotHex(_))
+        ));
     }
 }

@@ -38,7 +38,12 @@ pub struct TaskError {
 
 impl TaskError {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        TaskError { code: code.to_string(), message: message.into(), node: None, chain: Vec::new() }
+        TaskError {
+            code: code.to_string(),
+            message: message.into(),
+            node: None,
+            chain: Vec::new(),
+        }
     }
 }
 

@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestState {
     Queued,
-    Running { node: NodeId, attempt: u32, since: Millis },
+    Running {
+        node: NodeId,
+        attempt: u32,
+        since: Millis,
+    },
     Done,
     Failed,
     Cancelled,
@@ -15,7 +19,10 @@ pub enum RequestState {
 
 impl RequestState {
     pub fn is_terminal(&self) -> bool {
-        matches!(self, RequestState::Done | RequestState::Failed | RequestState::Cancelled)
+        matches!(
+            self,
+            RequestState::Done | RequestState::Failed | RequestState::Cancelled
+        )
     }
 
     pub fn name(&self) -> &'static str {
@@ -49,7 +56,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { retries: 0, backoff_ms: 100, max_attempts: 3 }
+        RetryPolicy {
+            retries: 0,
+            backoff_ms: 100,
+            max_attempts: 3,
+        }
     }
 }
 

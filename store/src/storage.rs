@@ -1,315 +1,381 @@
-//! openraft storage (storage-v2) on one sled `Db` per agent.
+//! openraft storage (storage-v2) on one sled `Db`: the Raft log, the vote, and the state
+//! machine with its memoized results and snapshots.
 //!
-//! Layout of a data dir:
-//! - `db/`: sled, with trees `raft_log` (big-endian u64 index -> postcard `Entry`),
-//!   `raft_meta` (format version, vote, committed, last purged, node identity) and
-//!   `sm_outcomes` (32-byte request key -> postcard `Outcome`);
-//! - `snapshots/`: snapshot files `snap-<index>-<term>.bin`, written to a temporary file,
-//!   fsynced and renamed, older ones deleted.
+//! # On-disk layout
 //!
-//! Persistence design: the `ClusterState` (everything but result payloads) lives in memory and
-//! is persisted only in snapshots; result payloads go to `sm_outcomes` as they are applied, so
-//! a million memoized results never sit in RAM. At start the state is loaded from the newest
-//! snapshot and openraft re-applies the committed entries after it (we persist `committed`),
-//! so a restart never replays the log from index 0 once a snapshot exists. Re-applying is
-//! harmless: apply is deterministic and the outcome writes are idempotent.
+//! ```text
+//! <dir>/db/          one sled Db, trees:
+//!     raft_log       key = big-endian u64 log index (so sled order is log order),
+//!                    value = postcard(openraft Entry)
+//!     raft_meta      "format_version" (u32 BE), "vote", "committed", "last_purged"
+//!                    (postcard), "identity" (u64 BE, this agent's node id),
+//!                    "outcomes_pending" (name of a snapshot whose results are being loaded)
+//!     sm_outcomes    key = 32-byte request key, value = postcard(Outcome)
+//! <dir>/snapshots/   <seq>.snap: the newest complete snapshot (older ones are deleted);
+//!                    <seq>.part: a snapshot being written or received (deleted at open)
+//! ```
 //!
-//! Durability: `save_vote` flushes before returning; `append` inserts, flushes (on a blocking
-//! thread, never `flush_async`) and only then reports the IO complete; `purge` records
-//! `last_purged` before deleting. A flush covers every tree, so outcomes written by apply reach
-//! disk with the next append at the latest; building a snapshot flushes first as well.
+//! # Persistence design
+//!
+//! `ClusterState` (everything but result payloads) lives in memory. `apply()` runs the pure
+//! transition under the state's write lock, then writes the effects it produced
+//! (`Effect::PutOutcome`/`DeleteOutcome`) to `sm_outcomes` in one sled batch, so memoized
+//! payloads are never all in RAM. `apply()` does not flush: after a crash the state machine
+//! restarts from the newest snapshot and openraft re-applies the log up to the persisted
+//! committed index (`save_committed`/`read_committed`); re-applying rewrites the same effects,
+//! which are idempotent. A snapshot is flushed to sled before it becomes current, so
+//! `sm_outcomes` on disk is never older than the newest snapshot.
+//!
+//! A snapshot file is the state (postcard) followed by every record of `sm_outcomes`, streamed
+//! to a `.part` file, fsynced, then renamed atomically and the directory fsynced:
+//!
+//! ```text
+//! "MOZSNAP\0" | format u32 LE | header_len u64 LE | blake3(header) | header
+//!     (header = postcard { SnapshotMeta, ClusterState })
+//! { 0x01 | request key [32] | len u32 LE | postcard(Outcome) }*
+//! 0x00 | record count u64 LE | blake3(every byte before this hash)
+//! ```
+//!
+//! Building runs beside `apply()`, which keeps going: the state is cloned under its read lock
+//! (the snapshot point) and `sm_outcomes` is then scanned in key order. While the scan runs,
+//! `apply()` saves the value a key had at the snapshot point before it first changes a key the
+//! scan has not reached yet; the scan uses those saved values instead of what it reads, and
+//! writes the saved values of keys deleted before the scan reached them at the end. The file
+//! thus holds exactly the results as of the snapshot point.
+//!
+//! Installing a received snapshot verifies the whole file (both hashes), records its name
+//! under `outcomes_pending` (flushed), renames it into place, replaces the `sm_outcomes`
+//! contents with the file's records, clears the marker and swaps the in-memory state. A crash
+//! in between is repaired at open: a marker naming the newest snapshot reloads `sm_outcomes`
+//! from it.
+//!
+//! # Durability
+//!
+//! Log and vote writes reach disk through `Db::flush` (sled's `pwrite` + `sync_file_range`),
+//! run with `spawn_blocking` (never `flush_async`, which can deadlock in sled 0.34):
+//! `save_vote` returns after the flush; `append` inserts the entries, flushes, and only then
+//! reports `log_io_completed`; `truncate` and `purge` flush before returning, and `purge`
+//! writes `last_purged` before it removes entries. sled recovers a prefix of its writes, so
+//! the order writes were issued in is the order they survive in.
+//!
+//! # Damage
+//!
+//! A fresh directory gets `format_version` = [`FORMAT_VERSION`]; any other value is
+//! `StoreError::Version`. A value that fails to decode is `StoreError::Corrupt` naming the tree
+//! and key; at the openraft trait boundary it becomes a `StorageError` carrying that message.
+//! Nothing read from disk is unwrapped.
 
 use crate::command::{Command, Response};
 use crate::error::StoreError;
-use crate::raft_types::*;
+use crate::raft_types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 use crate::state::{ClusterState, Effect};
 use mozen_model::{Outcome, RequestKey};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, StorageError, StorageIOError,
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogState, RaftLogReader, RaftSnapshotBuilder,
+    StorageError, StorageIOError,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::IVec;
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::fs;
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-/// Version of the on-disk layout; a data dir with another version is refused.
+/// Version of the on-disk format (sled trees and snapshot files). Bump on any incompatible
+/// change; a directory with another version is refused with `StoreError::Version`.
+/// One outcome record of a snapshot: request key and postcard-encoded outcome.
+type OutcomeRecord = ([u8; 32], Vec<u8>);
+
 pub const FORMAT_VERSION: u32 = 1;
-const SNAP_MAGIC: &[u8; 8] = b"MZSNAP1\n";
 
-const T_LOG: &str = "raft_log";
-const T_META: &str = "raft_meta";
-const T_OUT: &str = "sm_outcomes";
-const K_VERSION: &str = "format_version";
-const K_VOTE: &str = "vote";
-const K_COMMITTED: &str = "committed";
-const K_PURGED: &str = "last_purged";
-const K_IDENTITY: &str = "identity";
+const TREE_LOG: &str = "raft_log";
+const TREE_META: &str = "raft_meta";
+const TREE_OUTCOMES: &str = "sm_outcomes";
+const TREE_SNAPSHOTS: &str = "snapshots";
+
+const KEY_VERSION: &str = "format_version";
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+const KEY_IDENTITY: &str = "identity";
+const KEY_OUTCOMES_PENDING: &str = "outcomes_pending";
+
+const SNAP_MAGIC: &[u8; 8] = b"MOZSNAP\0";
+const SNAP_RECORD: u8 = 1;
+const SNAP_END: u8 = 0;
+/// Records per sled batch when loading a snapshot's results.
+const LOAD_BATCH: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// sled page cache.
+    /// sled's page cache. sled's own default (1 GiB) is too much for several agents per host.
     pub cache_capacity_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_capacity_bytes: 64 << 20,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
 
-/// The replicated state, shared with readers. Take the read lock briefly, never across await.
-pub type SharedState = Arc<RwLock<ClusterState>>;
-
-/// Told about every applied batch, after the state's write lock is released.
-pub trait ApplyObserver: Send + Sync + 'static {
-    fn applied(&self, batch: &[(u64, &Command, &Response)]);
-    fn snapshot_installed(&self);
-}
-
-struct Trees {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
-    outcomes: sled::Tree,
-    snap_dir: PathBuf,
-}
-
-fn sled_err(tree: &'static str) -> impl Fn(sled::Error) -> StoreError {
-    move |source| StoreError::Sled { tree, source }
-}
-
-fn corrupt(tree: &'static str, key: impl Into<String>, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        key: key.into(),
-        reason: reason.to_string(),
-    }
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn se(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
-    StorageError::IO {
-        source: StorageIOError::new(subject, verb, AnyError::error(e.to_string())),
-    }
-}
-
-fn rd_logs(e: impl ToString) -> StorageError<u64> {
-    se(ErrorSubject::Logs, ErrorVerb::Read, e)
-}
-
-fn wr_logs(e: impl ToString) -> StorageError<u64> {
-    se(ErrorSubject::Logs, ErrorVerb::Write, e)
-}
-
-fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
-    se(ErrorSubject::StateMachine, verb, e)
-}
-
-fn snap_err(verb: ErrorVerb, e: impl ToString) -> StorageError<u64> {
-    se(ErrorSubject::Snapshot(None), verb, e)
-}
-
-impl Trees {
-    fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.meta.get(key).map_err(sled_err(T_META))? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| corrupt(T_META, key, e)),
-        }
-    }
-
-    fn meta_put<T: serde::Serialize>(&self, key: &str, v: &T) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(v).map_err(|e| corrupt(T_META, key, e))?;
-        self.meta.insert(key, bytes).map_err(sled_err(T_META))?;
-        Ok(())
-    }
-
-    fn entry_at(&self, k: &[u8], v: &[u8]) -> Result<Entry, StoreError> {
-        let idx = <[u8; 8]>::try_from(k)
-            .map(u64::from_be_bytes)
-            .map_err(|_| corrupt(T_LOG, hex(k), "key is not 8 bytes"))?;
-        postcard::from_bytes(v).map_err(|e| {
-            corrupt(
-                T_LOG,
-                idx.to_string(),
-                format!("entry does not decode: {e}"),
-            )
-        })
-    }
-
-    fn outcome(&self, key: &RequestKey) -> Result<Option<Outcome>, StoreError> {
-        match self.outcomes.get(key.0).map_err(sled_err(T_OUT))? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| corrupt(T_OUT, key.to_hex(), e)),
-        }
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-async fn flush(db: &sled::Db) -> Result<(), StoreError> {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
-        .await
-        .map_err(|e| StoreError::Io {
-            path: "sled flush".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(sled_err("db"))
-}
-
-/// Opens (creating if needed) the data dir.
+/// Opens (creating if needed) the data dir: `<dir>/db` (sled) and `<dir>/snapshots/`.
+///
+/// Checks the format version, decodes the vote, the purge point and the last log entry, and
+/// loads the newest snapshot into the state machine, so a damaged directory fails here rather
+/// than inside Raft.
 pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     let snap_dir = dir.join("snapshots");
-    std::fs::create_dir_all(&snap_dir).map_err(io_err(&snap_dir))?;
-    let db_dir = dir.join("db");
+    fs::create_dir_all(&snap_dir).map_err(io_err(&snap_dir))?;
     let db = sled::Config::new()
-        .path(&db_dir)
+        .path(dir.join("db"))
         .cache_capacity(opts.cache_capacity_bytes)
         .open()
         .map_err(sled_err("db"))?;
-    let t = |name: &'static str| db.open_tree(name).map_err(sled_err(name));
-    let trees = Arc::new(Trees {
-        log: t(T_LOG)?,
-        meta: t(T_META)?,
-        outcomes: t(T_OUT)?,
-        db: db.clone(),
-        snap_dir,
-    });
-    match trees.meta.get(K_VERSION).map_err(sled_err(T_META))? {
-        Some(v) => {
-            let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
-            if found != Some(FORMAT_VERSION) {
-                return Err(StoreError::Version {
-                    dir: dir.display().to_string(),
-                    found: found
-                        .map_or_else(|| format!("unreadable ({})", hex(&v)), |f| f.to_string()),
-                    expected: FORMAT_VERSION,
-                });
-            }
-        }
-        None => {
-            if !trees.log.is_empty() || !trees.meta.is_empty() {
-                return Err(StoreError::Version {
-                    dir: dir.display().to_string(),
-                    found: "none".into(),
-                    expected: FORMAT_VERSION,
-                });
-            }
-            trees
-                .meta
-                .insert(K_VERSION, &FORMAT_VERSION.to_be_bytes())
-                .map_err(sled_err(T_META))?;
-            db.flush().map_err(sled_err("db"))?;
-        }
-    }
-    // Check the log's ends decode, so damage is reported at open, not deep inside Raft.
-    for kv in [trees.log.first(), trees.log.last()] {
-        if let Some((k, v)) = kv.map_err(sled_err(T_LOG))? {
-            trees.entry_at(&k, &v)?;
-        }
-    }
-    let _: Option<Vote> = trees.meta_get(K_VOTE)?;
-    let _: Option<LogId> = trees.meta_get(K_PURGED)?;
-    let sm = StateMachineStore::load(trees.clone())?;
-    Ok((LogStore { t: trees }, sm))
+    let log = db.open_tree(TREE_LOG).map_err(sled_err(TREE_LOG))?;
+    let meta = db.open_tree(TREE_META).map_err(sled_err(TREE_META))?;
+    let outcomes = db
+        .open_tree(TREE_OUTCOMES)
+        .map_err(sled_err(TREE_OUTCOMES))?;
+    check_version(dir, &db, &log, &meta, &outcomes)?;
+
+    let log_store = LogStore {
+        inner: Arc::new(LogInner {
+            db: db.clone(),
+            log,
+            meta: meta.clone(),
+            snap_dir: snap_dir.clone(),
+        }),
+    };
+    log_store.inner.read_vote()?;
+    log_store.inner.last_purged()?;
+    log_store.inner.last_log_id()?;
+
+    let sm = StateMachineStore::load(db, meta, outcomes, snap_dir)?;
+    Ok((log_store, sm))
 }
 
-/// The Raft log and vote.
+fn check_version(
+    dir: &Path,
+    db: &sled::Db,
+    log: &sled::Tree,
+    meta: &sled::Tree,
+    outcomes: &sled::Tree,
+) -> Result<(), StoreError> {
+    let mismatch = |found: String| StoreError::Version {
+        dir: dir.display().to_string(),
+        found,
+        expected: FORMAT_VERSION,
+    };
+    match meta.get(KEY_VERSION).map_err(sled_err(TREE_META))? {
+        None => {
+            let fresh = log.is_empty() && meta.is_empty() && outcomes.is_empty();
+            if !fresh {
+                return Err(mismatch(
+                    "none (the directory has data but no version)".into(),
+                ));
+            }
+            meta.insert(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())
+                .map_err(sled_err(TREE_META))?;
+            db.flush().map_err(sled_err(TREE_META))?;
+            Ok(())
+        }
+        Some(v) => {
+            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                tree: TREE_META,
+                key: KEY_VERSION.into(),
+                reason: format!("expected 4 bytes, found {}", v.len()),
+            })?;
+            let found = u32::from_be_bytes(bytes);
+            if found != FORMAT_VERSION {
+                return Err(mismatch(found.to_string()));
+            }
+            Ok(())
+        }
+    }
+}
+
+// ----- the log -----
+
+/// The Raft log and vote. Cheap to clone: clones share one sled `Db`.
 #[derive(Clone)]
 pub struct LogStore {
-    t: Arc<Trees>,
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    snap_dir: PathBuf,
 }
 
 impl LogStore {
-    /// This agent's node id, if one was stored.
+    /// This agent's node id, stored in the meta tree by [`LogStore::write_identity`].
     pub fn read_identity(&self) -> Result<Option<u64>, StoreError> {
-        self.t.meta_get(K_IDENTITY)
+        let Some(v) = self
+            .inner
+            .meta
+            .get(KEY_IDENTITY)
+            .map_err(sled_err(TREE_META))?
+        else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: TREE_META,
+            key: KEY_IDENTITY.into(),
+            reason: format!("expected 8 bytes, found {}", v.len()),
+        })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
     }
 
-    /// Stores this agent's node id durably.
+    /// Records this agent's node id; durable (flushed) before it returns.
     pub fn write_identity(&self, id: u64) -> Result<(), StoreError> {
-        self.t.meta_put(K_IDENTITY, &id)?;
-        self.t.db.flush().map_err(sled_err("db"))?;
+        self.inner
+            .meta
+            .insert(KEY_IDENTITY, &id.to_be_bytes())
+            .map_err(sled_err(TREE_META))?;
+        self.inner.db.flush().map_err(sled_err(TREE_META))?;
         Ok(())
     }
 
-    /// Bytes on disk (sled's estimate).
-    pub fn disk_size(&self) -> u64 {
-        self.t.db.size_on_disk().unwrap_or(0)
-    }
-
-    /// Entries currently in the log.
-    pub fn log_len(&self) -> u64 {
-        self.t.log.len() as u64
-    }
-
-    /// Flushes everything to disk (used at shutdown).
+    /// Flushes every tree to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.t.db.flush().map(|_| ()).map_err(sled_err("db"))
+        self.inner
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StoreError::Sled { tree: "db", source })
     }
 
-    fn range_entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StoreError> {
-        let start = match range.start_bound() {
-            Bound::Included(s) => *s,
-            Bound::Excluded(s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(e) => Bound::Included(e.to_be_bytes()),
-            Bound::Excluded(e) => Bound::Excluded(e.to_be_bytes()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut out = Vec::new();
-        for kv in self
-            .t
-            .log
-            .range((Bound::Included(start.to_be_bytes()), end))
-        {
-            let (k, v) = kv.map_err(sled_err(T_LOG))?;
-            out.push(self.t.entry_at(&k, &v)?);
+    /// Bytes on disk: the sled files plus the snapshot files.
+    pub fn disk_size(&self) -> u64 {
+        let db = self.inner.db.size_on_disk().unwrap_or(0);
+        let snaps = fs::read_dir(&self.inner.snap_dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+        db + snaps
+    }
+
+    /// Entries currently in the log tree (the log has no holes, so this is last - first + 1).
+    pub fn log_len(&self) -> u64 {
+        let index = |kv: Option<(IVec, IVec)>| kv.and_then(|(k, _)| be_index(&k));
+        let first = index(self.inner.log.first().ok().flatten());
+        let last = index(self.inner.log.last().ok().flatten());
+        match (first, last) {
+            (Some(f), Some(l)) if l >= f => l - f + 1,
+            _ => 0,
         }
-        Ok(out)
     }
 }
 
+impl LogInner {
+    fn read_vote(&self) -> Result<Option<Vote>, StoreError> {
+        get_decoded(&self.meta, TREE_META, KEY_VOTE)
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StoreError> {
+        get_decoded(&self.meta, TREE_META, KEY_LAST_PURGED)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        match self.log.last().map_err(sled_err(TREE_LOG))? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some(decode_entry(&k, &v)?.log_id)),
+        }
+    }
+
+    fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
+        let map = |b: Bound<&u64>| match b {
+            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let range = (map(range.start_bound()), map(range.end_bound()));
+        // An empty range (start > end) makes sled panic; openraft may ask for one.
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
+            (&range.0, &range.1)
+            && s > e
+        {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in self.log.range(range) {
+            let (k, v) = kv.map_err(sled_err(TREE_LOG))?;
+            out.push(decode_entry(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(join_err)?
+            .map_err(sled_err("db"))?;
+        Ok(())
+    }
+}
+
+fn be_index(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
+    let index = be_index(key).ok_or_else(|| StoreError::Corrupt {
+        tree: TREE_LOG,
+        key: format!("0x{}", hex_of(key)),
+        reason: format!("log keys are 8 bytes, this one has {}", key.len()),
+    })?;
+    let entry: Entry = decode_exact(value).map_err(|reason| StoreError::Corrupt {
+        tree: TREE_LOG,
+        key: format!("index {index}"),
+        reason,
+    })?;
+    if entry.log_id.index != index {
+        return Err(StoreError::Corrupt {
+            tree: TREE_LOG,
+            key: format!("index {index}"),
+            reason: format!("the entry says it is index {}", entry.log_id.index),
+        });
+    }
+    Ok(entry)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<u64>> {
-        self.range_entries(range).map_err(rd_logs)
+        self.inner
+            .entries(range)
+            .map_err(to_storage(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = Self;
+    type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let purged: Option<LogId> = self.t.meta_get(K_PURGED).map_err(rd_logs)?;
-        let last = match self.t.log.last().map_err(|e| rd_logs(sled_err(T_LOG)(e)))? {
-            Some((k, v)) => Some(self.t.entry_at(&k, &v).map_err(rd_logs)?.log_id),
-            None => purged,
-        };
+        let read = to_storage(ErrorSubject::Logs, ErrorVerb::Read);
+        let last_purged_log_id = self.inner.last_purged().map_err(&read)?;
+        let last_log_id = self.inner.last_log_id().map_err(&read)?;
         Ok(LogState {
-            last_purged_log_id: purged,
-            last_log_id: last,
+            last_purged_log_id,
+            last_log_id: last_log_id.or(last_purged_log_id),
         })
     }
 
@@ -318,27 +384,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<u64>> {
-        let w = |e: StoreError| se(ErrorSubject::Vote, ErrorVerb::Write, e);
-        self.t.meta_put(K_VOTE, vote).map_err(w)?;
-        flush(&self.t.db).await.map_err(w)
+        let write = to_storage(ErrorSubject::Vote, ErrorVerb::Write);
+        put_encoded(&self.inner.meta, TREE_META, KEY_VOTE, vote).map_err(&write)?;
+        self.inner.flush().await.map_err(&write)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
-        self.t
-            .meta_get(K_VOTE)
-            .map_err(|e| se(ErrorSubject::Vote, ErrorVerb::Read, e))
+        self.inner
+            .read_vote()
+            .map_err(to_storage(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
+    /// Not flushed: losing the last committed index only means re-applying less at start.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
-        self.t.meta_put(K_COMMITTED, &committed).map_err(wr_logs)
+        let write = to_storage(ErrorSubject::Store, ErrorVerb::Write);
+        match committed {
+            Some(c) => put_encoded(&self.inner.meta, TREE_META, KEY_COMMITTED, &c).map_err(write),
+            None => self
+                .inner
+                .meta
+                .remove(KEY_COMMITTED)
+                .map(drop)
+                .map_err(sled_err(TREE_META))
+                .map_err(write),
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
-        Ok(self
-            .t
-            .meta_get::<Option<LogId>>(K_COMMITTED)
-            .map_err(rd_logs)?
-            .flatten())
+        get_decoded(&self.inner.meta, TREE_META, KEY_COMMITTED)
+            .map_err(to_storage(ErrorSubject::Store, ErrorVerb::Read))
     }
 
     async fn append<I>(
@@ -347,366 +421,554 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         callback: LogFlushed<TypeConfig>,
     ) -> Result<(), StorageError<u64>>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
     {
+        let write = to_storage(ErrorSubject::Logs, ErrorVerb::Write);
         let mut batch = sled::Batch::default();
-        for e in entries {
-            let bytes = postcard::to_allocvec(&e).map_err(wr_logs)?;
-            batch.insert(&e.log_id.index.to_be_bytes(), bytes);
+        for entry in entries {
+            let bytes = encode("log entry", &entry).map_err(&write)?;
+            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
         }
-        self.t
+        self.inner
             .log
             .apply_batch(batch)
-            .map_err(|e| wr_logs(sled_err(T_LOG)(e)))?;
-        match flush(&self.t.db).await {
+            .map_err(sled_err(TREE_LOG))
+            .map_err(&write)?;
+        // Acknowledge only what is on disk: a crash after the callback must not lose entries.
+        match self.inner.flush().await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(wr_logs(e))
+                callback.log_io_completed(Err(io::Error::other(e.to_string())));
+                Err(write(e))
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        let write = to_storage(ErrorSubject::Logs, ErrorVerb::Delete);
         let mut batch = sled::Batch::default();
-        for kv in self.t.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = kv.map_err(|e| wr_logs(sled_err(T_LOG)(e)))?;
+        for kv in self.inner.log.range(log_id.index.to_be_bytes()..) {
+            let (k, _) = kv.map_err(sled_err(TREE_LOG)).map_err(&write)?;
             batch.remove(k);
         }
-        self.t
+        self.inner
             .log
             .apply_batch(batch)
-            .map_err(|e| wr_logs(sled_err(T_LOG)(e)))?;
-        flush(&self.t.db).await.map_err(wr_logs)
+            .map_err(sled_err(TREE_LOG))
+            .map_err(&write)?;
+        self.inner.flush().await.map_err(&write)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        self.t.meta_put(K_PURGED, &log_id).map_err(wr_logs)?;
-        flush(&self.t.db).await.map_err(wr_logs)?;
+        let write = to_storage(ErrorSubject::Logs, ErrorVerb::Delete);
+        // last_purged first: a crash between the two writes leaves entries below the purge
+        // point, which are ignored, never a log whose start nobody remembers.
+        put_encoded(&self.inner.meta, TREE_META, KEY_LAST_PURGED, &log_id).map_err(&write)?;
         let mut batch = sled::Batch::default();
-        for kv in self.t.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = kv.map_err(|e| wr_logs(sled_err(T_LOG)(e)))?;
+        for kv in self.inner.log.range(..=log_id.index.to_be_bytes()) {
+            let (k, _) = kv.map_err(sled_err(TREE_LOG)).map_err(&write)?;
             batch.remove(k);
         }
-        self.t
+        self.inner
             .log
             .apply_batch(batch)
-            .map_err(|e| wr_logs(sled_err(T_LOG)(e)))
+            .map_err(sled_err(TREE_LOG))
+            .map_err(&write)?;
+        self.inner.flush().await.map_err(&write)
     }
 }
 
-#[derive(Default)]
-struct Applied {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    snapshot: Option<(SnapshotMeta, PathBuf, u64)>,
+// ----- the state machine -----
+
+/// The replicated state, shared with the agent's readers. Readers hold the read lock briefly
+/// and never across an `.await`; `apply()` holds the write lock for one batch of entries.
+pub type SharedState = Arc<RwLock<ClusterState>>;
+
+/// Told about every change of the state machine, for wake-ups and caches outside the store.
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// Called after each apply() call of the state machine with the normal commands applied
+    /// (log index, command, response), after the write lock on the state is released.
+    fn applied(&self, batch: &[(u64, &Command, &Response)]);
+    /// Called after a snapshot replaced the whole state.
+    fn snapshot_installed(&self);
 }
 
-/// The state machine: in-memory `ClusterState`, payloads in sled, snapshots in files.
+/// The state machine: `ClusterState` in memory, result payloads in `sm_outcomes`, snapshots
+/// in files. Cheap to clone: clones share everything.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    t: Arc<Trees>,
+    inner: Arc<SmInner>,
+}
+
+struct SmInner {
+    db: sled::Db,
+    meta: sled::Tree,
+    outcomes: sled::Tree,
+    snap_dir: PathBuf,
     state: SharedState,
-    applied: Arc<Mutex<Applied>>,
-    observer: Arc<Mutex<Option<Arc<dyn ApplyObserver>>>>,
+    /// Last applied log id and membership. Changed only while the state's write lock is held,
+    /// so a reader holding the state's read lock sees both consistent with the state.
+    applied: Mutex<Applied>,
+    observer: RwLock<Option<Arc<dyn ApplyObserver>>>,
+    /// Set while a snapshot scans `sm_outcomes`; see the module docs.
+    capture: Mutex<Option<Capture>>,
+    current: Mutex<Option<CurrentSnapshot>>,
+    /// One snapshot build or install at a time: both rewrite the snapshot directory, and an
+    /// install rewrites `sm_outcomes` under a running scan.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    /// Files handed out by `begin_receiving_snapshot`, by (device, inode), so that installing
+    /// one renames it instead of copying it.
+    receiving: Mutex<HashMap<(u64, u64), PathBuf>>,
+    /// Sequence number of the next snapshot file; file names sort in creation order.
+    next_file: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+}
+
+#[derive(Clone, Debug)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// Values `sm_outcomes` had at a snapshot point, for the keys changed since then that the scan
+/// has not passed yet. `None`: the key did not exist.
+#[derive(Default)]
+struct Capture {
+    /// The last key the scan handled; keys at or before it need no saving.
+    cursor: Option<IVec>,
+    before: HashMap<IVec, Option<IVec>>,
 }
 
 impl StateMachineStore {
-    fn load(t: Arc<Trees>) -> Result<Self, StoreError> {
-        let mut applied = Applied::default();
-        let mut state = ClusterState::new();
-        if let Some((path, meta_idx)) = newest_snapshot(&t.snap_dir)? {
-            let _ = meta_idx;
-            let f = std::fs::File::open(&path).map_err(io_err(&path))?;
-            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut r = BufReader::new(f);
-            let (meta, st) = read_snapshot_head(&mut r, &path)?;
-            state = st;
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
-            applied.snapshot = Some((meta, path, size));
+    fn load(
+        db: sled::Db,
+        meta: sled::Tree,
+        outcomes: sled::Tree,
+        snap_dir: PathBuf,
+    ) -> Result<Self, StoreError> {
+        let mut newest: Option<(u64, PathBuf)> = None;
+        let mut older = Vec::new();
+        for e in fs::read_dir(&snap_dir).map_err(io_err(&snap_dir))? {
+            let path = e.map_err(io_err(&snap_dir))?.path();
+            let ext = path.extension().and_then(|x| x.to_str());
+            let seq = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok());
+            match (ext, seq) {
+                // An interrupted build or transfer.
+                (Some("part"), _) => fs::remove_file(&path).map_err(io_err(&path))?,
+                (Some("snap"), Some(seq)) => {
+                    if let Some((s, p)) = newest.take() {
+                        if s > seq {
+                            newest = Some((s, p));
+                            older.push(path);
+                            continue;
+                        }
+                        older.push(p);
+                    }
+                    newest = Some((seq, path));
+                }
+                _ => {}
+            }
         }
-        Ok(StateMachineStore {
-            t,
+        // Older snapshots are left by a crash between a rename and the clean-up.
+        for p in older {
+            fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+        let next_file = newest.as_ref().map_or(1, |(s, _)| s + 1);
+        let (state, applied, current) = match &newest {
+            None => (ClusterState::new(), Applied::default(), None),
+            Some((_, path)) => {
+                let mut r = SnapReader::open(path)?;
+                let (meta, state) = r.header()?;
+                let bytes = fs::metadata(path).map_err(io_err(path))?.len();
+                let applied = Applied {
+                    last: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                };
+                let current = CurrentSnapshot {
+                    meta,
+                    path: path.clone(),
+                    bytes,
+                };
+                (state, applied, Some(current))
+            }
+        };
+        let inner = SmInner {
+            db,
+            meta,
+            outcomes,
+            snap_dir,
             state: Arc::new(RwLock::new(state)),
-            applied: Arc::new(Mutex::new(applied)),
-            observer: Arc::new(Mutex::new(None)),
+            applied: Mutex::new(applied),
+            observer: RwLock::new(None),
+            capture: Mutex::new(None),
+            current: Mutex::new(current),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            receiving: Mutex::new(HashMap::new()),
+            next_file: AtomicU64::new(next_file),
+        };
+        inner.finish_pending_load(newest.as_ref().map(|(_, p)| p.as_path()))?;
+        Ok(StateMachineStore {
+            inner: Arc::new(inner),
         })
     }
 
+    /// The replicated state. Take the read lock briefly; never hold it across an `.await`.
     pub fn shared(&self) -> SharedState {
-        self.state.clone()
+        self.inner.state.clone()
     }
 
-    /// The memoized outcome of a request, read from sled.
+    /// The memoized result of a request, read from sled.
     pub fn outcome(&self, key: &RequestKey) -> Result<Option<Outcome>, StoreError> {
-        self.t.outcome(key)
-    }
-
-    pub fn set_observer(&self, obs: Arc<dyn ApplyObserver>) {
-        *self.observer.lock().expect("observer lock") = Some(obs);
-    }
-
-    /// Index and size of the newest snapshot.
-    pub fn last_snapshot(&self) -> Option<(u64, u64)> {
-        let a = self.applied.lock().expect("applied lock");
-        a.snapshot
-            .as_ref()
-            .map(|(m, _, size)| (m.last_log_id.map_or(0, |l| l.index), *size))
-    }
-
-    fn write_effects(&self, effects: Vec<Effect>) -> Result<(), StoreError> {
-        if effects.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for e in effects {
-            match e {
-                Effect::PutOutcome(k, o) => {
-                    let bytes =
-                        postcard::to_allocvec(&o).map_err(|err| corrupt(T_OUT, k.to_hex(), err))?;
-                    batch.insert(&k.0, bytes);
-                }
-                Effect::DeleteOutcome(k) => batch.remove(&k.0),
-            }
-        }
-        self.t.outcomes.apply_batch(batch).map_err(sled_err(T_OUT))
-    }
-}
-
-fn snap_name(meta: &SnapshotMeta) -> String {
-    let (idx, term) = meta
-        .last_log_id
-        .map_or((0, 0), |l| (l.index, l.leader_id.term));
-    format!("snap-{idx:020}-{term:020}.bin")
-}
-
-fn newest_snapshot(dir: &Path) -> Result<Option<(PathBuf, u64)>, StoreError> {
-    let mut best: Option<(PathBuf, u64)> = None;
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let e = e.map_err(io_err(dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(rest) = name
-            .strip_prefix("snap-")
-            .and_then(|r| r.strip_suffix(".bin"))
-            && let Some(idx) = rest.split('-').next().and_then(|i| i.parse::<u64>().ok())
-            && best.as_ref().is_none_or(|(_, b)| idx >= *b)
+        match self
+            .inner
+            .outcomes
+            .get(key.0)
+            .map_err(sled_err(TREE_OUTCOMES))?
         {
-            best = Some((e.path(), idx));
+            None => Ok(None),
+            Some(v) => decode_exact(&v)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt {
+                    tree: TREE_OUTCOMES,
+                    key: key.to_hex(),
+                    reason,
+                }),
         }
     }
-    Ok(best)
-}
 
-fn read_exact_or<R: Read>(
-    r: &mut R,
-    buf: &mut [u8],
-    path: &Path,
-    what: &str,
-) -> Result<(), StoreError> {
-    r.read_exact(buf).map_err(|e| {
-        corrupt(
-            "snapshots",
-            path.display().to_string(),
-            format!("{what}: {e}"),
-        )
-    })
-}
-
-fn read_snapshot_head<R: Read>(
-    r: &mut R,
-    path: &Path,
-) -> Result<(SnapshotMeta, ClusterState), StoreError> {
-    let mut magic = [0u8; 8];
-    read_exact_or(r, &mut magic, path, "header")?;
-    if &magic != SNAP_MAGIC {
-        return Err(corrupt(
-            "snapshots",
-            path.display().to_string(),
-            "not a Mozen snapshot (bad magic)",
-        ));
+    /// Registers the observer told about applied commands and installed snapshots (replacing
+    /// any earlier one).
+    pub fn set_observer(&self, obs: Arc<dyn ApplyObserver>) {
+        *write_lock(&self.inner.observer) = Some(obs);
     }
-    let mut len = [0u8; 8];
-    read_exact_or(r, &mut len, path, "meta length")?;
-    let mut buf = vec![0u8; u64::from_be_bytes(len) as usize];
-    read_exact_or(r, &mut buf, path, "meta")?;
-    let meta: SnapshotMeta = postcard::from_bytes(&buf)
-        .map_err(|e| corrupt("snapshots", path.display().to_string(), e))?;
-    read_exact_or(r, &mut len, path, "state length")?;
-    let n = u64::from_be_bytes(len) as usize;
-    let mut buf = Vec::new();
-    r.take(n as u64)
-        .read_to_end(&mut buf)
-        .map_err(io_err(path))?;
-    if buf.len() != n {
-        return Err(corrupt(
-            "snapshots",
-            path.display().to_string(),
-            "state is truncated",
-        ));
-    }
-    let state: ClusterState = postcard::from_bytes(&buf)
-        .map_err(|e| corrupt("snapshots", path.display().to_string(), e))?;
-    Ok((meta, state))
-}
 
-/// Reads the outcome records after the head: (key, postcard outcome bytes).
-fn for_each_outcome<R: Read>(
-    r: &mut R,
-    path: &Path,
-    mut f: impl FnMut([u8; 32], Vec<u8>) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    loop {
-        let mut key = [0u8; 32];
-        match r.read_exact(&mut key) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(io_err(path)(e)),
-        }
-        let mut len = [0u8; 4];
-        read_exact_or(r, &mut len, path, "outcome length")?;
-        let mut v = vec![0u8; u32::from_be_bytes(len) as usize];
-        read_exact_or(r, &mut v, path, "outcome")?;
-        f(key, v)?;
+    /// Log index (0 if it covers nothing) and size in bytes of the current snapshot.
+    pub fn last_snapshot(&self) -> Option<(u64, u64)> {
+        lock(&self.inner.current).as_ref().map(|c| {
+            let index = c.meta.last_log_id.map_or(0, |l| l.index);
+            (index, c.bytes)
+        })
+    }
+
+    fn observer(&self) -> Option<Arc<dyn ApplyObserver>> {
+        read_lock(&self.inner.observer).clone()
     }
 }
 
-/// Writes a snapshot file: header, meta, state, then every terminal request's outcome.
-fn write_snapshot(
-    t: &Trees,
-    meta: &SnapshotMeta,
-    state: &ClusterState,
-) -> Result<(PathBuf, u64), StoreError> {
-    let final_path = t.snap_dir.join(snap_name(meta));
-    let tmp = t.snap_dir.join(format!("{}.tmp", snap_name(meta)));
-    let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
-    let meta_b = postcard::to_allocvec(meta).map_err(|e| corrupt("snapshots", "meta", e))?;
-    let state_b = postcard::to_allocvec(state).map_err(|e| corrupt("snapshots", "state", e))?;
-    let wr = |w: &mut BufWriter<std::fs::File>, b: &[u8]| w.write_all(b).map_err(io_err(&tmp));
-    wr(&mut w, SNAP_MAGIC)?;
-    wr(&mut w, &(meta_b.len() as u64).to_be_bytes())?;
-    wr(&mut w, &meta_b)?;
-    wr(&mut w, &(state_b.len() as u64).to_be_bytes())?;
-    wr(&mut w, &state_b)?;
-    drop(state_b);
-    for r in state.requests().filter(|r| r.state.is_terminal()) {
-        if let Some(v) = t.outcomes.get(r.key.0).map_err(sled_err(T_OUT))? {
-            wr(&mut w, &r.key.0)?;
-            wr(&mut w, &(v.len() as u32).to_be_bytes())?;
-            wr(&mut w, &v)?;
-        }
-    }
-    let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
-    if let Ok(d) = std::fs::File::open(&t.snap_dir) {
-        let _ = d.sync_all();
-    }
-    remove_older(&t.snap_dir, &final_path);
-    Ok((final_path, size))
-}
-
-fn remove_older(dir: &Path, keep: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p != keep
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("snap-"))
-            {
-                let _ = std::fs::remove_file(p);
+impl SmInner {
+    /// Writes the effects of one apply() call in one batch. Called with the state's write lock
+    /// held, which makes the write atomic with the transition for a snapshot taking its point.
+    fn write_effects(&self, effects: &[Effect]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for eff in effects {
+            match eff {
+                Effect::PutOutcome(k, o) => batch.insert(&k.0[..], encode("outcome", o)?),
+                Effect::DeleteOutcome(k) => batch.remove(&k.0[..]),
             }
+        }
+        let mut capture = lock(&self.capture);
+        if let Some(cap) = capture.as_mut() {
+            for eff in effects {
+                let (Effect::PutOutcome(k, _) | Effect::DeleteOutcome(k)) = eff;
+                let key = &k.0[..];
+                let passed = cap.cursor.as_ref().is_some_and(|c| key <= c.as_ref());
+                if !passed && !cap.before.contains_key(key) {
+                    let old = self.outcomes.get(key).map_err(sled_err(TREE_OUTCOMES))?;
+                    cap.before.insert(IVec::from(key), old);
+                }
+            }
+        }
+        // Applied while `capture` is locked: a scan that reads a changed value finds the
+        // saved one.
+        self.outcomes
+            .apply_batch(batch)
+            .map_err(sled_err(TREE_OUTCOMES))
+    }
+
+    /// Writes a snapshot of `state` (taken at `applied`) and of `sm_outcomes` as of the same
+    /// point, makes it current and deletes older ones. Blocking; runs on a blocking thread.
+    /// `capture` must have been set at the snapshot point.
+    fn write_snapshot(
+        &self,
+        state: ClusterState,
+        applied: Applied,
+    ) -> Result<CurrentSnapshot, StoreError> {
+        struct EndCapture<'a>(&'a Mutex<Option<Capture>>);
+        impl Drop for EndCapture<'_> {
+            fn drop(&mut self) {
+                lock(self.0).take();
+            }
+        }
+        let end_capture = EndCapture(&self.capture);
+
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let snapshot_id = match applied.last {
+            Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
+            None => format!("0-0-{nanos}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        let seq = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let part = self.snap_dir.join(format!("{seq:020}.part"));
+        let path = self.snap_dir.join(format!("{seq:020}.snap"));
+        let result = (|| {
+            let mut w = SnapWriter::create(&part, &meta, &state)?;
+            drop(state);
+            for kv in self.outcomes.iter() {
+                let (k, v) = kv.map_err(sled_err(TREE_OUTCOMES))?;
+                let value = {
+                    let mut capture = lock(&self.capture);
+                    match capture.as_mut() {
+                        Some(cap) => {
+                            cap.cursor = Some(k.clone());
+                            cap.before.remove(&k).unwrap_or(Some(v))
+                        }
+                        None => Some(v),
+                    }
+                };
+                if let Some(v) = value {
+                    w.record(&k, &v)?;
+                }
+            }
+            // Keys deleted after the snapshot point, before the scan reached them.
+            let mut rest: Vec<(IVec, IVec)> = lock(&self.capture)
+                .take()
+                .map(|c| c.before)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+            rest.sort();
+            for (k, v) in rest {
+                w.record(&k, &v)?;
+            }
+            let bytes = w.finish()?;
+            // The results up to the snapshot point must be on disk before the snapshot is.
+            self.db.flush().map_err(sled_err(TREE_OUTCOMES))?;
+            fs::rename(&part, &path).map_err(io_err(&path))?;
+            sync_dir(&self.snap_dir)?;
+            Ok(bytes)
+        })();
+        drop(end_capture);
+        let bytes = match result {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
+        };
+        let current = CurrentSnapshot { meta, path, bytes };
+        self.make_current(current.clone())?;
+        Ok(current)
+    }
+
+    /// Makes `snap` the current snapshot and deletes the files of older ones.
+    fn make_current(&self, snap: CurrentSnapshot) -> Result<(), StoreError> {
+        let old = lock(&self.current).replace(snap);
+        if let Some(old) = old {
+            fs::remove_file(&old.path).map_err(io_err(&old.path))?;
+        }
+        Ok(())
+    }
+
+    /// Verifies a received snapshot file, makes it current and replaces the state and
+    /// `sm_outcomes` with its content. Blocking.
+    fn install_file(&self, part: &Path, meta: &SnapshotMeta) -> Result<(), StoreError> {
+        let (file_meta, state) = {
+            let mut r = SnapReader::open(part)?;
+            let header = r.header()?;
+            r.verify_records()?;
+            header
+        };
+        if &file_meta != meta {
+            return Err(StoreError::SnapshotMismatch {
+                snapshot: meta.snapshot_id.clone(),
+                reason: format!("the file holds snapshot {file_meta:?}, Raft announced {meta:?}"),
+            });
+        }
+        let seq = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{seq:020}.snap");
+        let path = self.snap_dir.join(&name);
+        // The marker goes first: once the file is in place under this name, a crash before
+        // the results are loaded is finished at open.
+        self.meta
+            .insert(KEY_OUTCOMES_PENDING, name.as_bytes())
+            .map_err(sled_err(TREE_META))?;
+        self.db.flush().map_err(sled_err(TREE_META))?;
+        fs::rename(part, &path).map_err(io_err(&path))?;
+        sync_dir(&self.snap_dir)?;
+        self.load_outcomes(&path)?;
+        let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
+        {
+            let mut st = write_lock(&self.state);
+            let mut applied = lock(&self.applied);
+            *st = state;
+            *applied = Applied {
+                last: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+        }
+        self.make_current(CurrentSnapshot {
+            meta: meta.clone(),
+            path,
+            bytes,
+        })
+    }
+
+    /// Replaces the contents of `sm_outcomes` with the records of a snapshot file, then clears
+    /// the pending marker. Blocking.
+    fn load_outcomes(&self, path: &Path) -> Result<(), StoreError> {
+        self.outcomes.clear().map_err(sled_err(TREE_OUTCOMES))?;
+        let mut r = SnapReader::open(path)?;
+        r.skip_header()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        while let Some((k, v)) = r.next_record()? {
+            batch.insert(&k[..], v);
+            n += 1;
+            if n == LOAD_BATCH {
+                self.outcomes
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(sled_err(TREE_OUTCOMES))?;
+                n = 0;
+            }
+        }
+        r.finish()?;
+        self.outcomes
+            .apply_batch(batch)
+            .map_err(sled_err(TREE_OUTCOMES))?;
+        self.meta
+            .remove(KEY_OUTCOMES_PENDING)
+            .map_err(sled_err(TREE_META))?;
+        self.db.flush().map_err(sled_err(TREE_OUTCOMES))?;
+        Ok(())
+    }
+
+    /// Finishes an install interrupted by a crash: see the module docs.
+    fn finish_pending_load(&self, newest: Option<&Path>) -> Result<(), StoreError> {
+        let Some(name) = self
+            .meta
+            .get(KEY_OUTCOMES_PENDING)
+            .map_err(sled_err(TREE_META))?
+        else {
+            return Ok(());
+        };
+        let is_newest = newest
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n.as_encoded_bytes() == name.as_ref());
+        if let (true, Some(path)) = (is_newest, newest) {
+            tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
+            self.load_outcomes(path)
+        } else {
+            // The crash came before the rename: sm_outcomes was not touched yet.
+            self.meta
+                .remove(KEY_OUTCOMES_PENDING)
+                .map_err(sled_err(TREE_META))?;
+            self.db.flush().map_err(sled_err(TREE_META))?;
+            Ok(())
         }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError<u64>> {
-        let (state, last, membership) = {
-            let a = self.applied.lock().expect("applied lock");
-            let st = self.state.read().expect("state lock").clone();
-            (st, a.last_applied, a.membership.clone())
+        let write = to_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write);
+        let _one_at_a_time = self.inner.snapshot_lock.lock().await;
+        // The snapshot point: no apply() runs while the read lock is held, and capturing
+        // starts before the next one.
+        let (state, applied) = {
+            let st = read_lock(&self.inner.state);
+            let applied = lock(&self.inner.applied).clone();
+            *lock(&self.inner.capture) = Some(Capture::default());
+            (st.clone(), applied)
         };
-        let id = format!(
-            "{}-{}",
-            last.map_or(0, |l| l.leader_id.term),
-            last.map_or(0, |l| l.index)
+        let inner = self.inner.clone();
+        let current = tokio::task::spawn_blocking(move || inner.write_snapshot(state, applied))
+            .await
+            .map_err(join_err)
+            .and_then(|r| r)
+            .map_err(&write)?;
+        let file = tokio::fs::File::open(&current.path)
+            .await
+            .map_err(io_err(&current.path))
+            .map_err(&write)?;
+        tracing::info!(
+            snapshot = %current.meta.snapshot_id,
+            bytes = current.bytes,
+            "built snapshot"
         );
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: membership,
-            snapshot_id: id,
-        };
-        let t = self.t.clone();
-        let m2 = meta.clone();
-        let (path, size) =
-            tokio::task::spawn_blocking(move || -> Result<(PathBuf, u64), StoreError> {
-                t.db.flush().map_err(sled_err("db"))?;
-                write_snapshot(&t, &m2, &state)
-            })
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.applied.lock().expect("applied lock").snapshot =
-            Some((meta.clone(), path.clone(), size));
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(f),
+            meta: current.meta,
+            snapshot: Box::new(file),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = Self;
+    type SnapshotBuilder = StateMachineStore;
 
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId>, StoredMembership), StorageError<u64>> {
-        let a = self.applied.lock().expect("applied lock");
-        Ok((a.last_applied, a.membership.clone()))
+        let a = lock(&self.inner.applied).clone();
+        Ok((a.last, a.membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<u64>>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let mut replies = Vec::with_capacity(entries.len());
-        let effects;
+        let mut responses = Vec::with_capacity(entries.len());
         {
-            let mut a = self.applied.lock().expect("applied lock");
-            let mut st = self.state.write().expect("state lock");
+            let mut state = write_lock(&self.inner.state);
+            let mut applied = lock(&self.inner.applied);
             for e in &entries {
-                a.last_applied = Some(e.log_id);
+                applied.last = Some(e.log_id);
                 let r = match &e.payload {
-                    EntryPayload::Normal(cmd) => st.apply(cmd),
+                    EntryPayload::Blank => Response::Ok,
+                    EntryPayload::Normal(cmd) => state.apply(cmd),
                     EntryPayload::Membership(m) => {
-                        a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        applied.membership = StoredMembership::new(Some(e.log_id), m.clone());
                         Response::Ok
                     }
-                    EntryPayload::Blank => Response::Ok,
                 };
-                replies.push(r);
+                responses.push(r);
             }
-            effects = st.take_effects();
+            let effects = state.take_effects();
+            if !effects.is_empty()
+                && let Err(err) = self.inner.write_effects(&effects)
+            {
+                let subject = match entries.last() {
+                    Some(e) => ErrorSubject::Apply(e.log_id),
+                    None => ErrorSubject::StateMachine,
+                };
+                return Err(to_storage(subject, ErrorVerb::Write)(err));
+            }
         }
-        self.write_effects(effects)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let obs = self.observer.lock().expect("observer lock").clone();
-        if let Some(obs) = obs {
+        if let Some(obs) = self.observer() {
             let batch: Vec<(u64, &Command, &Response)> = entries
                 .iter()
-                .zip(&replies)
+                .zip(&responses)
                 .filter_map(|(e, r)| match &e.payload {
                     EntryPayload::Normal(c) => Some((e.log_id.index, c, r)),
                     _ => None,
@@ -716,7 +978,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 obs.applied(&batch);
             }
         }
-        Ok(replies)
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -726,19 +988,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
-        let p = self
-            .t
-            .snap_dir
-            .join(format!("incoming-{}.tmp", std::process::id()));
-        let f = tokio::fs::OpenOptions::new()
+        let write = to_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write);
+        // openraft receives one snapshot at a time: a new stream abandons the earlier ones.
+        let abandoned: Vec<PathBuf> = lock(&self.inner.receiving)
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in abandoned {
+            let _ = tokio::fs::remove_file(&p).await;
+        }
+        let seq = self.inner.next_file.fetch_add(1, Ordering::Relaxed);
+        let path = self.inner.snap_dir.join(format!("{seq:020}.part"));
+        let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
+            .create_new(true)
+            .open(&path)
             .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Box::new(f))
+            .map_err(io_err(&path))
+            .map_err(&write)?;
+        let md = file
+            .metadata()
+            .await
+            .map_err(io_err(&path))
+            .map_err(&write)?;
+        lock(&self.inner.receiving).insert((md.dev(), md.ino()), path);
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
@@ -746,84 +1021,379 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        use tokio::io::AsyncSeekExt;
-        let mut src = *snapshot;
-        src.seek(std::io::SeekFrom::Start(0))
+        let write = to_storage(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Write,
+        );
+        let _one_at_a_time = self.inner.snapshot_lock.lock().await;
+        let part = self.received_file(*snapshot).await.map_err(&write)?;
+        let inner = self.inner.clone();
+        let m = meta.clone();
+        let p = part.clone();
+        let res = tokio::task::spawn_blocking(move || inner.install_file(&p, &m))
             .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let src = src.into_std().await;
-        let t = self.t.clone();
-        let meta2 = meta.clone();
-        let (state, path, size) = tokio::task::spawn_blocking(
-            move || -> Result<(ClusterState, PathBuf, u64), StoreError> {
-                let final_path = t.snap_dir.join(snap_name(&meta2));
-                let tmp = t.snap_dir.join(format!("{}.tmp", snap_name(&meta2)));
-                // Keep a durable copy first, then rebuild the state and the outcomes tree from it.
-                {
-                    let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-                    let mut r = BufReader::new(&src);
-                    std::io::copy(&mut r, &mut out).map_err(io_err(&tmp))?;
-                    out.sync_all().map_err(io_err(&tmp))?;
-                }
-                let f = std::fs::File::open(&tmp).map_err(io_err(&tmp))?;
-                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let mut r = BufReader::new(f);
-                let (_, state) = read_snapshot_head(&mut r, &tmp)?;
-                t.outcomes.clear().map_err(sled_err(T_OUT))?;
-                let mut batch = sled::Batch::default();
-                let mut n = 0;
-                for_each_outcome(&mut r, &tmp, |k, v| {
-                    batch.insert(&k, v);
-                    n += 1;
-                    if n % 10_000 == 0 {
-                        t.outcomes
-                            .apply_batch(std::mem::take(&mut batch))
-                            .map_err(sled_err(T_OUT))?;
-                    }
-                    Ok(())
-                })?;
-                t.outcomes.apply_batch(batch).map_err(sled_err(T_OUT))?;
-                t.db.flush().map_err(sled_err("db"))?;
-                std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
-                remove_older(&t.snap_dir, &final_path);
-                Ok((state, final_path, size))
-            },
-        )
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        {
-            let mut a = self.applied.lock().expect("applied lock");
-            *self.state.write().expect("state lock") = state;
-            a.last_applied = meta.last_log_id;
-            a.membership = meta.last_membership.clone();
-            a.snapshot = Some((meta.clone(), path, size));
+            .map_err(join_err)
+            .and_then(|r| r);
+        if let Err(e) = res {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(write(e));
         }
-        let incoming = self
-            .t
-            .snap_dir
-            .join(format!("incoming-{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(incoming);
-        let obs = self.observer.lock().expect("observer lock").clone();
-        if let Some(obs) = obs {
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        if let Some(obs) = self.observer() {
             obs.snapshot_installed();
         }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError<u64>> {
-        let snap = self.applied.lock().expect("applied lock").snapshot.clone();
-        match snap {
-            None => Ok(None),
-            Some((meta, path, _)) => {
-                let f = tokio::fs::File::open(&path)
-                    .await
-                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(f),
-                }))
-            }
+        let Some(cur) = lock(&self.inner.current).clone() else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&cur.path)
+            .await
+            .map_err(io_err(&cur.path))
+            .map_err(to_storage(
+                ErrorSubject::Snapshot(Some(cur.meta.signature())),
+                ErrorVerb::Read,
+            ))?;
+        Ok(Some(Snapshot {
+            meta: cur.meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+impl StateMachineStore {
+    /// Returns the path of a fsynced `.part` file holding the received snapshot: the file
+    /// itself when it came from `begin_receiving_snapshot`, else a copy.
+    async fn received_file(&self, mut file: tokio::fs::File) -> Result<PathBuf, StoreError> {
+        use tokio::io::AsyncSeekExt;
+        let dir = self.inner.snap_dir.clone();
+        let md = file.metadata().await.map_err(io_err(&dir))?;
+        let ours = lock(&self.inner.receiving).remove(&(md.dev(), md.ino()));
+        if let Some(path) = ours {
+            file.sync_all().await.map_err(io_err(&path))?;
+            return Ok(path);
+        }
+        let seq = self.inner.next_file.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{seq:020}.part"));
+        let mut out = tokio::fs::File::create(&path)
+            .await
+            .map_err(io_err(&path))?;
+        file.seek(io::SeekFrom::Start(0))
+            .await
+            .map_err(io_err(&path))?;
+        tokio::io::copy(&mut file, &mut out)
+            .await
+            .map_err(io_err(&path))?;
+        out.sync_all().await.map_err(io_err(&path))?;
+        Ok(path)
+    }
+}
+
+// ----- snapshot files -----
+
+#[derive(Serialize)]
+struct HeaderRef<'a> {
+    meta: &'a SnapshotMeta,
+    state: &'a ClusterState,
+}
+
+#[derive(serde::Deserialize)]
+struct Header {
+    meta: SnapshotMeta,
+    state: ClusterState,
+}
+
+/// Writes a snapshot file, hashing everything it writes.
+struct SnapWriter {
+    out: BufWriter<fs::File>,
+    hasher: blake3::Hasher,
+    path: PathBuf,
+    records: u64,
+    bytes: u64,
+}
+
+impl SnapWriter {
+    fn create(path: &Path, meta: &SnapshotMeta, state: &ClusterState) -> Result<Self, StoreError> {
+        let file = fs::File::create(path).map_err(io_err(path))?;
+        let mut w = SnapWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            path: path.to_path_buf(),
+            records: 0,
+            bytes: 0,
+        };
+        let header = encode("snapshot header", &HeaderRef { meta, state })?;
+        w.put(SNAP_MAGIC)?;
+        w.put(&FORMAT_VERSION.to_le_bytes())?;
+        w.put(&(header.len() as u64).to_le_bytes())?;
+        w.put(blake3::hash(&header).as_bytes())?;
+        w.put(&header)?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.out.write_all(bytes).map_err(io_err(&self.path))
+    }
+
+    fn record(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let len = u32::try_from(value.len()).map_err(|_| StoreError::Encode {
+            what: "snapshot record",
+            reason: format!("a result of {} bytes exceeds 4 GiB", value.len()),
+        })?;
+        self.put(&[SNAP_RECORD])?;
+        self.put(key)?;
+        self.put(&len.to_le_bytes())?;
+        self.put(value)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Writes the trailer and fsyncs; returns the file size.
+    fn finish(mut self) -> Result<u64, StoreError> {
+        self.put(&[SNAP_END])?;
+        self.put(&self.records.to_le_bytes())?;
+        let hash = *self.hasher.finalize().as_bytes();
+        self.out.write_all(&hash).map_err(io_err(&self.path))?;
+        let file = self.out.into_inner().map_err(|e| StoreError::Io {
+            path: self.path.display().to_string(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(&self.path))?;
+        Ok(self.bytes + 32)
+    }
+}
+
+/// Reads a snapshot file: the header, then the records, checking the hashes.
+struct SnapReader {
+    input: BufReader<fs::File>,
+    hasher: blake3::Hasher,
+    name: String,
+    records: u64,
+}
+
+impl SnapReader {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let file = fs::File::open(path).map_err(io_err(path))?;
+        Ok(SnapReader {
+            input: BufReader::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            name: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            ),
+            records: 0,
+        })
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            tree: TREE_SNAPSHOTS,
+            key: self.name.clone(),
+            reason: reason.into(),
         }
     }
+
+    fn take(&mut self, n: u64, what: &str) -> Result<Vec<u8>, StoreError> {
+        // Read through `take` so that a damaged length cannot allocate more than the file has.
+        let mut buf = Vec::new();
+        (&mut self.input)
+            .take(n)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.corrupt(format!("reading {what}: {e}")))?;
+        if buf.len() as u64 != n {
+            return Err(self.corrupt(format!("the file ends inside {what}")));
+        }
+        self.hasher.update(&buf);
+        Ok(buf)
+    }
+
+    fn take_array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], StoreError> {
+        let mut buf = [0u8; N];
+        self.input
+            .read_exact(&mut buf)
+            .map_err(|e| self.corrupt(format!("reading {what}: {e}")))?;
+        self.hasher.update(&buf);
+        Ok(buf)
+    }
+
+    fn header_bytes(&mut self) -> Result<Vec<u8>, StoreError> {
+        let magic: [u8; 8] = self.take_array("the magic")?;
+        if &magic != SNAP_MAGIC {
+            return Err(self.corrupt("not a Mozen snapshot (bad magic)"));
+        }
+        let version = u32::from_le_bytes(self.take_array("the format version")?);
+        if version != FORMAT_VERSION {
+            return Err(self.corrupt(format!(
+                "snapshot format {version}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let len = u64::from_le_bytes(self.take_array("the header length")?);
+        let hash: [u8; 32] = self.take_array("the header hash")?;
+        let header = self.take(len, "the header")?;
+        if blake3::hash(&header).as_bytes() != &hash {
+            return Err(self.corrupt("the header hash does not match"));
+        }
+        Ok(header)
+    }
+
+    /// Reads and decodes the header: the snapshot's metadata and the state.
+    fn header(&mut self) -> Result<(SnapshotMeta, ClusterState), StoreError> {
+        let bytes = self.header_bytes()?;
+        let h: Header = decode_exact(&bytes).map_err(|e| self.corrupt(format!("header: {e}")))?;
+        Ok((h.meta, h.state))
+    }
+
+    fn skip_header(&mut self) -> Result<(), StoreError> {
+        self.header_bytes().map(drop)
+    }
+
+    /// The next record, or None at the trailer (which is then checked).
+    fn next_record(&mut self) -> Result<Option<OutcomeRecord>, StoreError> {
+        let [tag] = self.take_array::<1>("a record tag")?;
+        match tag {
+            SNAP_RECORD => {
+                let key: [u8; 32] = self.take_array("a record key")?;
+                let len = u32::from_le_bytes(self.take_array("a record length")?);
+                let value = self.take(u64::from(len), "a record")?;
+                self.records += 1;
+                Ok(Some((key, value)))
+            }
+            SNAP_END => {
+                let count = u64::from_le_bytes(self.take_array("the record count")?);
+                if count != self.records {
+                    return Err(self.corrupt(format!(
+                        "the trailer counts {count} records, the file holds {}",
+                        self.records
+                    )));
+                }
+                let expected = *self.hasher.finalize().as_bytes();
+                let mut hash = [0u8; 32];
+                self.input
+                    .read_exact(&mut hash)
+                    .map_err(|e| self.corrupt(format!("reading the file hash: {e}")))?;
+                if hash != expected {
+                    return Err(self.corrupt("the file hash does not match"));
+                }
+                Ok(None)
+            }
+            t => Err(self.corrupt(format!("unknown record tag {t}"))),
+        }
+    }
+
+    /// Checks that nothing follows the trailer.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        let mut probe = [0u8; 1];
+        match self.input.read(&mut probe) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(self.corrupt("bytes after the trailer")),
+            Err(e) => Err(self.corrupt(format!("reading past the trailer: {e}"))),
+        }
+    }
+
+    /// Reads every record, checking that each result decodes and that the hashes match.
+    fn verify_records(&mut self) -> Result<(), StoreError> {
+        while let Some((key, value)) = self.next_record()? {
+            decode_exact::<Outcome>(&value)
+                .map_err(|e| self.corrupt(format!("result of request {}: {e}", hex_of(&key))))?;
+        }
+        self.finish()
+    }
+}
+
+// ----- helpers -----
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn sled_err(tree: &'static str) -> impl Fn(sled::Error) -> StoreError {
+    move |source| StoreError::Sled { tree, source }
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        path: "<blocking storage task>".into(),
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+/// Maps a store error to openraft's at the trait boundary, keeping the message (tree, key).
+fn to_storage(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+) -> impl Fn(StoreError) -> StorageError<u64> {
+    move |e| StorageIOError::new(subject.clone(), verb, AnyError::new(&e)).into()
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| StoreError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a whole value: trailing bytes mean damage too.
+fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(format!("{} unexpected trailing bytes", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn get_decoded<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key).map_err(sled_err(name))? {
+        None => Ok(None),
+        Some(v) => decode_exact(&v)
+            .map(Some)
+            .map_err(|reason| StoreError::Corrupt {
+                tree: name,
+                key: key.to_string(),
+                reason,
+            }),
+    }
+}
+
+fn put_encoded<T: Serialize>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &'static str,
+    value: &T,
+) -> Result<(), StoreError> {
+    tree.insert(key, encode(key, value)?)
+        .map(drop)
+        .map_err(sled_err(name))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

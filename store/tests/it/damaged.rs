@@ -52,9 +52,8 @@ fn damaged_snapshot_is_reported_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), &StoreOptions::default()).unwrap());
     std::fs::write(
-        dir.path()
-            .join("snapshots/snap-00000000000000000010-00000000000000000001.bin"),
-        b"MZSNAP1\nxx",
+        dir.path().join("snapshots/00000000000000000010.snap"),
+        b"MOZSNAP\0xx",
     )
     .unwrap();
     match open(dir.path(), &StoreOptions::default()) {

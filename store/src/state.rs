@@ -829,3 +829,190 @@ fn unknown_node(id: NodeId) -> Response {
         format!("no node {id} in the node table"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mozen_model::RetryPolicy;
+
+    fn key(n: u8) -> RequestKey {
+        RequestKey([n; 32])
+    }
+
+    fn node(id: NodeId, slots: u32) -> NodeInfo {
+        NodeInfo {
+            id,
+            name: format!("n{id}"),
+            addr: format!("h:{id}"),
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            slots,
+            state: NodeState::Active,
+            role: NodeRole::Voter,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn submit(n: u8, parent: Option<RequestKey>, retries: u32) -> Command {
+        Command::Submit {
+            requests: vec![NewRequest {
+                key: key(n),
+                function: "f".into(),
+                args: vec![n],
+                parent,
+                priority: 0,
+                retry: RetryPolicy {
+                    retries,
+                    backoff_ms: 0,
+                    max_attempts: 2,
+                },
+                no_cache: false,
+            }],
+            at: 1,
+        }
+    }
+
+    fn assign(n: u8, node: NodeId, attempt: u32) -> Command {
+        Command::Assign {
+            assignments: vec![Assignment {
+                key: key(n),
+                node,
+                attempt,
+            }],
+            at: 2,
+        }
+    }
+
+    fn complete(n: u8, node: NodeId, attempt: u32, outcome: Outcome) -> Command {
+        Command::Complete {
+            completions: vec![Completion {
+                key: key(n),
+                node,
+                attempt,
+                outcome,
+                duration_ms: 1,
+            }],
+            at: 3,
+        }
+    }
+
+    fn cluster(slots: u32) -> ClusterState {
+        let mut st = ClusterState::new();
+        st.apply(&Command::RegisterNode {
+            node: node(1, slots),
+            at: 0,
+        });
+        st
+    }
+
+    #[test]
+    fn completed_request_is_memoized_and_its_result_leaves_state() {
+        let mut st = cluster(2);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        let value = Outcome::Value(b"42".to_vec());
+        let r = st.apply(&complete(1, 1, 1, value.clone()));
+        assert_eq!(r, Response::Completed(vec![CompleteReply::Finished]));
+        assert_eq!(st.take_effects(), vec![Effect::PutOutcome(key(1), value)]);
+        assert_eq!(
+            st.apply(&submit(1, None, 0)),
+            Response::Submitted(vec![SubmitReply::MemoHit])
+        );
+        assert_eq!(st.counters()["f"].memo_hits, 1);
+        assert_eq!(st.counters()["f"].executions, 1);
+    }
+
+    #[test]
+    fn function_failure_is_retried_then_final() {
+        let mut st = cluster(1);
+        st.apply(&submit(1, None, 1));
+        st.apply(&assign(1, 1, 1));
+        let fail = Outcome::Error(TaskError::new(codes::FUNCTION_FAILED, "no"));
+        assert_eq!(
+            st.apply(&complete(1, 1, 1, fail.clone())),
+            Response::Completed(vec![CompleteReply::Retrying])
+        );
+        assert!(st.take_effects().is_empty());
+        assert_eq!(st.queue_len(), 1);
+        // The retry may start once its backoff (0 ms) after the failure at 3 has passed.
+        let Command::Assign { assignments, .. } = assign(1, 1, 2) else {
+            unreachable!()
+        };
+        st.apply(&Command::Assign { assignments, at: 3 });
+        assert_eq!(
+            st.apply(&complete(1, 1, 2, fail)),
+            Response::Completed(vec![CompleteReply::Finished])
+        );
+        assert_eq!(
+            st.request(&key(1)).map(|r| r.state),
+            Some(RequestState::Failed)
+        );
+        assert_eq!(st.counters()["f"].failures, 2);
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn node_down_requeues_its_running_requests() {
+        let mut st = cluster(2);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        st.apply(&Command::SetNodeState {
+            id: 1,
+            state: NodeState::Down,
+            at: 5,
+        });
+        assert_eq!(
+            st.request(&key(1)).map(|r| r.state),
+            Some(RequestState::Queued)
+        );
+        assert_eq!(st.running_count(1), 0);
+        assert_eq!(st.busy_slots(1), 0);
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn waiting_parent_lends_its_slot_until_the_child_finishes() {
+        let mut st = cluster(1);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        assert_eq!(st.busy_slots(1), 1);
+        st.apply(&submit(2, Some(key(1)), 0));
+        assert_eq!(st.busy_slots(1), 0, "the parent waits on its child");
+        st.apply(&assign(2, 1, 1));
+        st.apply(&complete(2, 1, 1, Outcome::Value(vec![])));
+        assert_eq!(st.busy_slots(1), 1, "the parent runs again");
+        assert_eq!(st.children(&key(1)), &[key(2)]);
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn forget_drops_terminal_requests_and_their_results() {
+        let mut st = cluster(1);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        st.apply(&complete(1, 1, 1, Outcome::Value(vec![1])));
+        st.take_effects();
+        let r = st.apply(&Command::Forget {
+            selector: ForgetSelector::Oldest(10),
+            at: 9,
+        });
+        assert_eq!(r, Response::Forgotten(1));
+        assert_eq!(st.take_effects(), vec![Effect::DeleteOutcome(key(1))]);
+        assert_eq!(st.request_count(), 0);
+        assert_eq!(st.finished_len(), 0);
+    }
+
+    #[test]
+    fn snapshot_encoding_skips_pending_effects() {
+        let mut st = cluster(1);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        st.apply(&complete(1, 1, 1, Outcome::Value(vec![1])));
+        let with_effects = st.digest();
+        st.take_effects();
+        assert_eq!(st.digest(), with_effects);
+        let back: ClusterState =
+            postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
+        assert_eq!(back, st);
+    }
+}

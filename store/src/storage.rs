@@ -36,14 +36,17 @@
 //! 0x00 | record count u64 LE | blake3(every byte before this hash)
 //! ```
 //!
-//! Building runs beside `apply()`, which keeps going: the state is cloned under its read lock
-//! (the snapshot point) and `sm_outcomes` is then scanned in key order. While the scan runs,
+//! Building runs beside `apply()`: the state is encoded under its read lock (the snapshot
+//! point; `apply()` waits meanwhile, about 1 s per million requests in release builds), then
+//! `sm_outcomes` is scanned in key order while `apply()` goes on. While the scan runs,
 //! `apply()` saves the value a key had at the snapshot point before it first changes a key the
 //! scan has not reached yet; the scan uses those saved values instead of what it reads, and
 //! writes the saved values of keys deleted before the scan reached them at the end. The file
 //! thus holds exactly the results as of the snapshot point.
 //!
-//! Installing a received snapshot verifies the whole file (both hashes), records its name
+//! A snapshot received through `begin_receiving_snapshot` is installed by renaming the file
+//! it was written to (any other file is copied first). Installing verifies the whole file
+//! (both hashes, every result decodes), records its name
 //! under `outcomes_pending` (flushed), renames it into place, replaces the `sm_outcomes`
 //! contents with the file's records, clears the marker and swaps the in-memory state. A crash
 //! in between is repaired at open: a marker naming the newest snapshot reloads `sm_outcomes`
@@ -55,8 +58,16 @@
 //! run with `spawn_blocking` (never `flush_async`, which can deadlock in sled 0.34):
 //! `save_vote` returns after the flush; `append` inserts the entries, flushes, and only then
 //! reports `log_io_completed`; `truncate` and `purge` flush before returning, and `purge`
-//! writes `last_purged` before it removes entries. sled recovers a prefix of its writes, so
-//! the order writes were issued in is the order they survive in.
+//! writes `last_purged` before it removes entries. Between flushes, the ordering arguments
+//! (`last_purged` before removal, the pending marker before the rename, the committed index
+//! before the results of the entries it covers) rely on sled recovering its log in the order
+//! writes were issued, as its log-structured design does; the SIGKILL test checks
+//! acknowledged appends. The flush is `sync_file_range`, not `fsync`: enough for process
+//! crashes, not for power loss.
+//!
+//! sled releases its file lock from a background thread a little after the last handle is
+//! dropped, so `open` waits up to 3 s for the lock; a directory used by another live process
+//! still fails after that.
 //!
 //! # Damage
 //!
@@ -90,9 +101,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 /// Version of the on-disk format (sled trees and snapshot files). Bump on any incompatible
 /// change; a directory with another version is refused with `StoreError::Version`.
-/// One outcome record of a snapshot: request key and postcard-encoded outcome.
-type OutcomeRecord = ([u8; 32], Vec<u8>);
-
 pub const FORMAT_VERSION: u32 = 1;
 
 const TREE_LOG: &str = "raft_log";
@@ -135,11 +143,10 @@ impl Default for StoreOptions {
 pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     let snap_dir = dir.join("snapshots");
     fs::create_dir_all(&snap_dir).map_err(io_err(&snap_dir))?;
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(dir.join("db"))
-        .cache_capacity(opts.cache_capacity_bytes)
-        .open()
-        .map_err(sled_err("db"))?;
+        .cache_capacity(opts.cache_capacity_bytes);
+    let db = open_db(&config)?;
     let log = db.open_tree(TREE_LOG).map_err(sled_err(TREE_LOG))?;
     let meta = db.open_tree(TREE_META).map_err(sled_err(TREE_META))?;
     let outcomes = db
@@ -161,6 +168,28 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
 
     let sm = StateMachineStore::load(db, meta, outcomes, snap_dir)?;
     Ok((log_store, sm))
+}
+
+/// How long `open` waits for sled's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled Db, waiting up to [`LOCK_WAIT`] for its file lock: sled releases the lock
+/// from a background thread shortly after the last handle of an earlier open in this process
+/// is dropped (seen as EWOULDBLOCK under load). A directory held by another live process still
+/// fails once the wait is over.
+fn open_db(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.map_err(sled_err("db")),
+        }
+    }
 }
 
 fn check_version(
@@ -491,7 +520,9 @@ pub type SharedState = Arc<RwLock<ClusterState>>;
 /// Told about every change of the state machine, for wake-ups and caches outside the store.
 pub trait ApplyObserver: Send + Sync + 'static {
     /// Called after each apply() call of the state machine with the normal commands applied
-    /// (log index, command, response), after the write lock on the state is released.
+    /// (log index, command, response), after the write lock on the state is released. Not
+    /// called for a call that applied only blank or membership entries. Runs on openraft's
+    /// state-machine task: keep it short and never block on Raft.
     fn applied(&self, batch: &[(u64, &Command, &Response)]);
     /// Called after a snapshot replaced the whole state.
     fn snapshot_installed(&self);
@@ -703,8 +734,8 @@ impl SmInner {
     /// `capture` must have been set at the snapshot point.
     fn write_snapshot(
         &self,
-        state: ClusterState,
-        applied: Applied,
+        meta: SnapshotMeta,
+        header: Vec<u8>,
     ) -> Result<CurrentSnapshot, StoreError> {
         struct EndCapture<'a>(&'a Mutex<Option<Capture>>);
         impl Drop for EndCapture<'_> {
@@ -713,25 +744,12 @@ impl SmInner {
             }
         }
         let end_capture = EndCapture(&self.capture);
-
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let snapshot_id = match applied.last {
-            Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
-            None => format!("0-0-{nanos}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied.last,
-            last_membership: applied.membership,
-            snapshot_id,
-        };
         let seq = self.next_file.fetch_add(1, Ordering::Relaxed);
         let part = self.snap_dir.join(format!("{seq:020}.part"));
         let path = self.snap_dir.join(format!("{seq:020}.snap"));
         let result = (|| {
-            let mut w = SnapWriter::create(&part, &meta, &state)?;
-            drop(state);
+            let mut w = SnapWriter::create(&part, &header)?;
+            drop(header);
             for kv in self.outcomes.iter() {
                 let (k, v) = kv.map_err(sled_err(TREE_OUTCOMES))?;
                 let value = {
@@ -893,15 +911,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let write = to_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write);
         let _one_at_a_time = self.inner.snapshot_lock.lock().await;
         // The snapshot point: no apply() runs while the read lock is held, and capturing
-        // starts before the next one.
-        let (state, applied) = {
+        // starts before the next one. Encoding under the lock costs less time and memory than
+        // cloning the state and encoding outside.
+        let (meta, header) = {
             let st = read_lock(&self.inner.state);
-            let applied = lock(&self.inner.applied).clone();
+            let meta = new_snapshot_meta(lock(&self.inner.applied).clone());
+            let header = encode_header(&meta, &st).map_err(&write)?;
             *lock(&self.inner.capture) = Some(Capture::default());
-            (st.clone(), applied)
+            (meta, header)
         };
         let inner = self.inner.clone();
-        let current = tokio::task::spawn_blocking(move || inner.write_snapshot(state, applied))
+        let current = tokio::task::spawn_blocking(move || inner.write_snapshot(meta, header))
             .await
             .map_err(join_err)
             .and_then(|r| r)
@@ -1046,20 +1066,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError<u64>> {
-        let Some(cur) = lock(&self.inner.current).clone() else {
-            return Ok(None);
-        };
-        let file = tokio::fs::File::open(&cur.path)
-            .await
-            .map_err(io_err(&cur.path))
-            .map_err(to_storage(
-                ErrorSubject::Snapshot(Some(cur.meta.signature())),
-                ErrorVerb::Read,
-            ))?;
-        Ok(Some(Snapshot {
-            meta: cur.meta,
-            snapshot: Box::new(file),
-        }))
+        // A build finishing meanwhile deletes the file we are about to open; the next
+        // current one is then there.
+        let mut attempts = 0;
+        loop {
+            let Some(cur) = lock(&self.inner.current).clone() else {
+                return Ok(None);
+            };
+            match tokio::fs::File::open(&cur.path).await {
+                Ok(file) => {
+                    return Ok(Some(Snapshot {
+                        meta: cur.meta,
+                        snapshot: Box::new(file),
+                    }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(e) => {
+                    let read = to_storage(
+                        ErrorSubject::Snapshot(Some(cur.meta.signature())),
+                        ErrorVerb::Read,
+                    );
+                    return Err(read(io_err(&cur.path)(e)));
+                }
+            }
+        }
     }
 }
 
@@ -1105,6 +1135,26 @@ struct Header {
     state: ClusterState,
 }
 
+/// Names a snapshot of the state at `applied`. The id is unique across builds and restarts.
+fn new_snapshot_meta(applied: Applied) -> SnapshotMeta {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let snapshot_id = match applied.last {
+        Some(l) => format!("{}-{}-{nanos}", l.leader_id.term, l.index),
+        None => format!("0-0-{nanos}"),
+    };
+    SnapshotMeta {
+        last_log_id: applied.last,
+        last_membership: applied.membership,
+        snapshot_id,
+    }
+}
+
+fn encode_header(meta: &SnapshotMeta, state: &ClusterState) -> Result<Vec<u8>, StoreError> {
+    encode("snapshot header", &HeaderRef { meta, state })
+}
+
 /// Writes a snapshot file, hashing everything it writes.
 struct SnapWriter {
     out: BufWriter<fs::File>,
@@ -1115,7 +1165,8 @@ struct SnapWriter {
 }
 
 impl SnapWriter {
-    fn create(path: &Path, meta: &SnapshotMeta, state: &ClusterState) -> Result<Self, StoreError> {
+    /// Creates the file and writes the preamble and `header` (from [`encode_header`]).
+    fn create(path: &Path, header: &[u8]) -> Result<Self, StoreError> {
         let file = fs::File::create(path).map_err(io_err(path))?;
         let mut w = SnapWriter {
             out: BufWriter::with_capacity(1 << 20, file),
@@ -1124,12 +1175,11 @@ impl SnapWriter {
             records: 0,
             bytes: 0,
         };
-        let header = encode("snapshot header", &HeaderRef { meta, state })?;
         w.put(SNAP_MAGIC)?;
         w.put(&FORMAT_VERSION.to_le_bytes())?;
         w.put(&(header.len() as u64).to_le_bytes())?;
-        w.put(blake3::hash(&header).as_bytes())?;
-        w.put(&header)?;
+        w.put(blake3::hash(header).as_bytes())?;
+        w.put(header)?;
         Ok(w)
     }
 
@@ -1166,6 +1216,9 @@ impl SnapWriter {
         Ok(self.bytes + 32)
     }
 }
+
+/// One memoized result in a snapshot file: request key and postcard(Outcome).
+type SnapRecord = ([u8; 32], Vec<u8>);
 
 /// Reads a snapshot file: the header, then the records, checking the hashes.
 struct SnapReader {
@@ -1252,7 +1305,7 @@ impl SnapReader {
     }
 
     /// The next record, or None at the trailer (which is then checked).
-    fn next_record(&mut self) -> Result<Option<OutcomeRecord>, StoreError> {
+    fn next_record(&mut self) -> Result<Option<SnapRecord>, StoreError> {
         let [tag] = self.take_array::<1>("a record tag")?;
         match tag {
             SNAP_RECORD => {
@@ -1396,4 +1449,184 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mozen_model::TaskError;
+    use tempfile::TempDir;
+
+    fn opts() -> StoreOptions {
+        StoreOptions {
+            cache_capacity_bytes: 8 << 20,
+        }
+    }
+
+    fn k(n: u8) -> RequestKey {
+        RequestKey([n; 32])
+    }
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "t".into(),
+        }
+    }
+
+    #[test]
+    fn snapshot_file_round_trips() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let path = dir.path().join("1.snap");
+        let mut w = SnapWriter::create(&path, &encode_header(&meta(), &ClusterState::new())?)?;
+        w.record(&[1; 32], b"one")?;
+        w.record(&[2; 32], b"")?;
+        let bytes = w.finish()?;
+        assert_eq!(bytes, fs::metadata(&path).expect("file").len());
+
+        let mut r = SnapReader::open(&path)?;
+        let (m, st) = r.header()?;
+        assert_eq!(m, meta());
+        assert_eq!(st, ClusterState::new());
+        assert_eq!(r.next_record()?, Some(([1; 32], b"one".to_vec())));
+        assert_eq!(r.next_record()?, Some(([2; 32], Vec::new())));
+        assert_eq!(r.next_record()?, None);
+        r.finish()
+    }
+
+    #[test]
+    fn damaged_record_fails_the_file_hash() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let path = dir.path().join("1.snap");
+        let mut w = SnapWriter::create(&path, &encode_header(&meta(), &ClusterState::new())?)?;
+        w.record(&[1; 32], b"payload")?;
+        w.finish()?;
+        let mut bytes = fs::read(&path).expect("read");
+        let at = bytes.len() - 32 - 8 - 1 - 2; // inside "payload"
+        bytes[at] ^= 1;
+        fs::write(&path, bytes).expect("write");
+        let mut r = SnapReader::open(&path)?;
+        r.header()?;
+        assert!(r.next_record()?.is_some());
+        let err = r.next_record().expect_err("hash mismatch");
+        assert!(err.to_string().contains("file hash"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn decode_exact_refuses_trailing_bytes() {
+        let mut bytes = postcard::to_allocvec(&7u64).expect("encode");
+        assert_eq!(decode_exact::<u64>(&bytes), Ok(7));
+        bytes.push(0);
+        assert!(decode_exact::<u64>(&bytes).is_err());
+    }
+
+    #[test]
+    fn capture_saves_first_values_of_keys_ahead_of_the_scan() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let (_log, sm) = open(dir.path(), &opts())?;
+        let inner = &sm.inner;
+        let v = |s: &str| Outcome::Value(s.as_bytes().to_vec());
+        inner.write_effects(&[
+            Effect::PutOutcome(k(3), v("a")),
+            Effect::PutOutcome(k(7), v("b")),
+        ])?;
+        *lock(&inner.capture) = Some(Capture {
+            cursor: Some(IVec::from(&k(5).0[..])),
+            before: HashMap::new(),
+        });
+        // Key 3 is behind the scan: not saved. Key 7 is ahead: its first value is saved,
+        // later changes keep it. Key 9 did not exist: saved as absent.
+        inner.write_effects(&[
+            Effect::DeleteOutcome(k(3)),
+            Effect::PutOutcome(k(7), v("c")),
+            Effect::PutOutcome(k(9), v("d")),
+        ])?;
+        inner.write_effects(&[Effect::DeleteOutcome(k(7))])?;
+        let cap = lock(&inner.capture).take().expect("capture");
+        assert_eq!(cap.before.len(), 2);
+        let saved = cap.before[&IVec::from(&k(7).0[..])].clone().expect("value");
+        assert_eq!(decode_exact::<Outcome>(&saved), Ok(v("b")));
+        assert_eq!(cap.before[&IVec::from(&k(9).0[..])], None);
+        assert_eq!(sm.outcome(&k(7))?, None);
+        assert_eq!(sm.outcome(&k(9))?, Some(v("d")));
+        Ok(())
+    }
+
+    #[test]
+    fn log_reads_handle_empty_and_reversed_ranges() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let (log, _sm) = open(dir.path(), &opts())?;
+        assert!(log.inner.entries(5..5)?.is_empty());
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = log.inner.entries(6..=2)?;
+        assert!(reversed.is_empty());
+        assert_eq!(log.log_len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn pending_marker_without_its_file_is_dropped_at_open() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let (_log, sm) = open(dir.path(), &opts())?;
+            let err = Outcome::Error(TaskError::new("X", "kept"));
+            sm.inner
+                .write_effects(&[Effect::PutOutcome(k(1), err.clone())])?;
+            sm.inner
+                .meta
+                .insert(KEY_OUTCOMES_PENDING, &b"00000000000000000009.snap"[..])
+                .map_err(sled_err(TREE_META))?;
+            sm.inner.db.flush().map_err(sled_err("db"))?;
+        }
+        let (_log, sm) = open(dir.path(), &opts())?;
+        assert!(
+            sm.inner
+                .meta
+                .get(KEY_OUTCOMES_PENDING)
+                .expect("get")
+                .is_none()
+        );
+        // sm_outcomes was not touched.
+        assert!(sm.outcome(&k(1))?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn interrupted_install_reloads_results_from_the_snapshot_at_open() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let v = Outcome::Value(b"kept".to_vec());
+        let name = {
+            let (_log, sm) = open(dir.path(), &opts())?;
+            sm.inner
+                .write_effects(&[Effect::PutOutcome(k(1), v.clone())])?;
+            *lock(&sm.inner.capture) = Some(Capture::default());
+            let header = encode_header(&meta(), &ClusterState::new())?;
+            let snap = sm.inner.write_snapshot(meta(), header)?;
+            // A crash halfway through loading the results of that snapshot.
+            sm.inner.outcomes.clear().map_err(sled_err(TREE_OUTCOMES))?;
+            sm.inner
+                .write_effects(&[Effect::PutOutcome(k(2), v.clone())])?;
+            let name = snap.path.file_name().expect("name").to_owned();
+            sm.inner
+                .meta
+                .insert(KEY_OUTCOMES_PENDING, name.as_encoded_bytes())
+                .map_err(sled_err(TREE_META))?;
+            sm.inner.db.flush().map_err(sled_err("db"))?;
+            name
+        };
+        let (_log, sm) = open(dir.path(), &opts())?;
+        assert_eq!(sm.outcome(&k(1))?, Some(v));
+        assert_eq!(sm.outcome(&k(2))?, None);
+        assert!(
+            sm.inner
+                .meta
+                .get(KEY_OUTCOMES_PENDING)
+                .expect("get")
+                .is_none()
+        );
+        assert!(dir.path().join("snapshots").join(name).exists());
+        Ok(())
+    }
 }

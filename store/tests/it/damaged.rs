@@ -1,64 +1,232 @@
-use mozen_store::{StoreError, StoreOptions, open};
+//! Damaged data dirs fail with a typed error naming what is damaged, never with a panic.
+
+use crate::common::*;
+use mozen_store::{Command, StoreError, open};
+use openraft::RaftLogReader;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
+use std::path::Path;
+use tempfile::TempDir;
+
+fn event(i: u64) -> Command {
+    Command::Event {
+        kind: "t".into(),
+        node: None,
+        message: format!("{i}"),
+        at: i,
+    }
+}
+
+/// A data dir holding log entries 0..=4.
+fn dir_with_log() -> anyhow::Result<TempDir> {
+    let dir = TempDir::new()?;
+    runtime().block_on(async {
+        let (mut log, _sm) = open(dir.path(), &test_options())?;
+        log.blocking_append((0..5).map(|i| entry(1, i, event(i))))
+            .await?;
+        anyhow::Ok(())
+    })?;
+    Ok(dir)
+}
+
+/// Opens the store's sled Db directly, waiting for the lock a dropped store releases late.
+fn raw_db(dir: &Path) -> anyhow::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::open(dir.join("db")) {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// Writes `value` under `key` in `tree`, bypassing the store.
+fn poke(dir: &Path, tree: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+    let db = raw_db(dir)?;
+    db.open_tree(tree)?.insert(key, value)?;
+    db.flush()?;
+    Ok(())
+}
 
 #[test]
-fn wrong_format_version_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path(), &StoreOptions::default()).unwrap());
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        db.open_tree("raft_meta")
-            .unwrap()
-            .insert("format_version", &99u32.to_be_bytes())
-            .unwrap();
-        db.flush().unwrap();
-    }
-    match open(dir.path(), &StoreOptions::default()) {
-        Err(e @ StoreError::Version { .. }) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains("format version 99") && msg.contains("reads version 1"),
-                "{msg}"
-            );
+fn wrong_format_version_is_a_version_error() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
+    poke(
+        dir.path(),
+        "raft_meta",
+        b"format_version",
+        &2u32.to_be_bytes(),
+    )?;
+    match open(dir.path(), &test_options()) {
+        Err(StoreError::Version {
+            found, expected, ..
+        }) => {
+            assert_eq!(found, "2");
+            assert_eq!(expected, mozen_store::FORMAT_VERSION);
         }
         Err(e) => panic!("expected a version error, got {e}"),
-        Ok(_) => panic!("expected a version error, got a store"),
+        Ok(_) => panic!("expected a version error, the store opened"),
     }
+    Ok(())
 }
 
 #[test]
-fn garbage_log_entry_names_tree_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path(), &StoreOptions::default()).unwrap());
+fn missing_version_on_a_dir_with_data_is_a_version_error() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        db.open_tree("raft_log")
-            .unwrap()
-            .insert(42u64.to_be_bytes(), &b"\xff\xff\xff garbage"[..])
-            .unwrap();
-        db.flush().unwrap();
+        let db = raw_db(dir.path())?;
+        db.open_tree("raft_meta")?.remove("format_version")?;
+        db.flush()?;
     }
-    match open(dir.path(), &StoreOptions::default()) {
-        Err(e @ StoreError::Corrupt { .. }) => {
-            let msg = e.to_string();
-            assert!(msg.contains("raft_log") && msg.contains("42"), "{msg}");
-        }
-        Err(e) => panic!("expected a corruption error, got {e}"),
-        Ok(_) => panic!("expected a corruption error, got a store"),
-    }
+    assert!(matches!(
+        open(dir.path(), &test_options()),
+        Err(StoreError::Version { .. })
+    ));
+    Ok(())
 }
 
 #[test]
-fn damaged_snapshot_is_reported_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path(), &StoreOptions::default()).unwrap());
-    std::fs::write(
-        dir.path().join("snapshots/00000000000000000010.snap"),
-        b"MOZSNAP\0xx",
-    )
-    .unwrap();
-    match open(dir.path(), &StoreOptions::default()) {
-        Err(e @ StoreError::Corrupt { .. }) => assert!(e.to_string().contains("snapshots"), "{e}"),
-        Err(e) => panic!("expected a corruption error, got {e}"),
-        Ok(_) => panic!("expected a corruption error"),
+fn garbage_log_entry_in_the_middle_is_corrupt_when_read() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
+    poke(dir.path(), "raft_log", &2u64.to_be_bytes(), b"garbage")?;
+    let (mut log, _sm) = open(dir.path(), &test_options())?;
+    let err = runtime()
+        .block_on(log.try_get_log_entries(0..5))
+        .expect_err("reading a damaged entry fails");
+    let msg = err.to_string();
+    assert!(msg.contains("raft_log") && msg.contains("index 2"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn garbage_last_log_entry_fails_open() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
+    poke(dir.path(), "raft_log", &4u64.to_be_bytes(), &[0xff; 40])?;
+    match open(dir.path(), &test_options()) {
+        Err(StoreError::Corrupt { tree, key, .. }) => {
+            assert_eq!(tree, "raft_log");
+            assert_eq!(key, "index 4");
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("expected corruption, the store opened"),
     }
+    Ok(())
+}
+
+#[test]
+fn entry_stored_under_the_wrong_index_is_corrupt() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
+    let wrong = postcard::to_allocvec(&entry(1, 9, event(9)))?;
+    poke(dir.path(), "raft_log", &4u64.to_be_bytes(), &wrong)?;
+    let err = open(dir.path(), &test_options()).err().expect("open fails");
+    assert!(err.to_string().contains("index 4"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn garbage_vote_fails_open_naming_it() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
+    poke(dir.path(), "raft_meta", b"vote", b"\xff\xff\xff")?;
+    match open(dir.path(), &test_options()) {
+        Err(StoreError::Corrupt { tree, key, .. }) => {
+            assert_eq!((tree, key.as_str()), ("raft_meta", "vote"));
+        }
+        other => panic!("expected corruption, got {:?}", other.err()),
+    }
+    Ok(())
+}
+
+#[test]
+fn garbage_outcome_is_corrupt_naming_the_request() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    drop(open(dir.path(), &test_options())?);
+    poke(dir.path(), "sm_outcomes", &key(3).0, b"\x05nope")?;
+    let (_log, sm) = open(dir.path(), &test_options())?;
+    match sm.outcome(&key(3)) {
+        Err(StoreError::Corrupt { tree, key: k, .. }) => {
+            assert_eq!(tree, "sm_outcomes");
+            assert_eq!(k, key(3).to_hex());
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn damaged_snapshot_file_fails_open_naming_it() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    let name = runtime()
+        .block_on(async {
+            let (_log, mut sm) = open(dir.path(), &test_options())?;
+            let mut cmds = vec![Command::RegisterNode {
+                node: node(1, 10),
+                at: 1,
+            }];
+            cmds.extend(lifecycle(0, 5, 10, 2));
+            sm.apply(entries(0, cmds)).await?;
+            sm.build_snapshot().await?;
+            anyhow::Ok(())
+        })
+        .and_then(|()| {
+            let snaps: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            assert_eq!(snaps.len(), 1, "one snapshot file: {snaps:?}");
+            Ok(snaps[0].clone())
+        })?;
+    let mut bytes = std::fs::read(&name)?;
+    bytes[60] ^= 0x55; // inside the header
+    std::fs::write(&name, bytes)?;
+    match open(dir.path(), &test_options()) {
+        Err(StoreError::Corrupt { tree, key, reason }) => {
+            assert_eq!(tree, "snapshots");
+            let file = name.file_name().expect("name").to_string_lossy();
+            assert_eq!(key, file);
+            assert!(reason.contains("hash"), "{reason}");
+        }
+        other => panic!("expected corruption, got {:?}", other.err()),
+    }
+    Ok(())
+}
+
+#[test]
+fn truncated_snapshot_is_refused_at_install() -> anyhow::Result<()> {
+    runtime().block_on(async {
+        let a = TempDir::new()?;
+        let b = TempDir::new()?;
+        let (_la, mut sa) = open(a.path(), &test_options())?;
+        let (_lb, mut sb) = open(b.path(), &test_options())?;
+        let mut cmds = vec![Command::RegisterNode {
+            node: node(1, 10),
+            at: 1,
+        }];
+        cmds.extend(lifecycle(0, 5, 100, 2));
+        sa.apply(entries(0, cmds)).await?;
+        let snap = sa.build_snapshot().await?;
+        let path = std::fs::read_dir(a.path().join("snapshots"))?
+            .next()
+            .expect("a snapshot")?
+            .path();
+        let bytes = std::fs::read(&path)?;
+        let mut rx = sb.begin_receiving_snapshot().await?;
+        {
+            use tokio::io::AsyncWriteExt;
+            rx.write_all(&bytes[..bytes.len() - 50]).await?;
+            rx.shutdown().await?;
+        }
+        let err = sb
+            .install_snapshot(&snap.meta, rx)
+            .await
+            .expect_err("a truncated snapshot is refused");
+        assert!(err.to_string().contains("snapshots"), "{err}");
+        // Nothing changed on the receiver.
+        assert!(sb.last_snapshot().is_none());
+        assert_eq!(sb.shared().read().expect("state").request_count(), 0);
+        anyhow::Ok(())
+    })
 }

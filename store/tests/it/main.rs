@@ -1,6 +1,7 @@
-//! Integration tests of the sled storage: openraft's conformance suite, restart, damaged data
-//! dirs and the wire form of commands.
+//! Integration tests of mozen-store: one binary, one module per concern.
 
+mod common;
+mod crash;
 mod damaged;
 mod golden;
 mod props;

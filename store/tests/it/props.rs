@@ -1,209 +1,552 @@
-//! Properties of the pure state machine over random command sequences.
+//! Property tests of the state machine and its storage: apply is deterministic, snapshots
+//! round-trip (state and results), completions are idempotent, no request runs twice, the
+//! counters agree with the history, and a snapshot built while apply() keeps going holds the
+//! results as of its point.
 
-use mozen_model::{
-    NodeInfo, NodeRole, NodeState, Outcome, RequestKey, RequestState, RetryPolicy, TaskError,
+use crate::common::*;
+use mozen_model::NodeState;
+use mozen_model::{Outcome, RequestKey, RequestState, RetryPolicy, TaskError, codes};
+use mozen_store::{
+    Assignment, ClusterState, Command, CompleteReply, Completion, Effect, ForgetSelector,
+    FunctionCounters, NewRequest, Response, StateMachineStore, SubmitReply, open,
 };
-use mozen_store::*;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::RaftStateMachine;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tempfile::TempDir;
 
-fn key(i: u8) -> RequestKey {
-    RequestKey::of("f", &[i])
-}
+/// Keys are drawn from a small domain so that requests meet again: joins, memo hits, retries.
+const KEYS: u32 = 16;
+const NODES: u64 = 3;
 
+/// An operation, turned into a `Command` against the current state so that most commands
+/// are meaningful (right attempt numbers, running requests) and some are deliberately stale.
 #[derive(Debug, Clone)]
 enum Op {
-    Submit(u8, Option<u8>),
-    Assign(u8, u64),
-    Complete(u8, bool),
-    Down(u64),
-    Up(u64),
-    Drain(u64),
-    Cancel(u8),
-    Forget(u8),
+    Register {
+        node: u64,
+        slots: u32,
+    },
+    SetState {
+        node: u64,
+        state: u8,
+    },
+    Remove {
+        node: u64,
+    },
+    Submit(Vec<(u32, Option<u32>, i32, u32, bool)>),
+    /// Assign the first `count` queued requests to `node`; `stale` uses a wrong attempt.
+    Assign {
+        count: usize,
+        node: u64,
+        stale: bool,
+    },
+    /// Complete running request number `pick` with a value (0), a function failure (1) or
+    /// another error (2); `stale` uses a wrong attempt.
+    Complete {
+        pick: usize,
+        kind: u8,
+        len: usize,
+        stale: bool,
+    },
+    Requeue {
+        node: u64,
+        all: bool,
+    },
+    Cancel {
+        key: u32,
+    },
+    Forget {
+        how: u8,
+        n: u64,
+    },
+    Batch(Vec<Op>),
+}
+
+fn leaf_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1..=NODES, 1u32..4).prop_map(|(node, slots)| Op::Register { node, slots }),
+        (1..=NODES, 0u8..4).prop_map(|(node, state)| Op::SetState { node, state }),
+        (1..=NODES).prop_map(|node| Op::Remove { node }),
+        prop::collection::vec(
+            (
+                0..KEYS,
+                prop::option::weighted(0.3, 0..KEYS),
+                -2i32..3,
+                0u32..3,
+                prop::bool::weighted(0.1)
+            ),
+            1..4
+        )
+        .prop_map(Op::Submit),
+        (1usize..4, 1..=NODES, prop::bool::weighted(0.1))
+            .prop_map(|(count, node, stale)| Op::Assign { count, node, stale }),
+        (0usize..8, 0u8..3, 0usize..40, prop::bool::weighted(0.1)).prop_map(
+            |(pick, kind, len, stale)| Op::Complete {
+                pick,
+                kind,
+                len,
+                stale
+            }
+        ),
+        (1..=NODES, any::<bool>()).prop_map(|(node, all)| Op::Requeue { node, all }),
+        (0..KEYS).prop_map(|key| Op::Cancel { key }),
+        (0u8..4, 0u64..4).prop_map(|(how, n)| Op::Forget { how, n }),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..12, proptest::option::of(0u8..12)).prop_map(|(k, p)| Op::Submit(k, p)),
-        4 => (0u8..12, 1u64..4).prop_map(|(k, n)| Op::Assign(k, n)),
-        4 => (0u8..12, any::<bool>()).prop_map(|(k, ok)| Op::Complete(k, ok)),
-        1 => (1u64..4).prop_map(Op::Down),
-        1 => (1u64..4).prop_map(Op::Up),
-        1 => (1u64..4).prop_map(Op::Drain),
-        1 => (0u8..12).prop_map(Op::Cancel),
-        1 => (0u8..12).prop_map(Op::Forget),
+        8 => leaf_op(),
+        1 => prop::collection::vec(leaf_op(), 1..4).prop_map(Op::Batch),
     ]
 }
 
-/// Turns random ops into commands, reading the state for attempts/nodes as a proposer would.
-fn to_command(st: &ClusterState, op: &Op, at: u64) -> Command {
-    match *op {
-        Op::Submit(k, p) => Command::Submit {
-            requests: vec![NewRequest {
-                key: key(k),
-                function: "f".into(),
-                args: vec![k],
-                parent: p.map(key),
-                priority: (k % 3) as i32,
-                retry: RetryPolicy {
-                    retries: 1,
-                    backoff_ms: 0,
-                    max_attempts: 2,
-                },
-                no_cache: false,
-            }],
+/// Turns ops into commands, applying each to `reference` so later ops see its effect.
+fn commands(ops: &[Op]) -> Vec<Command> {
+    let mut reference = ClusterState::new();
+    let mut cmds = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let at = 1_000 * (i as u64 + 1);
+        let cmd = to_command(op, &reference, at);
+        reference.apply(&cmd);
+        reference.take_effects();
+        cmds.push(cmd);
+    }
+    cmds
+}
+
+fn to_command(op: &Op, st: &ClusterState, at: u64) -> Command {
+    match op {
+        Op::Register { node: id, slots } => Command::RegisterNode {
+            node: node(*id, *slots),
             at,
         },
-        Op::Assign(k, n) => {
-            let attempt = st.request(&key(k)).map_or(1, |r| r.attempts + 1);
-            Command::Assign {
-                assignments: vec![Assignment {
-                    key: key(k),
-                    node: n,
-                    attempt,
-                }],
-                at,
-            }
-        }
-        Op::Complete(k, ok) => {
-            let (node, attempt) = match st.request(&key(k)).map(|r| r.state) {
-                Some(RequestState::Running { node, attempt, .. }) => (node, attempt),
-                _ => (1, 1),
-            };
-            let outcome = if ok {
-                Outcome::Value(vec![k])
-            } else {
-                Outcome::Error(TaskError::new("MZ-FUNCTION-FAILED", "x"))
-            };
-            Command::Complete {
-                completions: vec![Completion {
-                    key: key(k),
+        Op::SetState { node, state } => Command::SetNodeState {
+            id: *node,
+            state: [
+                NodeState::Active,
+                NodeState::Draining,
+                NodeState::Drained,
+                NodeState::Down,
+            ][*state as usize],
+            at,
+        },
+        Op::Remove { node } => Command::RemoveNode { id: *node, at },
+        Op::Submit(reqs) => Command::Submit {
+            requests: reqs
+                .iter()
+                .map(|&(k, parent, priority, retries, no_cache)| NewRequest {
+                    parent: parent.map(key),
+                    priority,
+                    retry: RetryPolicy {
+                        retries,
+                        backoff_ms: 0,
+                        max_attempts: 3,
+                    },
+                    no_cache,
+                    ..new_request(k)
+                })
+                .collect(),
+            at,
+        },
+        Op::Assign { count, node, stale } => Command::Assign {
+            assignments: st
+                .queue()
+                .take(*count)
+                .map(|r| Assignment {
+                    key: r.key,
+                    node: *node,
+                    attempt: r.attempts + if *stale { 2 } else { 1 },
+                })
+                .collect(),
+            at,
+        },
+        Op::Complete {
+            pick,
+            kind,
+            len,
+            stale,
+        } => {
+            let running: Vec<_> = st
+                .requests()
+                .filter_map(|r| match r.state {
+                    RequestState::Running { node, attempt, .. } => Some((r.key, node, attempt)),
+                    _ => None,
+                })
+                .collect();
+            let completions = match running.get(pick % running.len().max(1)) {
+                None => Vec::new(),
+                Some(&(key, node, attempt)) => vec![Completion {
+                    key,
                     node,
-                    attempt,
-                    outcome,
+                    attempt: if *stale { attempt + 1 } else { attempt },
+                    outcome: match kind {
+                        0 => Outcome::Value(vec![*len as u8; *len]),
+                        1 => Outcome::Error(TaskError::new(codes::FUNCTION_FAILED, "it failed")),
+                        _ => Outcome::Error(TaskError::new(codes::BAD_ARGUMENTS, "bad args")),
+                    },
                     duration_ms: 1,
                 }],
-                at,
-            }
+            };
+            Command::Complete { completions, at }
         }
-        Op::Down(n) => Command::SetNodeState {
-            id: n,
-            state: NodeState::Down,
+        Op::Requeue { node, all } => Command::Requeue {
+            node: *node,
+            keys: if *all {
+                None
+            } else {
+                Some(st.running_on(*node).take(1).map(|r| r.key).collect())
+            },
+            reason: "test".into(),
             at,
         },
-        Op::Up(n) => Command::SetNodeState {
-            id: n,
-            state: NodeState::Active,
+        Op::Cancel { key: k } => Command::Cancel { key: key(*k), at },
+        Op::Forget { how, n } => Command::Forget {
+            selector: match how {
+                0 => ForgetSelector::Oldest(*n),
+                1 => ForgetSelector::Keys((0..*n as u32).map(key).collect()),
+                2 => ForgetSelector::Function(function_of(*n as u32)),
+                _ => ForgetSelector::OlderThan(at / 2),
+            },
             at,
         },
-        Op::Drain(n) => Command::SetNodeState {
-            id: n,
-            state: NodeState::Draining,
-            at,
-        },
-        Op::Cancel(k) => Command::Cancel { key: key(k), at },
-        Op::Forget(k) => Command::Forget {
-            selector: ForgetSelector::Keys(vec![key(k)]),
-            at,
-        },
+        Op::Batch(ops) => Command::Batch(ops.iter().map(|o| to_command(o, st, at)).collect()),
     }
 }
 
-fn nodes() -> Vec<Command> {
-    (1..4)
-        .map(|id| Command::RegisterNode {
-            node: NodeInfo {
-                id,
-                name: format!("n{id}"),
-                addr: format!("h:{id}"),
-                cpus: 1,
-                memory_bytes: 1 << 30,
-                slots: 2,
-                state: NodeState::Active,
-                role: NodeRole::Voter,
-                labels: BTreeMap::new(),
-            },
-            at: 0,
-        })
+/// Applies commands to a fresh state; returns it, the responses and the outcome table the
+/// effects describe.
+fn run_pure(cmds: &[Command]) -> (ClusterState, Vec<Response>, BTreeMap<RequestKey, Outcome>) {
+    let mut st = ClusterState::new();
+    let mut table = BTreeMap::new();
+    let mut responses = Vec::new();
+    for c in cmds {
+        responses.push(st.apply(c));
+        for e in st.take_effects() {
+            match e {
+                Effect::PutOutcome(k, o) => {
+                    table.insert(k, o);
+                }
+                Effect::DeleteOutcome(k) => {
+                    table.remove(&k);
+                }
+            }
+        }
+    }
+    (st, responses, table)
+}
+
+fn all_keys() -> Vec<RequestKey> {
+    (0..KEYS).map(key).collect()
+}
+
+fn outcomes_of(sm: &StateMachineStore) -> BTreeMap<RequestKey, Outcome> {
+    all_keys()
+        .into_iter()
+        .filter_map(|k| sm.outcome(&k).expect("outcome reads").map(|o| (k, o)))
         .collect()
 }
 
-fn run(ops: &[Op]) -> (ClusterState, Vec<Command>) {
+fn digest(sm: &StateMachineStore) -> [u8; 32] {
+    sm.shared().read().expect("state").digest()
+}
+
+/// No request is in the running index of two nodes, and the indexes agree with the records.
+fn check_running(st: &ClusterState) -> Result<(), TestCaseError> {
+    st.check_invariants().map_err(TestCaseError::fail)?;
+    let mut seen = BTreeSet::new();
+    for n in 0..=NODES {
+        for r in st.running_on(n) {
+            prop_assert!(seen.insert(r.key), "request {:?} runs on two nodes", r.key);
+            let on = r.state.node();
+            prop_assert_eq!(on, Some(n), "request listed on node {} runs on {:?}", n, on);
+        }
+    }
+    Ok(())
+}
+
+/// Counters expected from the replies and transitions, command by command (batches flattened).
+fn expected_counters(cmds: &[Command]) -> BTreeMap<String, FunctionCounters> {
+    fn flatten(c: &Command, out: &mut Vec<Command>) {
+        match c {
+            Command::Batch(cs) => cs.iter().for_each(|c| flatten(c, out)),
+            c => out.push(c.clone()),
+        }
+    }
+    let mut flat = Vec::new();
+    cmds.iter().for_each(|c| flatten(c, &mut flat));
     let mut st = ClusterState::new();
-    let mut cmds = nodes();
-    for c in &cmds {
-        st.apply(c);
+    let mut want: BTreeMap<String, FunctionCounters> = BTreeMap::new();
+    for c in &flat {
+        let before: HashMap<RequestKey, (RequestState, String)> = st
+            .requests()
+            .map(|r| (r.key, (r.state, r.function.clone())))
+            .collect();
+        let resp = st.apply(c);
+        st.take_effects();
+        match (c, &resp) {
+            (Command::Submit { requests, .. }, Response::Submitted(replies)) => {
+                for (r, reply) in requests.iter().zip(replies) {
+                    // A request keeps the function it was first submitted with.
+                    let f = before
+                        .get(&r.key)
+                        .map_or(r.function.clone(), |b| b.1.clone());
+                    let c = want.entry(f).or_default();
+                    match reply {
+                        SubmitReply::Queued => c.submitted += 1,
+                        SubmitReply::MemoHit => c.memo_hits += 1,
+                        SubmitReply::Joined => c.joined += 1,
+                        SubmitReply::ParentGone => {}
+                    }
+                }
+            }
+            (Command::Complete { completions, .. }, Response::Completed(replies)) => {
+                for (done, reply) in completions.iter().zip(replies) {
+                    if *reply == CompleteReply::Stale {
+                        continue;
+                    }
+                    let f = before[&done.key].1.clone();
+                    let c = want.entry(f).or_default();
+                    match done.outcome {
+                        Outcome::Value(_) => c.executions += 1,
+                        Outcome::Error(_) => c.failures += 1,
+                    }
+                }
+            }
+            _ => {
+                // Losing a node fails requests whose attempts ran out.
+                for (k, (state, f)) in &before {
+                    let now = st.request(k).map(|r| r.state);
+                    if matches!(state, RequestState::Running { .. })
+                        && now == Some(RequestState::Failed)
+                    {
+                        want.entry(f.clone()).or_default().failures += 1;
+                    }
+                }
+            }
+        }
     }
-    for (i, op) in ops.iter().enumerate() {
-        let c = to_command(&st, op, i as u64 + 1);
-        st.apply(&c);
-        cmds.push(c);
-    }
-    (st, cmds)
+    want
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn apply_is_deterministic_and_keeps_invariants(ops in proptest::collection::vec(op(), 0..120)) {
-        let (a, cmds) = run(&ops);
-        a.check_invariants().map_err(TestCaseError::fail)?;
-        let mut b = ClusterState::new();
-        for c in &cmds {
-            b.apply(c);
-        }
+    fn apply_is_deterministic_and_keeps_invariants(ops in prop::collection::vec(op(), 1..60)) {
+        let cmds = commands(&ops);
+        let (a, ra, ta) = run_pure(&cmds);
+        let (b, rb, tb) = run_pure(&cmds);
         prop_assert_eq!(a.digest(), b.digest());
-        // Never running on two nodes: each running key is indexed under exactly its node.
-        for n in 1..4 {
-            for r in a.running_on(n) {
-                prop_assert_eq!(r.state.node(), Some(n));
+        prop_assert_eq!(ra, rb);
+        prop_assert_eq!(ta, tb);
+        let mut st = ClusterState::new();
+        for c in &cmds {
+            st.apply(c);
+            st.take_effects();
+            check_running(&st)?;
+        }
+    }
+
+    #[test]
+    fn repeated_completions_change_nothing(ops in prop::collection::vec(op(), 1..60)) {
+        let cmds = commands(&ops);
+        let mut st = ClusterState::new();
+        for c in &cmds {
+            st.apply(c);
+            st.take_effects();
+            if let Command::Complete { completions, .. } = c {
+                let before = st.digest();
+                let again = st.apply(c);
+                prop_assert!(st.take_effects().is_empty(), "a repeat writes no result");
+                prop_assert_eq!(again, Response::Completed(vec![CompleteReply::Stale; completions.len()]));
+                prop_assert_eq!(st.digest(), before);
             }
         }
     }
 
     #[test]
-    fn repeated_completions_change_nothing(ops in proptest::collection::vec(op(), 0..80)) {
-        // Completions that took effect when first applied, replayed at the end.
-        let mut st = ClusterState::new();
-        for c in nodes() {
-            st.apply(&c);
-        }
-        let mut effective = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            let c = to_command(&st, op, i as u64 + 1);
-            if st.apply(&c) == Response::Completed(vec![CompleteReply::Finished]) {
-                effective.push(c);
-            }
-        }
-        for c in &effective {
-            let before = st.digest();
-            let r = st.apply(c);
-            prop_assert_eq!(st.digest(), before);
-            prop_assert_eq!(r, Response::Completed(vec![CompleteReply::Stale]));
-        }
+    fn counters_match_history(ops in prop::collection::vec(op(), 1..60)) {
+        let cmds = commands(&ops);
+        let (st, _, _) = run_pure(&cmds);
+        let want: BTreeMap<_, _> = expected_counters(&cmds)
+            .into_iter()
+            .filter(|(_, c)| *c != FunctionCounters::default())
+            .collect();
+        let got: BTreeMap<_, _> = st
+            .counters()
+            .iter()
+            .filter(|(_, c)| **c != FunctionCounters::default())
+            .map(|(f, c)| (f.clone(), c.clone()))
+            .collect();
+        prop_assert_eq!(got, want);
     }
+}
+
+proptest! {
+    // Each case opens two sled stores: keep the count modest for 2 cores.
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn counters_match_history(ops in proptest::collection::vec(op(), 0..120)) {
-        let mut st = ClusterState::new();
-        for c in nodes() {
-            st.apply(&c);
-        }
-        let (mut done, mut submitted) = (0u64, 0u64);
-        for (i, op) in ops.iter().enumerate() {
-            let c = to_command(&st, op, i as u64 + 1);
-            let r = st.apply(&c);
-            match (&c, &r) {
-                (Command::Submit { .. }, Response::Submitted(v)) if v[0] == SubmitReply::Queued => submitted += 1,
-                (Command::Complete { completions, .. }, Response::Completed(v))
-                    if v[0] == CompleteReply::Finished && completions[0].outcome.is_ok() => done += 1,
-                _ => {}
+    fn store_matches_pure_apply_and_snapshot_round_trips(
+        ops in prop::collection::vec(op(), 1..60),
+        chunk in 1usize..8,
+    ) {
+        let cmds = commands(&ops);
+        let (pure, responses, table) = run_pure(&cmds);
+        runtime().block_on(async {
+            let (da, db) = (TempDir::new()?, TempDir::new()?);
+            let (_la, mut a) = open(da.path(), &test_options())?;
+            let (_lb, mut b) = open(db.path(), &test_options())?;
+            let mut got = Vec::new();
+            for part in entries(0, cmds.clone()).chunks(chunk) {
+                got.extend(a.apply(part.to_vec()).await?);
+            }
+            prop_assert_eq!(&got, &responses);
+            prop_assert_eq!(digest(&a), pure.digest());
+            prop_assert_eq!(outcomes_of(&a), table.clone());
+
+            let snap = a.build_snapshot().await?;
+            let mut rx = b.begin_receiving_snapshot().await?;
+            {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut data = Vec::new();
+                let mut file = snap.snapshot;
+                file.read_to_end(&mut data).await?;
+                rx.write_all(&data).await?;
+                rx.shutdown().await?;
+            }
+            b.install_snapshot(&snap.meta, rx).await?;
+            prop_assert_eq!(digest(&b), pure.digest());
+            prop_assert_eq!(outcomes_of(&b), table);
+            prop_assert_eq!(b.applied_state().await?, a.applied_state().await?);
+            Ok(())
+        })?;
+    }
+}
+
+/// A snapshot built while apply() keeps changing results (overwrites, deletions, new keys)
+/// holds exactly the results as of its point, and installs elsewhere to the same state.
+#[test]
+fn snapshot_built_during_apply_holds_results_as_of_its_point() -> anyhow::Result<()> {
+    const BASE: u32 = 3000;
+    let mut cmds = vec![Command::RegisterNode {
+        node: node(1, u32::MAX),
+        at: 1,
+    }];
+    cmds.extend(lifecycle(0, BASE, 256, 2));
+    let base_len = cmds.len();
+    // Then, one command per entry: forget some, recompute some with new values, add new ones.
+    let mut at = 10;
+    for round in 0..60u32 {
+        at += 1;
+        let forget: Vec<_> = (0..10)
+            .map(|i| key((round * 37 + i * 101) % BASE))
+            .collect();
+        cmds.push(Command::Forget {
+            selector: ForgetSelector::Keys(forget),
+            at,
+        });
+        let again: Vec<u32> = (0..10).map(|i| (round * 53 + i * 97 + 7) % BASE).collect();
+        cmds.push(Command::Submit {
+            requests: again
+                .iter()
+                .map(|&k| NewRequest {
+                    no_cache: true,
+                    ..new_request(k)
+                })
+                .collect(),
+            at,
+        });
+        cmds.push(Command::Assign {
+            assignments: again
+                .iter()
+                .map(|&k| Assignment {
+                    key: key(k),
+                    node: 1,
+                    attempt: 1,
+                })
+                .collect(),
+            at,
+        });
+        cmds.push(Command::Complete {
+            completions: again
+                .iter()
+                .map(|&k| Completion {
+                    key: key(k),
+                    node: 1,
+                    attempt: 1,
+                    outcome: Outcome::Value(value(k + round, 300)),
+                    duration_ms: 1,
+                })
+                .collect(),
+            at,
+        });
+        cmds.extend(lifecycle(BASE + round * 5, BASE + round * 5 + 5, 100, at));
+    }
+    let total_keys = BASE + 60 * 5;
+    let ents = entries(0, cmds.clone());
+
+    runtime().block_on(async {
+        let (da, db) = (TempDir::new()?, TempDir::new()?);
+        let (_la, mut a) = open(da.path(), &test_options())?;
+        let (_lb, mut b) = open(db.path(), &test_options())?;
+        a.apply(ents[..base_len].to_vec()).await?;
+        let progress = Arc::new(AtomicU64::new(base_len as u64 - 1));
+        let mut applier = a.clone();
+        let rest = ents[base_len..].to_vec();
+        let seen = progress.clone();
+        let apply_task = tokio::spawn(async move {
+            for e in rest {
+                let index = e.log_id.index;
+                applier.apply([e]).await?;
+                seen.store(index, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            anyhow::Ok(())
+        });
+        let (mut builds, mut overlapped) = (0, 0);
+        while !apply_task.is_finished() {
+            let snap = a.build_snapshot().await?;
+            let point = snap
+                .meta
+                .last_log_id
+                .expect("snapshot covers entries")
+                .index;
+            if progress.load(Ordering::SeqCst) > point {
+                overlapped += 1;
+            }
+            builds += 1;
+
+            // The model: the results after the entries up to the snapshot point.
+            let (model, _, table) = run_pure(&cmds[..=point as usize]);
+            let mut rx = b.begin_receiving_snapshot().await?;
+            {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut data = Vec::new();
+                let mut file = snap.snapshot;
+                file.read_to_end(&mut data).await?;
+                rx.write_all(&data).await?;
+                rx.shutdown().await?;
+            }
+            b.install_snapshot(&snap.meta, rx).await?;
+            assert_eq!(digest(&b), model.digest(), "state at point {point}");
+            for k in 0..total_keys {
+                let k = key(k);
+                let want = table.get(&k).cloned();
+                assert_eq!(b.outcome(&k)?, want, "result of {k:?} at point {point}");
             }
         }
-        let c = st.counters().get("f").cloned().unwrap_or_default();
-        prop_assert_eq!(c.executions, done);
-        prop_assert_eq!(c.submitted, submitted);
-    }
+        apply_task.await??;
+        eprintln!("{builds} snapshots, {overlapped} built while entries were applied");
+        assert!(
+            overlapped > 0,
+            "no snapshot overlapped apply(); make the scan longer"
+        );
+        anyhow::Ok(())
+    })
 }

@@ -1,172 +1,168 @@
-use mozen_model::{NodeInfo, NodeRole, NodeState, Outcome, RequestKey, RetryPolicy};
-use mozen_store::*;
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::{
-    CommittedLeaderId, Entry as RaftEntry, EntryPayload, LogId as RaftLogId, RaftLogReader,
-    RaftSnapshotBuilder,
-};
-use std::collections::BTreeMap;
+//! Restart: everything written through the storage comes back after the store is dropped and
+//! reopened — state (through the snapshot plus re-applied committed entries), log, vote and
+//! memoized results.
 
-fn node(id: u64) -> NodeInfo {
-    NodeInfo {
-        id,
-        name: format!("n{id}"),
-        addr: format!("127.0.0.1:{}", 7000 + id),
-        cpus: 2,
-        memory_bytes: 4 << 30,
-        slots: 4,
-        state: NodeState::Active,
-        role: NodeRole::Voter,
-        labels: BTreeMap::new(),
-    }
+use crate::common::*;
+use mozen_store::{Command, Entry, LogStore, StateMachineStore, Vote, open};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{RaftLogReader, RaftSnapshotBuilder, StorageHelper};
+use std::path::Path;
+use tempfile::TempDir;
+
+struct Seen {
+    digest: [u8; 32],
+    log: Vec<Entry>,
+    vote: Option<Vote>,
+    outcomes: Vec<Option<mozen_model::Outcome>>,
 }
 
-fn key(i: u64) -> RequestKey {
-    RequestKey::of("echo", format!("[{i}]").as_bytes())
+async fn seen(log: &mut LogStore, sm: &StateMachineStore, keys: u32) -> anyhow::Result<Seen> {
+    let digest = sm.shared().read().expect("state").digest();
+    Ok(Seen {
+        digest,
+        log: log.try_get_log_entries(..).await?,
+        vote: log.read_vote().await?,
+        outcomes: (0..keys)
+            .map(|k| sm.outcome(&key(k)))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
-/// A realistic history: nodes, submits, assignments, completions.
-pub fn history(n: u64) -> Vec<Command> {
-    let mut cmds = vec![
-        Command::RegisterNode {
-            node: node(1),
-            at: 1,
-        },
-        Command::RegisterNode {
-            node: node(2),
-            at: 1,
-        },
-    ];
-    for i in 0..n {
-        let nr = NewRequest {
-            key: key(i),
-            function: "echo".into(),
-            args: format!("[{i}]").into_bytes(),
-            parent: None,
-            priority: 0,
-            retry: RetryPolicy::default(),
-            no_cache: false,
-        };
-        cmds.push(Command::Submit {
-            requests: vec![nr],
-            at: 10 + i,
-        });
-        cmds.push(Command::Assign {
-            assignments: vec![Assignment {
-                key: key(i),
-                node: 1 + i % 2,
-                attempt: 1,
-            }],
-            at: 11 + i,
-        });
-        cmds.push(Command::Complete {
-            completions: vec![Completion {
-                key: key(i),
-                node: 1 + i % 2,
-                attempt: 1,
-                outcome: Outcome::Value(format!("[{i}]").into_bytes()),
-                duration_ms: 1,
-            }],
-            at: 12 + i,
-        });
-    }
+fn commands() -> Vec<Command> {
+    let mut cmds = vec![Command::RegisterNode {
+        node: node(1, 1000),
+        at: 1,
+    }];
+    cmds.extend(lifecycle(0, 40, 64, 10));
+    cmds.extend(lifecycle(40, 80, 64, 20));
+    cmds.push(Command::Forget {
+        selector: mozen_store::ForgetSelector::Oldest(5),
+        at: 30,
+    });
+    cmds.extend(lifecycle(80, 90, 64, 40));
     cmds
 }
 
-fn entry(index: u64, cmd: Command) -> Entry {
-    RaftEntry {
-        log_id: RaftLogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(cmd),
+/// Writes the log, the vote and the committed index; applies `applied_before_snapshot`
+/// entries, builds a snapshot (if asked), applies the rest; returns what a reader sees.
+async fn write_everything(dir: &Path, snapshot_at: Option<usize>) -> anyhow::Result<Seen> {
+    let (mut log, mut sm) = open(dir, &test_options())?;
+    let ents = entries(0, commands());
+    let last = ents.last().expect("entries").log_id;
+    log.save_vote(&Vote::new(3, 1)).await?;
+    log.blocking_append(ents.clone()).await?;
+    log.save_committed(Some(last)).await?;
+    let split = snapshot_at.unwrap_or(ents.len());
+    sm.apply(ents[..split].to_vec()).await?;
+    if snapshot_at.is_some() {
+        sm.build_snapshot().await?;
     }
+    sm.apply(ents[split..].to_vec()).await?;
+    seen(&mut log, &sm, 90).await
 }
 
-async fn append(log: &mut LogStore, entries: Vec<Entry>) {
-    use openraft::storage::RaftLogStorageExt;
-    log.blocking_append(entries).await.unwrap();
+async fn reopen(dir: &Path) -> anyhow::Result<(LogStore, StateMachineStore)> {
+    let (mut log, mut sm) = open(dir, &test_options())?;
+    // What openraft does at start: re-apply committed entries the snapshot does not cover.
+    StorageHelper::new(&mut log, &mut sm)
+        .get_initial_state()
+        .await?;
+    Ok((log, sm))
 }
 
-#[tokio::test]
-async fn reopen_gives_identical_state_log_and_vote() {
-    let dir = tempfile::tempdir().unwrap();
-    let cmds = history(200);
-    let (digest, vote, log_before, outcome) = {
-        let (mut log, mut sm) = open(dir.path(), &StoreOptions::default()).unwrap();
-        let vote = Vote::new(3, 1);
-        log.save_vote(&vote).await.unwrap();
-        let entries: Vec<Entry> = cmds
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, c)| entry(i as u64 + 1, c))
-            .collect();
-        append(&mut log, entries.clone()).await;
-        // Apply half, snapshot, apply the rest: restart must not need the log before the snapshot.
-        let half = entries.len() / 2;
-        sm.apply(entries[..half].to_vec()).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        sm.apply(entries[half..].to_vec()).await.unwrap();
-        log.save_committed(Some(entries.last().unwrap().log_id))
-            .await
-            .unwrap();
-        let digest = sm.shared().read().unwrap().digest();
-        let logs = log.try_get_log_entries(0..).await.unwrap();
-        (digest, vote, logs, sm.outcome(&key(7)).unwrap())
-    };
-    let (mut log, mut sm) = open(dir.path(), &StoreOptions::default()).unwrap();
-    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
-    assert_eq!(log.try_get_log_entries(0..).await.unwrap(), log_before);
-    // The state machine starts from the snapshot; openraft re-applies up to `committed`.
-    let (applied, _) = sm.applied_state().await.unwrap();
-    let committed = log.read_committed().await.unwrap().unwrap();
-    assert!(applied.unwrap().index < committed.index);
-    let rest: Vec<Entry> = log
-        .try_get_log_entries(applied.unwrap().index + 1..=committed.index)
-        .await
-        .unwrap();
-    sm.apply(rest).await.unwrap();
-    assert_eq!(sm.shared().read().unwrap().digest(), digest);
-    assert_eq!(sm.outcome(&key(7)).unwrap(), outcome);
-    assert!(outcome.is_some());
-    assert_eq!(log.read_identity().unwrap(), None);
-    log.write_identity(5).unwrap();
-    drop((log, sm));
-    let (log, _) = open(dir.path(), &StoreOptions::default()).unwrap();
-    assert_eq!(log.read_identity().unwrap(), Some(5));
+/// Index of the last command's entry (entries start at index 0).
+fn last_index() -> u64 {
+    commands().len() as u64 - 1
 }
 
-#[tokio::test]
-async fn snapshot_installs_into_a_fresh_store_with_identical_state_and_outcomes() {
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
-    let (_la, mut sa) = open(a.path(), &StoreOptions::default()).unwrap();
-    let entries: Vec<Entry> = history(300)
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| entry(i as u64 + 1, c))
-        .collect();
-    sa.apply(entries).await.unwrap();
-    let snap = sa
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let (_lb, mut sb) = open(b.path(), &StoreOptions::default()).unwrap();
-    let mut buf = sb.begin_receiving_snapshot().await.unwrap();
-    let mut src = *snap.snapshot;
-    tokio::io::copy(&mut src, &mut *buf).await.unwrap();
-    sb.install_snapshot(&snap.meta, buf).await.unwrap();
-    assert_eq!(
-        sa.shared().read().unwrap().digest(),
-        sb.shared().read().unwrap().digest()
-    );
-    for i in [0, 150, 299] {
-        assert_eq!(sa.outcome(&key(i)).unwrap(), sb.outcome(&key(i)).unwrap());
-        assert!(sb.outcome(&key(i)).unwrap().is_some());
+fn assert_same(before: &Seen, after: &Seen) {
+    assert_eq!(before.digest, after.digest, "state digest");
+    assert_eq!(before.log, after.log, "log");
+    assert_eq!(before.vote, after.vote, "vote");
+    assert_eq!(before.outcomes, after.outcomes, "outcomes");
+}
+
+#[test]
+fn restart_restores_state_log_vote_and_outcomes_from_snapshot_and_log() -> anyhow::Result<()> {
+    runtime().block_on(async {
+        let dir = TempDir::new()?;
+        let before = write_everything(dir.path(), Some(3)).await?;
+        let (mut log, sm) = reopen(dir.path()).await?;
+        let after = seen(&mut log, &sm, 90).await?;
+        assert_same(&before, &after);
+        let (index, bytes) = sm.last_snapshot().expect("a snapshot");
+        assert_eq!(index, 2);
+        assert!(bytes > 0);
+        Ok(())
+    })
+}
+
+#[test]
+fn restart_without_snapshot_replays_committed_log() -> anyhow::Result<()> {
+    runtime().block_on(async {
+        let dir = TempDir::new()?;
+        let before = write_everything(dir.path(), None).await?;
+        let (mut log, sm) = reopen(dir.path()).await?;
+        assert!(sm.last_snapshot().is_none());
+        let after = seen(&mut log, &sm, 90).await?;
+        assert_same(&before, &after);
+        Ok(())
+    })
+}
+
+#[test]
+fn restart_loads_snapshot_without_replaying_purged_log() -> anyhow::Result<()> {
+    runtime().block_on(async {
+        let dir = TempDir::new()?;
+        let before = write_everything(dir.path(), Some(11)).await?;
+        {
+            let (mut log, mut sm) = open(dir.path(), &test_options())?;
+            // A snapshot of everything, then the log is purged up to it.
+            let (applied, _) = sm.applied_state().await?;
+            let from = applied.map_or(0, |l| l.index + 1);
+            let ents = log.try_get_log_entries(from..).await?;
+            sm.apply(ents).await?;
+            let snap = sm.build_snapshot().await?;
+            let upto = snap.meta.last_log_id.expect("snapshot covers entries");
+            log.purge(upto).await?;
+            assert_eq!(log.log_len(), 0);
+        }
+        let (mut log, mut sm) = open(dir.path(), &test_options())?;
+        // Loaded from the snapshot alone: nothing to re-apply, nothing in the log.
+        let (applied, _) = sm.applied_state().await?;
+        assert_eq!(applied.map(|l| l.index), Some(last_index()));
+        let state = log.get_log_state().await?;
+        assert_eq!(
+            state.last_purged_log_id.map(|l| l.index),
+            Some(last_index())
+        );
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(last_index()));
+        let after = seen(&mut log, &sm, 90).await?;
+        assert_eq!(before.digest, after.digest);
+        assert_eq!(before.outcomes, after.outcomes);
+        assert_eq!(before.vote, after.vote);
+        assert!(after.log.is_empty());
+        Ok(())
+    })
+}
+
+#[test]
+fn identity_survives_restart() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    {
+        let (log, _sm) = open(dir.path(), &test_options())?;
+        assert_eq!(log.read_identity()?, None);
+        log.write_identity(42)?;
     }
-    assert_eq!(sb.applied_state().await.unwrap().0, snap.meta.last_log_id);
+    let (log, _sm) = open(dir.path(), &test_options())?;
+    assert_eq!(log.read_identity()?, Some(42));
+    Ok(())
+}
+
+#[test]
+fn second_open_of_the_same_dir_fails_cleanly() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    let _first = open(dir.path(), &test_options())?;
+    assert!(open(dir.path(), &test_options()).is_err());
+    Ok(())
 }

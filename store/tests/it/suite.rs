@@ -1,20 +1,24 @@
-use mozen_store::{LogStore, StateMachineStore, StoreOptions, TypeConfig, open};
-use openraft::StorageError;
+//! openraft's conformance suite on a real sled directory per case.
+
+use crate::common::test_options;
+use mozen_store::{LogStore, StateMachineStore, TypeConfig, open};
 use openraft::testing::{StoreBuilder, Suite};
+use openraft::{AnyError, StorageError, StorageIOError};
 use tempfile::TempDir;
 
-struct Builder;
+struct SledBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
-        let dir = TempDir::new().expect("temp dir");
-        let (log, sm) = open(dir.path(), &StoreOptions::default()).expect("open store");
+        let dir = TempDir::new().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        let (log, sm) = open(dir.path(), &test_options())
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         Ok((dir, log, sm))
     }
 }
 
-/// openraft's own conformance suite on the sled store.
 #[test]
-fn openraft_suite_passes() {
-    Suite::test_all(Builder).unwrap();
+fn openraft_suite_passes() -> anyhow::Result<()> {
+    Suite::test_all(SledBuilder)?;
+    Ok(())
 }

@@ -1,15 +1,25 @@
 //! mozen-console: the live terminal console for Mozen operators.
 //!
-//! - [`app`]: `App` state and the synchronous `App::update(Action)`; unit-tested by replaying
-//!   keys.
-//! - [`ui`]: drawing (`draw(&App, &mut Frame)`), never awaits.
-//! - [`feed`]: the background task that owns the gRPC connection: follows the leader, streams
-//!   `Watch` updates in, runs operator actions, reconnects by itself.
-//! - [`demo`]: `--demo`, a local 3-agent cluster with a workload.
+//! The shape follows the ratatui component template and bottom's collection thread:
 //!
-//! Dependency rule: model + proto only; never sled, openraft or the agent crate.
+//! - [`app`]: the state, one [`app::Action`] enum and the synchronous
+//!   [`app::App::update`], which may return an [`app::Effect`] (an RPC to perform). Unit-tested
+//!   by replaying keys; no I/O.
+//! - [`ui`]: drawing, `impl Widget for &App`, one file per view (nodes, queues, requests, raft,
+//!   events). Never awaits.
+//! - [`client`]: the background task owning the gRPC connection: a `Watch` stream from the
+//!   leader (following `MZ-NOT-LEADER` redirects, reconnecting with backoff) and the effects,
+//!   whose outcomes come back as actions.
+//! - [`demo`]: `--demo`, a local 3-agent cluster with a steady workload.
+//! - [`error`]: errors and flag validation.
+//!
+//! `main.rs` is thin: flags, terminal setup and restore, and the run loop.
+//!
+//! Dependency rule: mozen-model and mozen-proto only; never sled, openraft, the store or the
+//! agent crate. The console sees the cluster only through the public gRPC API.
 
 pub mod app;
+pub mod client;
 pub mod demo;
-pub mod feed;
+pub mod error;
 pub mod ui;

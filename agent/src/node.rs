@@ -487,24 +487,10 @@ pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, Stri
             Ok(format!("node {id} is a voter"))
         }
         "demote" => {
-            match agent.role_of(id) {
-                NodeRole::Worker => return Ok(format!("node {id} is already a worker")),
-                NodeRole::Voter => {
-                    quorum_check(agent, id)?;
-                    agent
-                        .raft
-                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| raft_err(e.to_string()))?;
-                }
-                NodeRole::Learner => {
-                    agent
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| raft_err(e.to_string()))?;
-                }
+            if agent.role_of(id) == NodeRole::Worker {
+                return Ok(format!("node {id} is already a worker"));
             }
+            leave_membership(agent, id).await?;
             agent
                 .propose(Command::SetNodeRole {
                     id,
@@ -516,24 +502,7 @@ pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, Stri
             Ok(format!("node {id} is a worker"))
         }
         "remove" => {
-            match agent.role_of(id) {
-                NodeRole::Voter => {
-                    quorum_check(agent, id)?;
-                    agent
-                        .raft
-                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| raft_err(e.to_string()))?;
-                }
-                NodeRole::Learner => {
-                    agent
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(|e| raft_err(e.to_string()))?;
-                }
-                NodeRole::Worker => {}
-            }
+            leave_membership(agent, id).await?;
             agent
                 .propose(Command::RemoveNode { id, at })
                 .await
@@ -544,4 +513,23 @@ pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, Stri
             "MZ-BAD-OP: unknown node operation '{other}' (drain, undrain, promote, demote, remove)"
         )),
     }
+}
+
+/// Takes `id` out of the Raft membership, if it is in it: a voter only when the remaining
+/// voters keep a live majority. A worker is left as it is.
+async fn leave_membership(agent: &Agent, id: NodeId) -> Result<(), String> {
+    let change = match agent.role_of(id) {
+        NodeRole::Worker => return Ok(()),
+        NodeRole::Voter => {
+            quorum_check(agent, id)?;
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        }
+        NodeRole::Learner => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+    };
+    agent
+        .raft
+        .change_membership(change, false)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("MZ-RAFT: {e}"))
 }

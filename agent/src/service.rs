@@ -623,10 +623,7 @@ impl Mozen for Service {
     async fn get(&self, r: Request<pb::GetRequest>) -> Res<pb::CallReply> {
         self.require_member()?;
         let r = r.into_inner();
-        let key: RequestKey = r
-            .key
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+        let key = parse_key(&r.key)?;
         if self
             .agent
             .sm
@@ -652,11 +649,7 @@ impl Mozen for Service {
     }
 
     async fn cancel(&self, r: Request<pb::CancelRequest>) -> Res<pb::CancelReply> {
-        let key: RequestKey = r
-            .get_ref()
-            .key
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+        let key = parse_key(&r.get_ref().key)?;
         self.require_leader()?;
         match self.propose(Command::Cancel { key, at: now_ms() }).await? {
             SmResponse::Cancelled(keys) => Ok(Response::new(pb::CancelReply {
@@ -670,10 +663,7 @@ impl Mozen for Service {
     async fn forget(&self, r: Request<pb::ForgetRequest>) -> Res<pb::ForgetReply> {
         let r = r.into_inner();
         let selector = if !r.key.is_empty() {
-            let key: RequestKey = r
-                .key
-                .parse()
-                .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+            let key = parse_key(&r.key)?;
             ForgetSelector::Keys(vec![key])
         } else if !r.function.is_empty() {
             ForgetSelector::Function(r.function)
@@ -700,10 +690,7 @@ impl Mozen for Service {
     async fn tree(&self, r: Request<pb::TreeRequest>) -> Res<pb::TreeReply> {
         self.require_member()?;
         let r = r.into_inner();
-        let key: RequestKey = r
-            .key
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))?;
+        let key = parse_key(&r.key)?;
         let max = if r.max_nodes == 0 {
             10_000
         } else {
@@ -794,4 +781,10 @@ where
         use futures::StreamExt;
         inner.next().await.map(|item| (item, (inner, guard)))
     })
+}
+
+/// Parses a request key from the public API (64 hex digits).
+fn parse_key(s: &str) -> Result<RequestKey, Status> {
+    s.parse()
+        .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))
 }

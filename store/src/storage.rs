@@ -92,6 +92,7 @@ use openraft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::IVec;
+use std::cmp::Ordering as CmpOrdering;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::fs;
@@ -121,7 +122,7 @@ const KEY_OUTCOMES_PENDING: &str = "outcomes_pending";
 const SNAP_MAGIC: &[u8; 8] = b"MOZSNAP\0";
 const SNAP_RECORD: u8 = 1;
 const SNAP_END: u8 = 0;
-/// Records per sled batch when loading a snapshot's results.
+/// Writes per sled batch when loading a snapshot's results.
 const LOAD_BATCH: usize = 4096;
 
 #[derive(Clone, Debug)]
@@ -997,21 +998,51 @@ impl SmInner {
 
     /// Replaces the contents of `sm_outcomes` with the records of a snapshot file, then clears
     /// the pending marker. Blocking.
+    ///
+    /// Both are in key order, so they are merged: only keys whose value differs are written
+    /// and only keys the file lacks are removed. A follower that fell behind usually holds
+    /// most of the results already, and a sled read is far cheaper than a write.
     fn load_outcomes(&self, path: &Path) -> Result<(), StoreError> {
-        self.outcomes.clear().map_err(sled_err(TREE_OUTCOMES))?;
         let mut r = SnapReader::open(path)?;
         r.skip_header()?;
+        let mut held = self.outcomes.iter();
+        let mut ours = held.next().transpose().map_err(sled_err(TREE_OUTCOMES))?;
+        let mut theirs = r.next_record()?;
         let mut batch = sled::Batch::default();
-        let mut n = 0;
-        while let Some((k, v)) = r.next_record()? {
-            batch.insert(&k[..], v);
-            n += 1;
-            if n == LOAD_BATCH {
+        let mut writes = 0;
+        loop {
+            if writes >= LOAD_BATCH {
                 self.outcomes
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(sled_err(TREE_OUTCOMES))?;
-                n = 0;
+                writes = 0;
             }
+            let order = match (&ours, &theirs) {
+                (None, None) => break,
+                (Some(_), None) => CmpOrdering::Less,
+                (None, Some(_)) => CmpOrdering::Greater,
+                (Some((ok, _)), Some((tk, _))) => ok[..].cmp(&tk[..]),
+            };
+            // The iterator goes on after the last key it returned, so writes at or before
+            // that key do not disturb it.
+            if order != CmpOrdering::Greater {
+                let (k, v) = ours.take().expect("compared above");
+                ours = held.next().transpose().map_err(sled_err(TREE_OUTCOMES))?;
+                if order == CmpOrdering::Less {
+                    // A result the snapshot does not have.
+                    batch.remove(k);
+                    writes += 1;
+                    continue;
+                }
+                if theirs.as_ref().is_some_and(|(_, tv)| v == tv[..]) {
+                    theirs = r.next_record()?;
+                    continue;
+                }
+            }
+            let (k, v) = theirs.take().expect("compared above");
+            batch.insert(&k[..], v);
+            writes += 1;
+            theirs = r.next_record()?;
         }
         r.finish()?;
         self.outcomes
@@ -1748,6 +1779,31 @@ mod tests {
             Ok::<(), StorageError<u64>>(())
         })
         .expect("log operations");
+    }
+
+    #[test]
+    fn loading_results_writes_only_the_differences() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let (_log, sm) = open(dir.path(), &opts())?;
+        let v = |s: &str| Outcome::Value(s.as_bytes().to_vec());
+        sm.inner.write_effects(&[
+            Effect::PutOutcome(k(1), v("a")),
+            Effect::PutOutcome(k(2), v("b")),
+            Effect::PutOutcome(k(4), v("d")),
+        ])?;
+        let path = dir.path().join("x.snap");
+        let mut w = SnapWriter::create(&path, &encode_header(&meta(), &ClusterState::new())?)?;
+        for (n, s) in [(1, "a"), (2, "B"), (3, "c")] {
+            w.record(&k(n).0, &encode("outcome", &v(s))?)?;
+        }
+        w.finish()?;
+        sm.inner.load_outcomes(&path)?;
+        assert_eq!(sm.outcome(&k(1))?, Some(v("a")));
+        assert_eq!(sm.outcome(&k(2))?, Some(v("B")));
+        assert_eq!(sm.outcome(&k(3))?, Some(v("c")));
+        assert_eq!(sm.outcome(&k(4))?, None);
+        assert_eq!(sm.inner.outcomes.len(), 3);
+        Ok(())
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub(crate) struct Finished {
     pub(crate) seq: u64,
     /// Position in the finished (eviction) order: the key of `ClusterState::finished`.
     pub(crate) finish_seq: u64,
-    pub(crate) args: Box<[u8]>,
+    pub(crate) args: Args,
     pub(crate) parents: Box<[RequestKey]>,
 }
 
@@ -78,7 +78,7 @@ impl Finished {
             not_before: r.not_before,
             seq: r.seq,
             finish_seq,
-            args: r.args.into_boxed_slice(),
+            args: Args::from(r.args),
             parents: r.parents.into_boxed_slice(),
         })
     }
@@ -88,7 +88,7 @@ impl Finished {
         Request {
             key,
             function: profile.function.clone(),
-            args: self.args.to_vec(),
+            args: self.args.as_slice().to_vec(),
             parents: self.parents.to_vec(),
             priority: profile.priority,
             state: self.state.state(),
@@ -119,6 +119,61 @@ impl Finished {
             v.retain(|p| p != parent);
             self.parents = v.into_boxed_slice();
         }
+    }
+}
+
+/// Longest argument encoding kept inside the record.
+const INLINE_ARGS: usize = 22;
+
+/// Argument bytes of a finished request: short ones (the JSON of most memoized calls, such
+/// as `[3,4]`) inside the record, longer ones on the heap. 24 bytes either way, where a
+/// boxed slice costs 16 plus an allocation of at least 32.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Args {
+    Inline { len: u8, bytes: [u8; INLINE_ARGS] },
+    Heap(Box<[u8]>),
+}
+
+impl Args {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Args::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Args::Heap(b) => b,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Args {
+    fn from(v: Vec<u8>) -> Self {
+        if v.len() <= INLINE_ARGS {
+            let mut bytes = [0; INLINE_ARGS];
+            bytes[..v.len()].copy_from_slice(&v);
+            Args::Inline {
+                len: v.len() as u8,
+                bytes,
+            }
+        } else {
+            Args::Heap(v.into_boxed_slice())
+        }
+    }
+}
+
+impl fmt::Debug for Args {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+/// Encoded as the byte sequence alone, like the `Vec<u8>` it came from.
+impl Serialize for Args {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Args {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(d).map(Args::from)
     }
 }
 
@@ -234,4 +289,23 @@ where
     }
 
     d.deserialize_map(Packed(PhantomData))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_stay_inline_up_to_their_limit_and_encode_like_a_vec() {
+        assert_eq!(std::mem::size_of::<Args>(), 24);
+        for len in [0, 1, INLINE_ARGS, INLINE_ARGS + 1, 300] {
+            let v: Vec<u8> = (0..len as u8).collect();
+            let a = Args::from(v.clone());
+            assert_eq!(matches!(a, Args::Inline { .. }), len <= INLINE_ARGS);
+            assert_eq!(a.as_slice(), &v[..]);
+            let bytes = postcard::to_allocvec(&a).expect("encodes");
+            assert_eq!(bytes, postcard::to_allocvec(&v).expect("encodes"));
+            assert_eq!(postcard::from_bytes::<Args>(&bytes).expect("decodes"), a);
+        }
+    }
 }

@@ -71,10 +71,13 @@ pub struct ClusterState {
     children: BTreeMap<RequestKey, Vec<RequestKey>>,
     /// child -> (parent, parent's attempt) pairs blocked on that child right now.
     waiters: BTreeMap<RequestKey, Vec<(RequestKey, u32)>>,
-    /// Completion order of terminal requests, oldest first (the eviction order). The
-    /// position of a request is also in its record (`Finished::finish_seq`).
-    #[serde(deserialize_with = "packed")]
-    finished: BTreeMap<u64, RequestKey>,
+    /// Completion order of terminal requests, oldest first (the eviction order): (position,
+    /// key). An entry is current while the request's record holds that position
+    /// (`Finished::finish_seq`); one whose request ran again or was forgotten is stale and
+    /// skipped. Stale entries leave from the front as eviction passes them, and all at once
+    /// when they outnumber the current ones (see `tidy_finished`). A deque rather than a
+    /// B-tree: appends only, and half the memory.
+    finished: VecDeque<(u64, RequestKey)>,
     counters: BTreeMap<String, FunctionCounters>,
     events: VecDeque<Event>,
     next_seq: u64,
@@ -501,7 +504,7 @@ impl ClusterState {
             let profile = self.profiles.intern(&r);
             if let Some(record) = Finished::new(r, profile, seq) {
                 self.terminal.insert(key, record);
-                self.finished.insert(seq, key);
+                self.finished.push_back((seq, key));
             }
         }
         self.release_waiters(key);
@@ -527,8 +530,39 @@ impl ClusterState {
     /// in the finished order.
     fn unfinish(&mut self, key: RequestKey) -> Option<Finished> {
         let record = self.terminal.remove(&key)?;
-        self.finished.remove(&record.finish_seq);
+        self.tidy_finished();
         Some(record)
+    }
+
+    /// Whether an entry of the finished order is current (see `finished`).
+    fn is_current(&self, &(seq, key): &(u64, RequestKey)) -> bool {
+        self.terminal.get(&key).is_some_and(|t| t.finish_seq == seq)
+    }
+
+    /// Drops stale entries of the finished order: those at its front, and every one once they
+    /// are more than the current ones (so the order never holds more than about twice the
+    /// finished requests).
+    fn tidy_finished(&mut self) {
+        while let Some(front) = self.finished.front() {
+            if self.is_current(front) {
+                break;
+            }
+            self.finished.pop_front();
+        }
+        if self.finished.len() > 2 * self.terminal.len() + 64 {
+            let terminal = &self.terminal;
+            self.finished
+                .retain(|(seq, key)| terminal.get(key).is_some_and(|t| t.finish_seq == *seq));
+        }
+    }
+
+    /// Current entries of the finished order, oldest first.
+    fn finished_in_order(&self) -> impl Iterator<Item = (&RequestKey, &Finished)> {
+        self.finished.iter().filter_map(|(seq, key)| {
+            self.terminal
+                .get_key_value(key)
+                .filter(|(_, t)| t.finish_seq == *seq)
+        })
     }
 
     fn requeue(
@@ -644,28 +678,24 @@ impl ClusterState {
         let keys: Vec<RequestKey> = match sel {
             ForgetSelector::Keys(ks) => ks.clone(),
             ForgetSelector::Function(f) => self
-                .terminal
-                .iter()
+                .finished_in_order()
                 .filter(|(_, r)| {
                     self.profiles
                         .get(r.profile)
                         .is_some_and(|p| &p.function == f)
                 })
-                .map(|(k, r)| (r.finish_seq, *k))
-                .collect::<BTreeMap<_, _>>()
-                .into_values()
+                .map(|(k, _)| *k)
                 .collect(),
             ForgetSelector::OlderThan(t) => self
-                .terminal
-                .iter()
+                .finished_in_order()
                 .filter(|(_, r)| r.updated < *t)
-                .map(|(k, r)| (r.finish_seq, *k))
-                .collect::<BTreeMap<_, _>>()
-                .into_values()
+                .map(|(k, _)| *k)
                 .collect(),
-            ForgetSelector::Oldest(n) => {
-                self.finished.values().take(*n as usize).copied().collect()
-            }
+            ForgetSelector::Oldest(n) => self
+                .finished_in_order()
+                .take(*n as usize)
+                .map(|(k, _)| *k)
+                .collect(),
         };
         let mut n = 0;
         for k in keys {
@@ -819,7 +849,7 @@ impl ClusterState {
 
     /// Memoized (terminal) results held, oldest first.
     pub fn finished_len(&self) -> usize {
-        self.finished.len()
+        self.terminal.len()
     }
 
     /// Counts requests by state name, for metrics.
@@ -864,19 +894,22 @@ impl ClusterState {
             if self.requests.contains_key(k) {
                 return Err(format!("request {} is both live and finished", k.short()));
             }
-            if self.finished.get(&t.finish_seq) != Some(k) {
-                return Err(format!("finished request {} out of the order", k.short()));
-            }
             if self.profiles.get(t.profile).is_none() {
                 return Err(format!("finished request {} has no profile", k.short()));
             }
         }
-        if self.finished.len() != self.terminal.len() {
+        if !self.finished.iter().is_sorted_by(|a, b| a.0 < b.0) {
+            return Err("the finished order is not sorted".into());
+        }
+        let current = self.finished_in_order().count();
+        if current != self.terminal.len() {
             return Err(format!(
-                "finished order holds {} entries for {} finished requests",
-                self.finished.len(),
+                "finished order holds {current} current entries for {} finished requests",
                 self.terminal.len()
             ));
+        }
+        if self.finished.front().is_some_and(|f| !self.is_current(f)) {
+            return Err("the finished order starts with a stale entry".into());
         }
         if queued != self.queue.len() {
             return Err(format!(
@@ -1130,6 +1163,38 @@ mod tests {
         assert_eq!(st.take_effects(), vec![Effect::DeleteOutcome(key(1))]);
         assert_eq!(st.request_count(), 0);
         assert_eq!(st.finished_len(), 0);
+    }
+
+    #[test]
+    fn eviction_follows_the_latest_completion_of_a_request_run_again() {
+        let mut st = cluster(3);
+        for n in 1..=3 {
+            st.apply(&submit(n, None, 0));
+            st.apply(&assign(n, 1, 1));
+            st.apply(&complete(n, 1, 1, Outcome::Value(vec![n])));
+        }
+        // 2 runs again (no cache) and finishes last.
+        let Command::Submit { mut requests, at } = submit(2, None, 0) else {
+            unreachable!()
+        };
+        requests[0].no_cache = true;
+        st.apply(&Command::Submit { requests, at });
+        assert_eq!(st.finished_len(), 2);
+        st.apply(&assign(2, 1, 1));
+        st.apply(&complete(2, 1, 1, Outcome::Value(vec![9])));
+        assert_eq!(st.finished_len(), 3);
+        st.check_invariants().expect("invariants");
+        st.take_effects();
+        st.apply(&Command::Forget {
+            selector: ForgetSelector::Oldest(2),
+            at: 9,
+        });
+        assert_eq!(
+            st.take_effects(),
+            vec![Effect::DeleteOutcome(key(1)), Effect::DeleteOutcome(key(3))]
+        );
+        assert_eq!(st.finished_len(), 1);
+        st.check_invariants().expect("invariants");
     }
 
     #[test]

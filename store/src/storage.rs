@@ -50,8 +50,9 @@
 //! A snapshot received through `begin_receiving_snapshot` is installed by renaming the file
 //! it was written to (any other file is copied first). Installing verifies the whole file
 //! (both hashes, every result decodes), records its name
-//! under `outcomes_pending` (flushed), renames it into place, replaces the `sm_outcomes`
-//! contents with the file's records, clears the marker and swaps the in-memory state. A crash
+//! under `outcomes_pending` (flushed), renames it into place, makes the `sm_outcomes`
+//! contents equal to the file's records (merging both in key order and writing only the keys
+//! that differ), clears the marker and swaps the in-memory state. A crash
 //! in between is repaired at open: a marker naming the newest snapshot reloads `sm_outcomes`
 //! from it.
 //!

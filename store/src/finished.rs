@@ -261,8 +261,9 @@ impl<'de> Deserialize<'de> for Profiles {
 /// Decodes a `BTreeMap` (encoded as serde's map) into densely packed nodes.
 ///
 /// serde inserts decoded entries one by one; in key order that leaves every B-tree node about
-/// half full. Collecting them first lets `BTreeMap::from_iter` build full nodes, which makes a
-/// million finished requests take about a third less memory after a restart.
+/// half full. Collecting them first lets `BTreeMap::from_iter` build full nodes: the state
+/// of a million finished requests is about 210 MiB after a restart, against 256 MiB after
+/// applying them (random keys leave nodes about two-thirds full).
 pub(crate) fn packed<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
 where
     D: Deserializer<'de>,

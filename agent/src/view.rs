@@ -127,7 +127,7 @@ pub fn tree(agent: &Agent, root: RequestKey, max: usize) -> Result<Vec<pb::TreeE
         let repeated = !seen.insert(k);
         out.push(pb::TreeEntry {
             depth,
-            request: Some(request_info(&state, r, error_of(agent, r))),
+            request: Some(request_info(&state, &r, error_of(agent, &r))),
             shared: r.parents.len() > 1,
             repeated,
         });
@@ -230,13 +230,9 @@ pub fn events(agent: &Agent, limit: usize) -> Vec<pb::Event> {
 pub fn recent_requests(agent: &Agent, n: usize) -> Vec<pb::RequestInfo> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
-    let mut rs: Vec<&Request> = state.requests().collect();
-    if rs.len() > n {
-        rs.select_nth_unstable_by(n - 1, |a, b| b.updated.cmp(&a.updated));
-        rs.truncate(n);
-    }
-    rs.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.key.cmp(&b.key)));
-    rs.into_iter()
+    state
+        .recent(n)
+        .iter()
         .map(|r| request_info(&state, r, String::new()))
         .collect()
 }

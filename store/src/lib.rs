@@ -3,6 +3,7 @@
 //! - [`command`]: the append-only `Command` enum carried by the Raft log, and its replies.
 //! - [`state`]: `ClusterState`, the pure and deterministic transition function with the read
 //!   indexes the rest of the system uses (queue order, running-by-node, children, counters).
+//!   Finished requests are kept as compact records (module `finished`).
 //! - [`raft_types`]: the openraft type configuration.
 //! - [`storage`]: openraft `RaftLogStorage` + `RaftStateMachine` (storage-v2) on one sled `Db`.
 //! - [`error`]: `StoreError`, naming the tree and key of anything damaged.
@@ -12,6 +13,7 @@
 
 pub mod command;
 pub mod error;
+mod finished;
 pub mod raft_types;
 pub mod state;
 pub mod storage;

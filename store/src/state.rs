@@ -6,11 +6,13 @@
 //! same step, so a million memoized results do not have to fit in RAM.
 
 use crate::command::*;
+use crate::finished::{Finished, Profiles, packed};
 use mozen_model::{
     Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, Request, RequestKey, RequestState,
     TaskError, codes,
 };
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -55,7 +57,13 @@ type QueueKey = (Reverse<i32>, u64, RequestKey);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Queued and running requests.
     requests: BTreeMap<RequestKey, Request>,
+    /// Finished requests (Done, Failed, Cancelled) as compact records; see `finished.rs`.
+    #[serde(deserialize_with = "packed")]
+    terminal: BTreeMap<RequestKey, Finished>,
+    /// Function, priority and retry policy of the `terminal` records.
+    profiles: Profiles,
     queue: BTreeSet<QueueKey>,
     running_by_node: BTreeMap<NodeId, BTreeSet<RequestKey>>,
     /// Running requests per node that hold a slot (not blocked on children).
@@ -63,9 +71,13 @@ pub struct ClusterState {
     children: BTreeMap<RequestKey, Vec<RequestKey>>,
     /// child -> (parent, parent's attempt) pairs blocked on that child right now.
     waiters: BTreeMap<RequestKey, Vec<(RequestKey, u32)>>,
-    /// Completion order of terminal requests, oldest first (the eviction order).
-    finished: BTreeMap<u64, RequestKey>,
-    finished_seq: BTreeMap<RequestKey, u64>,
+    /// Completion order of terminal requests, oldest first (the eviction order): (position,
+    /// key). An entry is current while the request's record holds that position
+    /// (`Finished::finish_seq`); one whose request ran again or was forgotten is stale and
+    /// skipped. Stale entries leave from the front as eviction passes them, and all at once
+    /// when they outnumber the current ones (see `tidy_finished`). A deque rather than a
+    /// B-tree: appends only, and half the memory.
+    finished: VecDeque<(u64, RequestKey)>,
     counters: BTreeMap<String, FunctionCounters>,
     events: VecDeque<Event>,
     next_seq: u64,
@@ -249,7 +261,7 @@ impl ClusterState {
             },
             None => None,
         };
-        let existing = self.requests.get(&new.key).map(|r| r.state);
+        let existing = self.request_state(&new.key);
         let reply = match existing {
             Some(RequestState::Done) if !new.no_cache => {
                 self.counter(&new.function).memo_hits += 1;
@@ -309,10 +321,12 @@ impl ClusterState {
         if !kids.contains(&child) {
             kids.push(child);
         }
-        if let Some(c) = self.requests.get_mut(&child)
-            && !c.parents.contains(&parent)
-        {
-            c.parents.push(parent);
+        if let Some(c) = self.requests.get_mut(&child) {
+            if !c.parents.contains(&parent) {
+                c.parents.push(parent);
+            }
+        } else if let Some(t) = self.terminal.get_mut(&child) {
+            t.add_parent(parent);
         }
     }
 
@@ -342,6 +356,12 @@ impl ClusterState {
 
     fn assign(&mut self, a: &Assignment, at: Millis) -> AssignReply {
         let Some(req) = self.requests.get(&a.key) else {
+            if let Some(t) = self.terminal.get(&a.key) {
+                return AssignReply::Rejected(Rejection::new(
+                    reject::NOT_QUEUED,
+                    format!("request {} is {}", a.key.short(), t.state.state().name()),
+                ));
+            }
             return AssignReply::Rejected(Rejection::new(
                 reject::UNKNOWN_REQUEST,
                 format!("no request {}", a.key),
@@ -475,12 +495,18 @@ impl ClusterState {
     }
 
     /// Records a terminal outcome: payload effect, eviction order, and waking blocked parents.
+    /// The request, already in its terminal state, moves to a compact record.
     fn finish(&mut self, key: RequestKey, outcome: Outcome, _at: Millis) {
         self.effects.push(Effect::PutOutcome(key, outcome));
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.finished.insert(seq, key);
-        self.finished_seq.insert(key, seq);
+        if let Some(r) = self.requests.remove(&key) {
+            let profile = self.profiles.intern(&r);
+            if let Some(record) = Finished::new(r, profile, seq) {
+                self.terminal.insert(key, record);
+                self.finished.push_back((seq, key));
+            }
+        }
         self.release_waiters(key);
     }
 
@@ -500,11 +526,43 @@ impl ClusterState {
         }
     }
 
-    /// Forgets the finished-order entry of a request about to run again.
-    fn unfinish(&mut self, key: RequestKey) {
-        if let Some(seq) = self.finished_seq.remove(&key) {
-            self.finished.remove(&seq);
+    /// Drops the record of a finished request (about to run again, or forgotten) and its place
+    /// in the finished order.
+    fn unfinish(&mut self, key: RequestKey) -> Option<Finished> {
+        let record = self.terminal.remove(&key)?;
+        self.tidy_finished();
+        Some(record)
+    }
+
+    /// Whether an entry of the finished order is current (see `finished`).
+    fn is_current(&self, &(seq, key): &(u64, RequestKey)) -> bool {
+        self.terminal.get(&key).is_some_and(|t| t.finish_seq == seq)
+    }
+
+    /// Drops stale entries of the finished order: those at its front, and every one once they
+    /// are more than the current ones (so the order never holds more than about twice the
+    /// finished requests).
+    fn tidy_finished(&mut self) {
+        while let Some(front) = self.finished.front() {
+            if self.is_current(front) {
+                break;
+            }
+            self.finished.pop_front();
         }
+        if self.finished.len() > 2 * self.terminal.len() + 64 {
+            let terminal = &self.terminal;
+            self.finished
+                .retain(|(seq, key)| terminal.get(key).is_some_and(|t| t.finish_seq == *seq));
+        }
+    }
+
+    /// Current entries of the finished order, oldest first.
+    fn finished_in_order(&self) -> impl Iterator<Item = (&RequestKey, &Finished)> {
+        self.finished.iter().filter_map(|(seq, key)| {
+            self.terminal
+                .get_key_value(key)
+                .filter(|(_, t)| t.finish_seq == *seq)
+        })
     }
 
     fn requeue(
@@ -568,7 +626,7 @@ impl ClusterState {
     }
 
     fn cancel(&mut self, key: RequestKey, at: Millis) -> Response {
-        if !self.requests.contains_key(&key) {
+        if !self.requests.contains_key(&key) && !self.terminal.contains_key(&key) {
             return Response::Rejected(Rejection::new(
                 reject::UNKNOWN_REQUEST,
                 format!("no request {key}"),
@@ -620,29 +678,30 @@ impl ClusterState {
         let keys: Vec<RequestKey> = match sel {
             ForgetSelector::Keys(ks) => ks.clone(),
             ForgetSelector::Function(f) => self
-                .finished
-                .values()
-                .filter(|k| self.requests.get(k).is_some_and(|r| &r.function == f))
-                .copied()
+                .finished_in_order()
+                .filter(|(_, r)| {
+                    self.profiles
+                        .get(r.profile)
+                        .is_some_and(|p| &p.function == f)
+                })
+                .map(|(k, _)| *k)
                 .collect(),
             ForgetSelector::OlderThan(t) => self
-                .finished
-                .values()
-                .filter(|k| self.requests.get(k).is_some_and(|r| r.updated < *t))
-                .copied()
+                .finished_in_order()
+                .filter(|(_, r)| r.updated < *t)
+                .map(|(k, _)| *k)
                 .collect(),
-            ForgetSelector::Oldest(n) => {
-                self.finished.values().take(*n as usize).copied().collect()
-            }
+            ForgetSelector::Oldest(n) => self
+                .finished_in_order()
+                .take(*n as usize)
+                .map(|(k, _)| *k)
+                .collect(),
         };
         let mut n = 0;
         for k in keys {
-            let terminal = self.requests.get(&k).is_some_and(|r| r.state.is_terminal());
-            if !terminal {
+            let Some(r) = self.unfinish(k) else {
                 continue;
-            }
-            let r = self.requests.remove(&k).expect("present");
-            self.unfinish(k);
+            };
             for p in &r.parents {
                 if let Some(kids) = self.children.get_mut(p) {
                     kids.retain(|c| *c != k);
@@ -653,6 +712,8 @@ impl ClusterState {
                 for c in kids {
                     if let Some(cr) = self.requests.get_mut(&c) {
                         cr.parents.retain(|p| *p != k);
+                    } else if let Some(t) = self.terminal.get_mut(&c) {
+                        t.remove_parent(&k);
                     }
                 }
             }
@@ -692,16 +753,58 @@ impl ClusterState {
         self.nodes.get(&id)
     }
 
-    pub fn request(&self, key: &RequestKey) -> Option<&Request> {
-        self.requests.get(key)
+    /// The request under `key`: borrowed while it is queued or running, rebuilt from its
+    /// compact record once finished.
+    pub fn request(&self, key: &RequestKey) -> Option<Cow<'_, Request>> {
+        if let Some(r) = self.requests.get(key) {
+            return Some(Cow::Borrowed(r));
+        }
+        self.terminal
+            .get(key)
+            .and_then(|t| self.rebuild(key, t))
+            .map(Cow::Owned)
     }
 
-    pub fn requests(&self) -> impl Iterator<Item = &Request> {
-        self.requests.values()
+    /// The state of the request under `key`, without rebuilding a finished one.
+    pub fn request_state(&self, key: &RequestKey) -> Option<RequestState> {
+        match self.requests.get(key) {
+            Some(r) => Some(r.state),
+            None => self.terminal.get(key).map(|t| t.state.state()),
+        }
+    }
+
+    fn rebuild(&self, key: &RequestKey, t: &Finished) -> Option<Request> {
+        self.profiles.get(t.profile).map(|p| t.to_request(*key, p))
+    }
+
+    /// Every request: the queued and running ones, then the finished ones (rebuilt one at a
+    /// time as the iterator is advanced), each part in key order.
+    pub fn requests(&self) -> impl Iterator<Item = Cow<'_, Request>> {
+        self.requests.values().map(Cow::Borrowed).chain(
+            self.terminal
+                .iter()
+                .filter_map(|(k, t)| self.rebuild(k, t).map(Cow::Owned)),
+        )
+    }
+
+    /// The `n` most recently updated requests, newest first (ties by key). Rebuilds only
+    /// those `n`.
+    pub fn recent(&self, n: usize) -> Vec<Cow<'_, Request>> {
+        let live = self.requests.iter().map(|(k, r)| (r.updated, *k));
+        let done = self.terminal.iter().map(|(k, t)| (t.updated, *k));
+        let mut all: Vec<(Millis, RequestKey)> = live.chain(done).collect();
+        let by_recency =
+            |a: &(Millis, RequestKey), b: &(Millis, RequestKey)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if all.len() > n && n > 0 {
+            all.select_nth_unstable_by(n - 1, by_recency);
+        }
+        all.truncate(n);
+        all.sort_by(by_recency);
+        all.iter().filter_map(|(_, k)| self.request(k)).collect()
     }
 
     pub fn request_count(&self) -> usize {
-        self.requests.len()
+        self.requests.len() + self.terminal.len()
     }
 
     pub fn children(&self, key: &RequestKey) -> &[RequestKey] {
@@ -746,7 +849,7 @@ impl ClusterState {
 
     /// Memoized (terminal) results held, oldest first.
     pub fn finished_len(&self) -> usize {
-        self.finished.len()
+        self.terminal.len()
     }
 
     /// Counts requests by state name, for metrics.
@@ -754,6 +857,9 @@ impl ClusterState {
         let mut m = BTreeMap::new();
         for r in self.requests.values() {
             *m.entry(r.state.name()).or_default() += 1;
+        }
+        for t in self.terminal.values() {
+            *m.entry(t.state.state().name()).or_default() += 1;
         }
         m
     }
@@ -783,6 +889,27 @@ impl ClusterState {
                 }
                 _ => {}
             }
+        }
+        for (k, t) in &self.terminal {
+            if self.requests.contains_key(k) {
+                return Err(format!("request {} is both live and finished", k.short()));
+            }
+            if self.profiles.get(t.profile).is_none() {
+                return Err(format!("finished request {} has no profile", k.short()));
+            }
+        }
+        if !self.finished.iter().is_sorted_by(|a, b| a.0 < b.0) {
+            return Err("the finished order is not sorted".into());
+        }
+        let current = self.finished_in_order().count();
+        if current != self.terminal.len() {
+            return Err(format!(
+                "finished order holds {current} current entries for {} finished requests",
+                self.terminal.len()
+            ));
+        }
+        if self.finished.front().is_some_and(|f| !self.is_current(f)) {
+            return Err("the finished order starts with a stale entry".into());
         }
         if queued != self.queue.len() {
             return Err(format!(
@@ -923,6 +1050,42 @@ mod tests {
     }
 
     #[test]
+    fn finished_request_reads_back_as_it_was() {
+        let mut st = cluster(2);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        st.apply(&submit(2, Some(key(1)), 0));
+        st.apply(&assign(2, 1, 1));
+        let mut want = st.request(&key(2)).expect("running").into_owned();
+        st.apply(&complete(2, 1, 1, Outcome::Value(vec![7])));
+        want.state = RequestState::Done;
+        want.updated = 3;
+        want.duration_ms = 1;
+        want.waiting = 0;
+        assert_eq!(st.request(&key(2)).as_deref(), Some(&want));
+        assert_eq!(st.request_state(&key(2)), Some(RequestState::Done));
+        assert_eq!(st.recent(1).first().map(|r| r.key), Some(key(2)));
+        // A memo hit from another parent links it to the finished record too.
+        st.apply(&submit(3, None, 0));
+        st.apply(&assign(3, 1, 1));
+        st.apply(&submit(2, Some(key(3)), 0));
+        assert_eq!(
+            st.request(&key(2)).map(|r| r.parents.clone()),
+            Some(vec![key(1), key(3)])
+        );
+        assert_eq!(st.state_counts()["done"], 1);
+        st.check_invariants().expect("invariants");
+        st.take_effects();
+        let back: ClusterState =
+            postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
+        assert_eq!(back, st);
+        assert_eq!(
+            back.request(&key(2)).as_deref(),
+            Some(&*st.request(&key(2)).expect("kept"))
+        );
+    }
+
+    #[test]
     fn function_failure_is_retried_then_final() {
         let mut st = cluster(1);
         st.apply(&submit(1, None, 1));
@@ -1000,6 +1163,38 @@ mod tests {
         assert_eq!(st.take_effects(), vec![Effect::DeleteOutcome(key(1))]);
         assert_eq!(st.request_count(), 0);
         assert_eq!(st.finished_len(), 0);
+    }
+
+    #[test]
+    fn eviction_follows_the_latest_completion_of_a_request_run_again() {
+        let mut st = cluster(3);
+        for n in 1..=3 {
+            st.apply(&submit(n, None, 0));
+            st.apply(&assign(n, 1, 1));
+            st.apply(&complete(n, 1, 1, Outcome::Value(vec![n])));
+        }
+        // 2 runs again (no cache) and finishes last.
+        let Command::Submit { mut requests, at } = submit(2, None, 0) else {
+            unreachable!()
+        };
+        requests[0].no_cache = true;
+        st.apply(&Command::Submit { requests, at });
+        assert_eq!(st.finished_len(), 2);
+        st.apply(&assign(2, 1, 1));
+        st.apply(&complete(2, 1, 1, Outcome::Value(vec![9])));
+        assert_eq!(st.finished_len(), 3);
+        st.check_invariants().expect("invariants");
+        st.take_effects();
+        st.apply(&Command::Forget {
+            selector: ForgetSelector::Oldest(2),
+            at: 9,
+        });
+        assert_eq!(
+            st.take_effects(),
+            vec![Effect::DeleteOutcome(key(1)), Effect::DeleteOutcome(key(3))]
+        );
+        assert_eq!(st.finished_len(), 1);
+        st.check_invariants().expect("invariants");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! <dir>/db/          one sled Db, trees:
-//!     raft_log       key = big-endian u64 log index (so sled order is log order),
-//!                    value = postcard(openraft Entry)
+//!     raft_log       chunks of consecutive entries, one record per chunk: key = big-endian
+//!                    u64 index of the chunk's first entry (so sled order is log order),
+//!                    value = count u32 LE | { len u32 LE | postcard(openraft Entry) }*
+//!                    (at most 256 entries; closed at 64 KiB). An append writes its entries
+//!                    as new chunks; truncate and purge rewrite the one chunk they cut.
 //!     raft_meta      "format_version" (u32 BE), "vote", "committed", "last_purged"
 //!                    (postcard), "identity" (u64 BE, this agent's node id),
 //!                    "outcomes_pending" (name of a snapshot whose results are being loaded)
@@ -47,8 +50,9 @@
 //! A snapshot received through `begin_receiving_snapshot` is installed by renaming the file
 //! it was written to (any other file is copied first). Installing verifies the whole file
 //! (both hashes, every result decodes), records its name
-//! under `outcomes_pending` (flushed), renames it into place, replaces the `sm_outcomes`
-//! contents with the file's records, clears the marker and swaps the in-memory state. A crash
+//! under `outcomes_pending` (flushed), renames it into place, makes the `sm_outcomes`
+//! contents equal to the file's records (merging both in key order and writing only the keys
+//! that differ), clears the marker and swaps the in-memory state. A crash
 //! in between is repaired at open: a marker naming the newest snapshot reloads `sm_outcomes`
 //! from it.
 //!
@@ -89,6 +93,7 @@ use openraft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::IVec;
+use std::cmp::Ordering as CmpOrdering;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::fs;
@@ -101,7 +106,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 /// Version of the on-disk format (sled trees and snapshot files). Bump on any incompatible
 /// change; a directory with another version is refused with `StoreError::Version`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const TREE_LOG: &str = "raft_log";
 const TREE_META: &str = "raft_meta";
@@ -118,7 +123,7 @@ const KEY_OUTCOMES_PENDING: &str = "outcomes_pending";
 const SNAP_MAGIC: &[u8; 8] = b"MOZSNAP\0";
 const SNAP_RECORD: u8 = 1;
 const SNAP_END: u8 = 0;
-/// Records per sled batch when loading a snapshot's results.
+/// Writes per sled batch when loading a snapshot's results.
 const LOAD_BATCH: usize = 4096;
 
 #[derive(Clone, Debug)]
@@ -301,11 +306,13 @@ impl LogStore {
 
     /// Entries currently in the log tree (the log has no holes, so this is last - first + 1).
     pub fn log_len(&self) -> u64 {
-        let index = |kv: Option<(IVec, IVec)>| kv.and_then(|(k, _)| be_index(&k));
-        let first = index(self.inner.log.first().ok().flatten());
-        let last = index(self.inner.log.last().ok().flatten());
+        let first = self.inner.log.first().ok().flatten();
+        let last = self.inner.log.last().ok().flatten();
         match (first, last) {
-            (Some(f), Some(l)) if l >= f => l - f + 1,
+            (Some((f, _)), Some((l, v))) => match (be_index(&f), be_index(&l), chunk_len(&v)) {
+                (Some(f), Some(l), Some(n)) if l >= f => l - f + n,
+                _ => 0,
+            },
             _ => 0,
         }
     }
@@ -323,30 +330,69 @@ impl LogInner {
     fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
         match self.log.last().map_err(sled_err(TREE_LOG))? {
             None => Ok(None),
-            Some((k, v)) => Ok(Some(decode_entry(&k, &v)?.log_id)),
+            Some((k, v)) => Ok(decode_chunk(&k, &v)?.pop().map(|e| e.log_id)),
+        }
+    }
+
+    /// The chunk holding `index`, or the last one before it: (its first index, its value).
+    fn chunk_at_or_before(&self, index: u64) -> Result<Option<(u64, IVec)>, StoreError> {
+        match self.log.range(..=index.to_be_bytes()).next_back() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv.map_err(sled_err(TREE_LOG))?;
+                Ok(Some((chunk_key(&k)?, v)))
+            }
         }
     }
 
     fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
-        let map = |b: Bound<&u64>| match b {
-            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-            Bound::Unbounded => Bound::Unbounded,
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let range = (map(range.start_bound()), map(range.end_bound()));
+        let end = match range.end_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(i) => i - 1,
+            Bound::Unbounded => u64::MAX,
+        };
         // An empty range (start > end) makes sled panic; openraft may ask for one.
-        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
-            (&range.0, &range.1)
-            && s > e
-        {
+        if start > end {
             return Ok(Vec::new());
         }
+        let from = self.chunk_at_or_before(start)?.map_or(start, |(k, _)| k);
         let mut out = Vec::new();
-        for kv in self.log.range(range) {
+        for kv in self.log.range(from.to_be_bytes()..=end.to_be_bytes()) {
             let (k, v) = kv.map_err(sled_err(TREE_LOG))?;
-            out.push(decode_entry(&k, &v)?);
+            out.extend(
+                decode_chunk(&k, &v)?
+                    .into_iter()
+                    .filter(|e| (start..=end).contains(&e.log_id.index)),
+            );
         }
         Ok(out)
+    }
+
+    /// Adds to `batch` what deletes every entry at `index` and above: later chunks go, the
+    /// chunk holding `index` keeps the entries before it.
+    fn truncate_into(&self, index: u64, batch: &mut sled::Batch) -> Result<(), StoreError> {
+        if let Some((first, v)) = self.chunk_at_or_before(index)?
+            && first < index
+        {
+            let keep: Vec<Entry> = decode_chunk(&first.to_be_bytes(), &v)?
+                .into_iter()
+                .filter(|e| e.log_id.index < index)
+                .collect();
+            for (k, v) in encode_chunks(keep)? {
+                batch.insert(&k.to_be_bytes(), v);
+            }
+        }
+        for kv in self.log.range(index.to_be_bytes()..) {
+            let (k, _) = kv.map_err(sled_err(TREE_LOG))?;
+            batch.remove(k);
+        }
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -363,25 +409,99 @@ fn be_index(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
-    let index = be_index(key).ok_or_else(|| StoreError::Corrupt {
+/// Entries per log chunk at most.
+const CHUNK_ENTRIES: usize = 256;
+/// A chunk takes no more entries once its value is this large.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// Encodes consecutive entries into log chunks: (index of the chunk's first entry, value).
+///
+/// One sled record per chunk rather than per entry: sled's cost is per record (about 10 us to
+/// insert one here), so a 1,000-entry append costs a few inserts instead of a thousand.
+fn encode_chunks(
+    entries: impl IntoIterator<Item = Entry>,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let mut chunks = Vec::new();
+    let mut open: Option<(u64, u32, Vec<u8>)> = None;
+    for entry in entries {
+        let (_, count, buf) = open.get_or_insert_with(|| (entry.log_id.index, 0, vec![0; 4]));
+        let at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        let with =
+            postcard::to_extend(&entry, std::mem::take(buf)).map_err(|e| StoreError::Encode {
+                what: "log entry",
+                reason: e.to_string(),
+            })?;
+        *buf = with;
+        let len = (buf.len() - at - 4) as u32;
+        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        *count += 1;
+        buf[..4].copy_from_slice(&count.to_le_bytes());
+        if *count as usize >= CHUNK_ENTRIES || buf.len() >= CHUNK_BYTES {
+            let (first, _, buf) = open.take().expect("just filled");
+            chunks.push((first, buf));
+        }
+    }
+    if let Some((first, _, buf)) = open {
+        chunks.push((first, buf));
+    }
+    Ok(chunks)
+}
+
+fn chunk_key(key: &[u8]) -> Result<u64, StoreError> {
+    be_index(key).ok_or_else(|| StoreError::Corrupt {
         tree: TREE_LOG,
         key: format!("0x{}", hex_of(key)),
         reason: format!("log keys are 8 bytes, this one has {}", key.len()),
-    })?;
-    let entry: Entry = decode_exact(value).map_err(|reason| StoreError::Corrupt {
+    })
+}
+
+/// Entries in a chunk, from its header alone.
+fn chunk_len(value: &[u8]) -> Option<u64> {
+    let head: [u8; 4] = value.get(..4)?.try_into().ok()?;
+    Some(u64::from(u32::from_le_bytes(head)))
+}
+
+/// Decodes a log chunk: `count u32 LE | { len u32 LE | postcard(Entry) }*`, its entries
+/// numbered from the index in its key without gaps.
+fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    let first = chunk_key(key)?;
+    let corrupt = |index: u64, reason: String| StoreError::Corrupt {
         tree: TREE_LOG,
         key: format!("index {index}"),
         reason,
-    })?;
-    if entry.log_id.index != index {
-        return Err(StoreError::Corrupt {
-            tree: TREE_LOG,
-            key: format!("index {index}"),
-            reason: format!("the entry says it is index {}", entry.log_id.index),
-        });
+    };
+    let count = chunk_len(value)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| corrupt(first, "not a log chunk (no entry count)".into()))?;
+    let mut rest = &value[4..];
+    let mut out = Vec::new();
+    for i in 0..count {
+        let index = first + i;
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(corrupt(index, "the chunk ends before this entry".into()));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(corrupt(index, "the chunk ends inside this entry".into()));
+        }
+        let entry: Entry = decode_exact(&tail[..len]).map_err(|r| corrupt(index, r))?;
+        if entry.log_id.index != index {
+            return Err(corrupt(
+                index,
+                format!("the entry says it is index {}", entry.log_id.index),
+            ));
+        }
+        out.push(entry);
+        rest = &tail[len..];
     }
-    Ok(entry)
+    if !rest.is_empty() {
+        return Err(corrupt(
+            first,
+            format!("{} bytes after the chunk's {count} entries", rest.len()),
+        ));
+    }
+    Ok(out)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -454,10 +574,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let write = to_storage(ErrorSubject::Logs, ErrorVerb::Write);
+        let chunks = encode_chunks(entries).map_err(&write)?;
+        let Some(&(first, _)) = chunks.first() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = encode("log entry", &entry).map_err(&write)?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+        // Entries replacing stored ones (openraft truncates first, but stay safe): the
+        // chunk holding `first` must not keep its copy of them.
+        let overlaps = match self.inner.chunk_at_or_before(first).map_err(&write)? {
+            Some((k, v)) => k + chunk_len(&v).unwrap_or(0) > first,
+            None => false,
+        };
+        if overlaps {
+            self.inner
+                .truncate_into(first, &mut batch)
+                .map_err(&write)?;
+        }
+        for (k, v) in chunks {
+            batch.insert(&k.to_be_bytes(), v);
         }
         self.inner
             .log
@@ -480,10 +615,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let write = to_storage(ErrorSubject::Logs, ErrorVerb::Delete);
         let mut batch = sled::Batch::default();
-        for kv in self.inner.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = kv.map_err(sled_err(TREE_LOG)).map_err(&write)?;
-            batch.remove(k);
-        }
+        self.inner
+            .truncate_into(log_id.index, &mut batch)
+            .map_err(&write)?;
         self.inner
             .log
             .apply_batch(batch)
@@ -499,8 +633,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         put_encoded(&self.inner.meta, TREE_META, KEY_LAST_PURGED, &log_id).map_err(&write)?;
         let mut batch = sled::Batch::default();
         for kv in self.inner.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = kv.map_err(sled_err(TREE_LOG)).map_err(&write)?;
+            let (k, v) = kv.map_err(sled_err(TREE_LOG)).map_err(&write)?;
+            let first = chunk_key(&k).map_err(&write)?;
             batch.remove(k);
+            if first + chunk_len(&v).unwrap_or(0) > log_id.index + 1 {
+                // The chunk holding the purge point keeps the entries after it.
+                let keep: Vec<Entry> = decode_chunk(&first.to_be_bytes(), &v)
+                    .map_err(&write)?
+                    .into_iter()
+                    .filter(|e| e.log_id.index > log_id.index)
+                    .collect();
+                for (k, v) in encode_chunks(keep).map_err(&write)? {
+                    batch.insert(&k.to_be_bytes(), v);
+                }
+            }
         }
         self.inner
             .log
@@ -853,21 +999,51 @@ impl SmInner {
 
     /// Replaces the contents of `sm_outcomes` with the records of a snapshot file, then clears
     /// the pending marker. Blocking.
+    ///
+    /// Both are in key order, so they are merged: only keys whose value differs are written
+    /// and only keys the file lacks are removed. A follower that fell behind usually holds
+    /// most of the results already, and a sled read is far cheaper than a write.
     fn load_outcomes(&self, path: &Path) -> Result<(), StoreError> {
-        self.outcomes.clear().map_err(sled_err(TREE_OUTCOMES))?;
         let mut r = SnapReader::open(path)?;
         r.skip_header()?;
+        let mut held = self.outcomes.iter();
+        let mut ours = held.next().transpose().map_err(sled_err(TREE_OUTCOMES))?;
+        let mut theirs = r.next_record()?;
         let mut batch = sled::Batch::default();
-        let mut n = 0;
-        while let Some((k, v)) = r.next_record()? {
-            batch.insert(&k[..], v);
-            n += 1;
-            if n == LOAD_BATCH {
+        let mut writes = 0;
+        loop {
+            if writes >= LOAD_BATCH {
                 self.outcomes
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(sled_err(TREE_OUTCOMES))?;
-                n = 0;
+                writes = 0;
             }
+            let order = match (&ours, &theirs) {
+                (None, None) => break,
+                (Some(_), None) => CmpOrdering::Less,
+                (None, Some(_)) => CmpOrdering::Greater,
+                (Some((ok, _)), Some((tk, _))) => ok[..].cmp(&tk[..]),
+            };
+            // The iterator goes on after the last key it returned, so writes at or before
+            // that key do not disturb it.
+            if order != CmpOrdering::Greater {
+                let (k, v) = ours.take().expect("compared above");
+                ours = held.next().transpose().map_err(sled_err(TREE_OUTCOMES))?;
+                if order == CmpOrdering::Less {
+                    // A result the snapshot does not have.
+                    batch.remove(k);
+                    writes += 1;
+                    continue;
+                }
+                if theirs.as_ref().is_some_and(|(_, tv)| v == tv[..]) {
+                    theirs = r.next_record()?;
+                    continue;
+                }
+            }
+            let (k, v) = theirs.take().expect("compared above");
+            batch.insert(&k[..], v);
+            writes += 1;
+            theirs = r.next_record()?;
         }
         r.finish()?;
         self.outcomes
@@ -1563,6 +1739,71 @@ mod tests {
         let reversed = log.inner.entries(6..=2)?;
         assert!(reversed.is_empty());
         assert_eq!(log.log_len(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn truncate_and_purge_cut_inside_chunks() {
+        use openraft::storage::RaftLogStorageExt;
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let dir = TempDir::new().expect("tempdir");
+        let (mut log, _sm) = open(dir.path(), &opts()).expect("open");
+        let id = |i: u64| LogId::new(CommittedLeaderId::new(1, 1), i);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            // 600 entries in one append: chunks of 256, 256 and 88.
+            let entries = (0..600).map(|i| Entry {
+                log_id: id(i),
+                payload: EntryPayload::Blank,
+            });
+            log.blocking_append(entries).await?;
+            assert_eq!(log.inner.log.len(), 3);
+            log.truncate(id(300)).await?;
+            log.purge(id(100)).await?;
+            let got: Vec<u64> = log
+                .try_get_log_entries(0..1000)
+                .await?
+                .iter()
+                .map(|e| e.log_id.index)
+                .collect();
+            assert_eq!(got, (101..300).collect::<Vec<_>>());
+            assert_eq!(log.log_len(), 199);
+            // Appending over stored entries replaces them.
+            log.blocking_append([Entry {
+                log_id: id(150),
+                payload: EntryPayload::Blank,
+            }])
+            .await?;
+            let last = log.get_log_state().await?.last_log_id;
+            assert_eq!(last, Some(id(150)));
+            assert_eq!(log.try_get_log_entries(140..).await?.len(), 11);
+            Ok::<(), StorageError<u64>>(())
+        })
+        .expect("log operations");
+    }
+
+    #[test]
+    fn loading_results_writes_only_the_differences() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let (_log, sm) = open(dir.path(), &opts())?;
+        let v = |s: &str| Outcome::Value(s.as_bytes().to_vec());
+        sm.inner.write_effects(&[
+            Effect::PutOutcome(k(1), v("a")),
+            Effect::PutOutcome(k(2), v("b")),
+            Effect::PutOutcome(k(4), v("d")),
+        ])?;
+        let path = dir.path().join("x.snap");
+        let mut w = SnapWriter::create(&path, &encode_header(&meta(), &ClusterState::new())?)?;
+        for (n, s) in [(1, "a"), (2, "B"), (3, "c")] {
+            w.record(&k(n).0, &encode("outcome", &v(s))?)?;
+        }
+        w.finish()?;
+        sm.inner.load_outcomes(&path)?;
+        assert_eq!(sm.outcome(&k(1))?, Some(v("a")));
+        assert_eq!(sm.outcome(&k(2))?, Some(v("B")));
+        assert_eq!(sm.outcome(&k(3))?, Some(v("c")));
+        assert_eq!(sm.outcome(&k(4))?, None);
+        assert_eq!(sm.inner.outcomes.len(), 3);
         Ok(())
     }
 

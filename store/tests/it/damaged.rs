@@ -17,16 +17,27 @@ fn event(i: u64) -> Command {
     }
 }
 
-/// A data dir holding log entries 0..=4.
+/// A data dir holding log entries 0..=4, appended one at a time so that each is a chunk of
+/// its own under its own index.
 fn dir_with_log() -> anyhow::Result<TempDir> {
     let dir = TempDir::new()?;
     runtime().block_on(async {
         let (mut log, _sm) = open(dir.path(), &test_options())?;
-        log.blocking_append((0..5).map(|i| entry(1, i, event(i))))
-            .await?;
+        for i in 0..5 {
+            log.blocking_append([entry(1, i, event(i))]).await?;
+        }
         anyhow::Ok(())
     })?;
     Ok(dir)
+}
+
+/// A log chunk holding one entry, as the store writes it.
+fn one_entry_chunk(e: &mozen_store::Entry) -> anyhow::Result<Vec<u8>> {
+    let bytes = postcard::to_allocvec(e)?;
+    let mut chunk = 1u32.to_le_bytes().to_vec();
+    chunk.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    chunk.extend_from_slice(&bytes);
+    Ok(chunk)
 }
 
 /// Opens the store's sled Db directly, waiting for the lock a dropped store releases late.
@@ -60,13 +71,13 @@ fn wrong_format_version_is_a_version_error() -> anyhow::Result<()> {
         dir.path(),
         "raft_meta",
         b"format_version",
-        &2u32.to_be_bytes(),
+        &99u32.to_be_bytes(),
     )?;
     match open(dir.path(), &test_options()) {
         Err(StoreError::Version {
             found, expected, ..
         }) => {
-            assert_eq!(found, "2");
+            assert_eq!(found, "99");
             assert_eq!(expected, mozen_store::FORMAT_VERSION);
         }
         Err(e) => panic!("expected a version error, got {e}"),
@@ -121,7 +132,7 @@ fn garbage_last_log_entry_fails_open() -> anyhow::Result<()> {
 #[test]
 fn entry_stored_under_the_wrong_index_is_corrupt() -> anyhow::Result<()> {
     let dir = dir_with_log()?;
-    let wrong = postcard::to_allocvec(&entry(1, 9, event(9)))?;
+    let wrong = one_entry_chunk(&entry(1, 9, event(9)))?;
     poke(dir.path(), "raft_log", &4u64.to_be_bytes(), &wrong)?;
     let err = open(dir.path(), &test_options()).err().expect("open fails");
     assert!(err.to_string().contains("index 4"), "{err}");

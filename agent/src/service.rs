@@ -44,7 +44,20 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
     let incoming = TcpListenerStream::new(listener);
-    let r = tonic::transport::Server::builder()
+    let guard = crate::security::Guard::new(
+        agent.me(),
+        agent.cfg.security.token.as_ref(),
+        agent.faults.clone(),
+    );
+    let server = match agent.cfg.security.server() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("gRPC server TLS: {e}");
+            return;
+        }
+    };
+    let r = server
+        .layer(tonic::service::InterceptorLayer::new(guard))
         .tcp_nodelay(true)
         .add_service(raft)
         .add_service(mozen)

@@ -89,6 +89,16 @@ impl Agent {
         }
     }
 
+    /// The file this agent's fault control reads (see `Cluster::with_fault_control`).
+    pub fn fault_file(&self) -> PathBuf {
+        self.dir.with_extension("faults")
+    }
+
+    /// This agent's own Raft status (not the leader's).
+    pub async fn status(&self) -> Option<pb::RaftStatus> {
+        status_via(self.client()).await
+    }
+
     pub fn client(&self) -> Client {
         Client::with_options(
             [self.addr.clone()],
@@ -167,6 +177,51 @@ impl Cluster {
         self.agents.len() - 1
     }
 
+    /// Enables the test-only fault control on every agent (call before starting them).
+    pub fn with_fault_control(mut self) -> Cluster {
+        for a in &mut self.agents {
+            let f = a.fault_file().display().to_string();
+            a.extra.extend(["--fault-file".to_string(), f]);
+        }
+        self
+    }
+
+    /// Cuts every link between the agents in `side` and the others, in both directions.
+    pub fn partition(&self, side: &[u64]) {
+        for a in &self.agents {
+            let blocked: Vec<String> = self
+                .agents
+                .iter()
+                .filter(|b| side.contains(&a.id) != side.contains(&b.id))
+                .map(|b| b.id.to_string())
+                .collect();
+            write_atomically(&a.fault_file(), &blocked.join(","));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for a in &self.agents {
+            write_atomically(&a.fault_file(), "");
+        }
+    }
+
+    /// A client that talks only to the agents `ids`.
+    pub fn client_of(&self, ids: &[u64]) -> Client {
+        let addrs: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|a| ids.contains(&a.id))
+            .map(|a| a.addr.clone())
+            .collect();
+        Client::with_options(
+            addrs,
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
     pub fn addrs(&self) -> String {
         self.agents
             .iter()
@@ -186,14 +241,7 @@ impl Cluster {
     }
 
     pub async fn status(&self) -> Option<pb::RaftStatus> {
-        let c = self.client();
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            c.rpc(|mut c| async move { c.status(pb::StatusRequest {}).await }),
-        )
-        .await
-        .ok()?
-        .ok()
+        status_via(self.client()).await
     }
 
     pub async fn nodes(&self) -> Vec<pb::Node> {
@@ -238,6 +286,10 @@ impl Cluster {
         }
     }
 
+    pub fn by_id(&self, id: u64) -> &Agent {
+        self.agents.iter().find(|a| a.id == id).unwrap()
+    }
+
     pub fn agent(&mut self, id: u64) -> &mut Agent {
         self.agents.iter_mut().find(|a| a.id == id).unwrap()
     }
@@ -260,6 +312,24 @@ impl Cluster {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+/// The Raft status as answered through `c` (None after 3 s without an answer).
+async fn status_via(c: Client) -> Option<pb::RaftStatus> {
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        c.rpc(|mut c| async move { c.status(pb::StatusRequest {}).await }),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// Replaces `path` in one step, so an agent never reads half a file.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after `limit`.

@@ -5,3 +5,4 @@ mod cluster;
 mod execution;
 mod formation;
 mod harness;
+mod partition;

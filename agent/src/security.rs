@@ -186,6 +186,35 @@ impl TlsFiles {
     }
 }
 
+/// The security flags of a client program (`mozen`), each with an environment variable.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientArgs {
+    /// File holding the cluster token.
+    #[arg(long, global = true, env = "MOZEN_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of the cluster: turns TLS on.
+    #[arg(long, global = true, env = "MOZEN_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for clusters that demand one (mutual TLS).
+    #[arg(long, global = true, env = "MOZEN_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "MOZEN_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    /// Reads and checks the files.
+    pub fn security(&self) -> Result<Security, ConfigError> {
+        Security::for_client(
+            self.token_file.as_deref(),
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
+}
+
 /// How an agent or client secures its connections.
 #[derive(Clone, Debug, Default)]
 pub struct Security {

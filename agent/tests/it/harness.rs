@@ -1,6 +1,7 @@
 //! Starting, stopping and polling real agents.
 
 use mozen_agent::client::Client;
+use mozen_agent::security::ClientTransport;
 use mozen_proto as pb;
 use std::future::Future;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct Agent {
     pub extra: Vec<String>,
     pub child: Option<Child>,
     pub peers: String,
+    /// How test clients reach this agent (token, TLS).
+    pub transport: ClientTransport,
 }
 
 impl Agent {
@@ -100,10 +103,11 @@ impl Agent {
     }
 
     pub fn client(&self) -> Client {
-        Client::with_options(
+        Client::with_transport(
             [self.addr.clone()],
             pb::DEFAULT_MAX_MESSAGE_BYTES,
             Duration::from_secs(20),
+            self.transport.clone(),
         )
         .unwrap()
     }
@@ -152,6 +156,7 @@ impl Cluster {
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 child: None,
                 peers: peers.clone(),
+                transport: ClientTransport::default(),
             })
             .collect();
         Cluster { dir, agents }
@@ -173,6 +178,7 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             peers,
+            transport: self.transport(),
         });
         self.agents.len() - 1
     }
@@ -214,10 +220,11 @@ impl Cluster {
             .filter(|a| ids.contains(&a.id))
             .map(|a| a.addr.clone())
             .collect();
-        Client::with_options(
+        Client::with_transport(
             addrs,
             pb::DEFAULT_MAX_MESSAGE_BYTES,
             Duration::from_secs(60),
+            self.transport(),
         )
         .unwrap()
     }
@@ -231,13 +238,24 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        let addrs: Vec<String> = self.agents.iter().map(|a| a.addr.clone()).collect();
-        Client::with_options(
-            addrs,
-            pb::DEFAULT_MAX_MESSAGE_BYTES,
-            Duration::from_secs(60),
-        )
-        .unwrap()
+        let ids: Vec<u64> = self.agents.iter().map(|a| a.id).collect();
+        self.client_of(&ids)
+    }
+
+    /// The transport test clients use (that of the first agent).
+    pub fn transport(&self) -> ClientTransport {
+        self.agents
+            .first()
+            .map(|a| a.transport.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes test clients of every agent use `transport` (for clusters with a token or TLS).
+    pub fn with_client_transport(mut self, transport: ClientTransport) -> Cluster {
+        for a in &mut self.agents {
+            a.transport = transport.clone();
+        }
+        self
     }
 
     pub async fn status(&self) -> Option<pb::RaftStatus> {

@@ -6,3 +6,4 @@ mod execution;
 mod formation;
 mod harness;
 mod partition;
+mod security;

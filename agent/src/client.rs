@@ -7,6 +7,7 @@
 //! knows the request's key (the same content hash the cluster computes) and re-attaches to it
 //! with `Get(wait)` wherever it can.
 
+use crate::security::{AuthChannel, ClientTransport};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use mozen_model::{RequestKey, TaskError, canonical_args, codes};
@@ -18,7 +19,6 @@ use serde_json::Value;
 use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Why a client operation failed.
@@ -74,10 +74,12 @@ struct Inner {
     addrs: Vec<String>,
     /// The agent currently believed to be the leader (index into `addrs` or an address learnt
     /// from a redirect) and its channel.
-    current: Mutex<Option<(String, MozenClient<Channel>)>>,
+    current: Mutex<Option<(String, MozenClient<AuthChannel>)>>,
     max_message: usize,
     /// How long to keep looking for a reachable leader before giving up.
     patience: Duration,
+    /// TLS and credentials of every channel.
+    transport: ClientTransport,
 }
 
 /// A cheap, cloneable handle on a cluster.
@@ -143,6 +145,21 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        Self::with_transport(addrs, max_message, patience, ClientTransport::default())
+    }
+
+    /// Like [`with_options`](Self::with_options) over a secured transport (token, TLS); see
+    /// [`Security::client`](crate::security::Security::client).
+    pub fn with_transport<I, S>(
+        addrs: I,
+        max_message: usize,
+        patience: Duration,
+        transport: ClientTransport,
+    ) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
         if addrs.is_empty() {
             return Err(ClientError::Rejected {
@@ -156,19 +173,23 @@ impl Client {
                 current: Mutex::new(None),
                 max_message,
                 patience,
+                transport,
             }),
         })
     }
 
-    fn make(&self, addr: &str) -> Result<MozenClient<Channel>, Status> {
-        let ch = crate::network::channel(addr)
+    fn make(&self, addr: &str) -> Result<MozenClient<AuthChannel>, Status> {
+        let ch = self
+            .inner
+            .transport
+            .channel(addr)
             .map_err(|e| Status::unavailable(format!("bad address {addr}: {e}")))?;
         Ok(MozenClient::new(ch)
             .max_decoding_message_size(self.inner.max_message)
             .max_encoding_message_size(self.inner.max_message))
     }
 
-    fn current(&self, attempt: usize) -> Result<(String, MozenClient<Channel>), Status> {
+    fn current(&self, attempt: usize) -> Result<(String, MozenClient<AuthChannel>), Status> {
         let mut cur = self.inner.current.lock().expect("client lock");
         if let Some(c) = cur.as_ref() {
             return Ok(c.clone());
@@ -206,7 +227,7 @@ impl Client {
     /// the client's patience runs out.
     pub async fn rpc<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where
-        F: Fn(MozenClient<Channel>) -> Fut,
+        F: Fn(MozenClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let start = Instant::now();

@@ -2,6 +2,7 @@
 //!
 //! Errors quote the bad value and say how to fix it; nothing downstream re-validates.
 
+use crate::security::{Security, TlsFiles, Token};
 use clap::Parser;
 use mozen_model::NodeId;
 use std::net::SocketAddr;
@@ -64,6 +65,26 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on HOST:PORT.
     #[arg(long)]
     pub metrics: Option<String>,
+    /// File holding the cluster token; every RPC must carry it, and the agent sends it to
+    /// its peers. Required on a non-loopback --listen address unless --insecure.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+    /// TLS certificate of this agent (PEM); needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the cluster's certificates: verifies the peers this
+    /// agent dials and the client certificates it demands (mutual TLS).
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// Test-only fault injection: a file listing peer ids this agent is cut off from.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub fault_file: Option<PathBuf>,
 }
 
 /// A peer from `--peers`.
@@ -92,6 +113,10 @@ pub struct AgentConfig {
     pub memo_limit: u64,
     pub allow_exec: bool,
     pub metrics: Option<SocketAddr>,
+    /// Token and TLS material (see [`crate::security`]).
+    pub security: Security,
+    /// Test-only fault table file (see [`crate::faults`]).
+    pub fault_file: Option<PathBuf>,
 }
 
 /// A flag that does not make sense, with the text to show the operator.
@@ -292,6 +317,33 @@ impl AgentArgs {
             })?),
             None => None,
         };
+        let security = Security {
+            token: self
+                .token_file
+                .as_deref()
+                .map(|p| Token::read("token-file", p))
+                .transpose()?,
+            tls: TlsFiles::load(
+                self.tls_ca.as_deref(),
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+            )?,
+        };
+        if let Some(tls) = &security.tls
+            && tls.identity.is_none()
+        {
+            return Err(ConfigError(
+                "--tls-ca needs --tls-cert and --tls-key on an agent (its own certificate)".into(),
+            ));
+        }
+        if !listen.ip().is_loopback() && security.token.is_none() && !self.insecure {
+            return Err(bad(
+                "listen",
+                &self.listen,
+                "a non-loopback address needs --token-file PATH so that only the cluster can \
+                 call it (or --insecure to run without authentication)",
+            ));
+        }
         Ok(AgentConfig {
             id,
             listen,
@@ -312,6 +364,8 @@ impl AgentArgs {
             memo_limit,
             allow_exec: self.allow_exec,
             metrics,
+            security,
+            fault_file: self.fault_file.clone(),
         })
     }
 }
@@ -386,6 +440,30 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.0, "--id '0': must be a positive integer");
+    }
+
+    #[test]
+    fn public_address_needs_a_token_or_insecure() {
+        let a = |extra: &[&str]| {
+            let mut v = vec!["mozen-agent", "--id", "1", "--listen", "10.1.2.3:7001"];
+            v.extend_from_slice(extra);
+            AgentArgs::parse_from(v).validate()
+        };
+        let e = a(&[]).unwrap_err();
+        assert!(
+            e.0.starts_with("--listen '10.1.2.3:7001': a non-loopback address needs --token-file")
+        );
+        assert!(a(&["--insecure"]).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "0123456789abcdef0123\n").unwrap();
+        let c = a(&["--token-file", tok.to_str().unwrap()]).unwrap();
+        assert!(c.security.token.is_some());
+        std::fs::write(&tok, "short").unwrap();
+        let e = a(&["--token-file", tok.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("at least 16"), "{}", e.0);
+        // Loopback needs nothing.
+        assert!(args(&[]).validate().is_ok());
     }
 
     #[test]

@@ -21,10 +21,7 @@ pub async fn watch_leadership(agent: Arc<Agent>) {
     let mut metrics = agent.raft.metrics();
     let mut session: Option<CancellationToken> = None;
     loop {
-        let leading = {
-            let m = metrics.borrow_and_update();
-            m.current_leader == Some(agent.me()) && m.state.is_leader()
-        };
+        let leading = crate::node::leads(&metrics.borrow_and_update(), agent.me());
         match (leading, session.is_some()) {
             (true, false) => {
                 info!(

@@ -4,6 +4,8 @@
 //! - [`node`]: `run`: store, Raft, gRPC server, cluster formation, graceful shutdown;
 //!   node operations (drain, promote, demote, remove).
 //! - [`network`]: the peer-only Raft transport over gRPC.
+//! - [`security`]: the cluster token and TLS on both services, for servers and clients.
+//! - [`faults`]: test-only fault injection (cutting links between agents).
 //! - [`proposer`]: batches many facts into one log entry.
 //! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
 //! - [`leader`]: the leader's scheduler and liveness loops.
@@ -20,6 +22,7 @@
 pub mod builder;
 pub mod client;
 pub mod config;
+pub mod faults;
 pub mod functions;
 pub mod hub;
 pub mod leader;
@@ -27,6 +30,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod security;
 pub mod service;
 pub mod view;
 pub mod worker;

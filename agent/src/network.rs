@@ -3,7 +3,12 @@
 //! Failures are classified for openraft: a transport failure is `Unreachable` (openraft backs
 //! off instead of retrying hot), a `RaftError` from the peer is `RemoteError`, and a payload
 //! that does not decode is a `Network` error naming the RPC.
+//!
+//! Channels come from [`ClientTransport`] (TLS, token, sender id). A peer blocked by the
+//! test-only fault table ([`crate::faults`]) is `Unreachable` without any I/O.
 
+use crate::faults::Faults;
+use crate::security::{AuthChannel, ClientTransport};
 use mozen_proto::RaftPayload;
 use mozen_proto::raft_client::RaftClient;
 use mozen_proto::raft_server;
@@ -18,7 +23,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Envelope version of [`RaftPayload::data`].
@@ -41,27 +46,20 @@ fn decode<T: DeserializeOwned>(what: &str, p: &RaftPayload) -> Result<T, String>
     postcard::from_bytes(&p.data).map_err(|e| format!("{what}: payload does not decode: {e}"))
 }
 
-/// Builds a lazily connecting gRPC channel to `addr` (HOST:PORT).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
-
 /// Creates one [`PeerClient`] per target.
 #[derive(Clone)]
 pub struct Network {
     pub max_message: usize,
+    pub transport: ClientTransport,
+    /// The test-only fault table, when `--fault-file` is given.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &RaftNode) -> Self::Network {
-        let client = channel(&node.addr).ok().map(|ch| {
+        let client = self.transport.channel(&node.addr).ok().map(|ch| {
             RaftClient::new(ch)
                 .max_decoding_message_size(self.max_message)
                 .max_encoding_message_size(self.max_message)
@@ -70,6 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client,
+            faults: self.faults.clone(),
         }
     }
 }
@@ -78,7 +77,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: u64,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    client: Option<RaftClient<AuthChannel>>,
+    faults: Option<Arc<Faults>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
@@ -95,6 +95,15 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if let Some(f) = &self.faults
+            && f.blocks(self.target)
+        {
+            let e = std::io::Error::other(format!(
+                "{what} to node {}: cut off by the fault control",
+                self.target
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         let Some(client) = self.client.as_mut() else {
             let e = std::io::Error::other(format!("bad peer address {}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));

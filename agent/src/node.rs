@@ -11,6 +11,7 @@
 
 use crate::client::Client;
 use crate::config::AgentConfig;
+use crate::faults::Faults;
 use crate::functions::Functions;
 use crate::hub::Hub;
 use crate::network::Network;
@@ -75,6 +76,8 @@ pub struct Agent {
     /// The leader's address as last learnt (used by non-members to redirect clients).
     pub known_leader: Mutex<Option<String>>,
     pub started: Instant,
+    /// The test-only fault table (`--fault-file`), shared with the transport and the guard.
+    pub faults: Option<Arc<Faults>>,
     conn_seq: AtomicU64,
 }
 
@@ -87,10 +90,15 @@ impl Agent {
         self.conn_seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether this agent is the Raft leader right now.
+    /// Whether this agent is the Raft leader right now (and still hears from a quorum).
     pub fn is_leader(&self) -> bool {
+        leads(&self.raft.metrics().borrow(), self.me())
+    }
+
+    /// The leader as this agent sees it; not itself once it has stepped down (see [`leads`]).
+    pub fn current_leader(&self) -> Option<NodeId> {
         let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.me()) && m.state.is_leader()
+        current_leader(&m, self.me())
     }
 
     /// Whether this agent replicates the log (voter or learner).
@@ -102,7 +110,7 @@ impl Agent {
     /// The leader's id and address, as far as this agent knows.
     pub fn leader(&self) -> Option<(Option<NodeId>, String)> {
         let m = self.raft.metrics().borrow().clone();
-        if let Some(l) = m.current_leader
+        if let Some(l) = current_leader(&m, self.me())
             && let Some(n) = m
                 .membership_config
                 .nodes()
@@ -159,13 +167,38 @@ impl Agent {
     }
 }
 
+/// A leader that has heard from no quorum of voters for this long stops acting as leader.
+pub const STEP_DOWN_AFTER_MS: u64 = 2 * ELECTION_TIMEOUT_MAX_MS;
+
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1400;
+
+/// Whether `me` leads according to `m`: Raft says so and a quorum of voters acknowledged it
+/// within [`STEP_DOWN_AFTER_MS`].
+///
+/// openraft 0.9 keeps a leader that lost its quorum in the Leader state until it hears a
+/// higher term. Such a leader can commit nothing, so the agent stops acting on it (like
+/// Raft's check-quorum): it stops scheduling, refuses writes with `MZ-NOT-LEADER`, and its
+/// status names no leader. Its entries stay uncommitted; when the partition heals, the new
+/// leader's term turns it into a follower and its log is made consistent by Raft.
+pub fn leads(m: &openraft::RaftMetrics<NodeId, RaftNode>, me: NodeId) -> bool {
+    m.current_leader == Some(me)
+        && m.state.is_leader()
+        && m.millis_since_quorum_ack
+            .is_none_or(|ms| ms <= STEP_DOWN_AFTER_MS)
+}
+
+/// The leader per `m`, leaving out `me` when it has stepped down.
+pub fn current_leader(m: &openraft::RaftMetrics<NodeId, RaftNode>, me: NodeId) -> Option<NodeId> {
+    m.current_leader.filter(|l| *l != me || leads(m, me))
+}
+
 /// Raft timing for a loaded 2-core machine running debug builds with an fsync per append.
 pub fn raft_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "mozen".into(),
         heartbeat_interval: 150,
         election_timeout_min: 700,
-        election_timeout_max: 1400,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
@@ -205,8 +238,12 @@ pub async fn run(
             .validate()
             .map_err(|e| AgentError::Raft(e.to_string()))?,
     );
+    let faults = cfg.fault_file.as_ref().map(|_| Arc::new(Faults::default()));
+    let transport = cfg.security.client().from_node(cfg.id);
     let network = Network {
         max_message: cfg.max_message,
+        transport: transport.clone(),
+        faults: faults.clone(),
     };
     let raft = Raft::new(cfg.id, config, network, log.clone(), sm.clone())
         .await
@@ -216,8 +253,9 @@ pub async fn run(
     let proposer = Proposer::start(raft.clone(), cfg.id);
     let mut addrs = vec![cfg.advertise.clone()];
     addrs.extend(cfg.peers.iter().map(|p| p.addr.clone()));
-    let client = Client::with_options(addrs, cfg.max_message, Duration::from_secs(3600))
-        .map_err(|e| AgentError::Server(e.to_string()))?;
+    let client =
+        Client::with_transport(addrs, cfg.max_message, Duration::from_secs(3600), transport)
+            .map_err(|e| AgentError::Server(e.to_string()))?;
     let agent = Arc::new(Agent {
         cfg,
         raft,
@@ -233,8 +271,17 @@ pub async fn run(
         tasks: TaskTracker::new(),
         known_leader: Mutex::new(None),
         started: Instant::now(),
+        faults,
         conn_seq: AtomicU64::new(1),
     });
+    if let (Some(f), Some(path)) = (&agent.faults, &agent.cfg.fault_file) {
+        warn!(path = %path.display(), "fault control enabled (testing only)");
+        agent.tasks.spawn(crate::faults::watch_file(
+            f.clone(),
+            path.clone(),
+            agent.shutdown.clone(),
+        ));
+    }
 
     let server_stop = CancellationToken::new();
     let server = crate::service::serve(agent.clone(), listener, server_stop.clone());
@@ -299,7 +346,7 @@ async fn form_cluster(agent: &Arc<Agent>) -> bool {
         let mut joined_via: Option<String> = None;
         let mut missing = Vec::new();
         for p in &agent.cfg.peers {
-            match cluster_info(&p.addr).await {
+            match cluster_info(agent, &p.addr).await {
                 Ok(info) => {
                     answered += 1;
                     if info.initialized {
@@ -381,8 +428,14 @@ async fn form_cluster(agent: &Arc<Agent>) -> bool {
     }
 }
 
-async fn cluster_info(addr: &str) -> Result<pb::ClusterInfoReply, String> {
-    let ch = crate::network::channel(addr).map_err(|e| e.to_string())?;
+async fn cluster_info(agent: &Agent, addr: &str) -> Result<pb::ClusterInfoReply, String> {
+    let ch = agent
+        .cfg
+        .security
+        .client()
+        .from_node(agent.me())
+        .channel(addr)
+        .map_err(|e| e.to_string())?;
     let mut c = pb::mozen_client::MozenClient::new(ch);
     let mut req = tonic::Request::new(pb::ClusterInfoRequest {});
     req.set_timeout(Duration::from_secs(1));

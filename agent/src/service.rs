@@ -49,7 +49,20 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(30)));
-    let r = tonic::transport::Server::builder()
+    let guard = crate::security::Guard::new(
+        agent.me(),
+        agent.cfg.security.token.as_ref(),
+        agent.faults.clone(),
+    );
+    let server = match agent.cfg.security.server() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("gRPC server TLS: {e}");
+            return;
+        }
+    };
+    let r = server
+        .layer(tonic::service::InterceptorLayer::new(guard))
         .add_service(raft)
         .add_service(mozen)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

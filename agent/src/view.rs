@@ -18,7 +18,7 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
     let last_log = m.last_log_index.unwrap_or(0);
     pb::RaftStatus {
         node_id: agent.me(),
-        leader_id: m.current_leader,
+        leader_id: crate::node::current_leader(&m, agent.me()),
         leader_addr,
         term: m.current_term,
         last_log_index: last_log,
@@ -28,7 +28,11 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
         purged_index: m.purged.map_or(0, |l| l.index),
         voters: mem.voter_ids().map(|id| member(&id)).collect(),
         learners: mem.learner_ids().map(|id| member(&id)).collect(),
-        server_state: format!("{:?}", m.state).to_lowercase(),
+        server_state: if m.state.is_leader() && !crate::node::leads(&m, agent.me()) {
+            "stepped-down".into()
+        } else {
+            format!("{:?}", m.state).to_lowercase()
+        },
         log_entries: agent.log.log_len(),
         disk_bytes: agent.log.disk_size(),
     }

@@ -7,6 +7,7 @@
 //! address in turn. Effects from the UI run concurrently, each in its own task, through
 //! [`Cluster::rpc`] (which follows the leader the same way) and come back as actions.
 
+use crate::access::{Access, Bearer};
 use crate::app::{Action, Conn, Effect, call_label};
 use mozen_proto as pb;
 use mozen_proto::mozen_client::MozenClient;
@@ -16,8 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+/// A client of one agent whose requests carry the console's token.
+pub type AgentClient = MozenClient<InterceptedService<Channel, Bearer>>;
 
 /// The longest wait for a unary RPC or for a `Watch` stream to start.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,6 +114,7 @@ pub fn describe(addr: &str, s: &Status) -> String {
 pub struct Cluster {
     seeds: Vec<String>,
     inner: Mutex<Inner>,
+    access: Access,
 }
 
 #[derive(Debug, Default)]
@@ -120,10 +126,16 @@ struct Inner {
 impl Cluster {
     /// `seeds` are HOST:PORT; at least one. Creating channels needs a tokio runtime.
     pub fn new(seeds: Vec<String>) -> Self {
+        Self::with_access(seeds, Access::default())
+    }
+
+    /// Like [`new`](Self::new) for a cluster that wants a token or TLS.
+    pub fn with_access(seeds: Vec<String>, access: Access) -> Self {
         assert!(!seeds.is_empty(), "at least one address");
         Cluster {
             seeds,
             inner: Mutex::new(Inner::default()),
+            access,
         }
     }
 
@@ -149,17 +161,26 @@ impl Cluster {
     }
 
     /// A client for `addr`, reusing its channel.
-    pub fn client(&self, addr: &str) -> Result<MozenClient<Channel>, Status> {
+    pub fn client(&self, addr: &str) -> Result<AgentClient, Status> {
         let mut i = self.inner.lock().expect("cluster");
         let ch = match i.channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| {
-                        Status::invalid_argument(format!(
-                            "MZ-BAD-ARGUMENTS: '{addr}' is not HOST:PORT: {e}"
-                        ))
-                    })?
+                let scheme = if self.access.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let bad = |e: tonic::transport::Error| {
+                    Status::invalid_argument(format!(
+                        "MZ-BAD-ARGUMENTS: '{addr}' is not HOST:PORT or TLS is unusable: {e}"
+                    ))
+                };
+                let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+                if let Some(tls) = &self.access.tls {
+                    ep = ep.tls_config(tls.clone()).map_err(bad)?;
+                }
+                let ch = ep
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
@@ -170,9 +191,11 @@ impl Cluster {
                 ch
             }
         };
-        Ok(MozenClient::new(ch)
-            .max_decoding_message_size(pb::DEFAULT_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(pb::DEFAULT_MAX_MESSAGE_BYTES))
+        Ok(
+            MozenClient::with_interceptor(ch, self.access.bearer.clone())
+                .max_decoding_message_size(pb::DEFAULT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(pb::DEFAULT_MAX_MESSAGE_BYTES),
+        )
     }
 
     /// Runs one RPC against the cluster: at the known leader first, then each seed; follows
@@ -180,7 +203,7 @@ impl Cluster {
     /// messages with their `MZ-` code.
     pub async fn rpc<T, F, Fut>(&self, per_try: Duration, mut f: F) -> Result<T, String>
     where
-        F: FnMut(MozenClient<Channel>) -> Fut,
+        F: FnMut(AgentClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut queue: VecDeque<String> = self.leader().into_iter().collect();

@@ -10,6 +10,7 @@
 //! - [`client`]: the background task owning the gRPC connection: a `Watch` stream from the
 //!   leader (following `MZ-NOT-LEADER` redirects, reconnecting with backoff) and the effects,
 //!   whose outcomes come back as actions.
+//! - [`access`]: the cluster token and TLS flags (`--token-file`, `--tls-ca/-cert/-key`).
 //! - [`demo`]: `--demo`, a local 3-agent cluster with a steady workload.
 //! - [`error`]: errors and flag validation.
 //!
@@ -18,6 +19,7 @@
 //! Dependency rule: mozen-model and mozen-proto only; never sled, openraft, the store or the
 //! agent crate. The console sees the cluster only through the public gRPC API.
 
+pub mod access;
 pub mod app;
 pub mod client;
 pub mod demo;

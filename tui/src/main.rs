@@ -15,6 +15,7 @@ use clap::Parser;
 use crossterm::event::{Event, EventStream, KeyEventKind};
 use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen};
 use futures::StreamExt;
+use mozen_console::access::Access;
 use mozen_console::app::{Action, App, Effect};
 use mozen_console::client::{self, Cluster};
 use mozen_console::error::parse_addrs;
@@ -55,11 +56,20 @@ struct Args {
     /// How many recently updated requests each update carries (the Requests view).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     requests: u32,
+    #[command(flatten)]
+    access: mozen_console::access::AccessArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    let access = match args.access.load() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mozen-console: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args, access) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mozen-console: {e:#}");
@@ -68,7 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, access: Access) -> anyhow::Result<()> {
     let addrs = if args.demo {
         Vec::new()
     } else {
@@ -83,7 +93,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     let addrs = demo.as_ref().map_or(addrs, |d| d.addrs.clone());
-    let result = rt.block_on(console(addrs, args.readonly, demo.is_some(), args.requests));
+    let result = rt.block_on(console(
+        addrs,
+        access,
+        args.readonly,
+        demo.is_some(),
+        args.requests,
+    ));
     rt.shutdown_timeout(Duration::from_secs(1));
     drop(demo);
     result
@@ -91,11 +107,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 async fn console(
     addrs: Vec<String>,
+    access: Access,
     readonly: bool,
     demo: bool,
     requests: u32,
 ) -> anyhow::Result<()> {
-    let cluster = Arc::new(Cluster::new(addrs.clone()));
+    let cluster = Arc::new(Cluster::with_access(addrs.clone(), access));
     // Bounded: when drawing falls behind, the stream reader waits instead of queueing updates.
     let (tx, rx) = mpsc::channel(64);
     let (effects, effects_rx) = mpsc::unbounded_channel();

@@ -24,6 +24,8 @@ struct Cli {
         default_value = "127.0.0.1:7070"
     )]
     addr: String,
+    #[command(flatten)]
+    security: mozen_agent::security::ClientArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -254,10 +256,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             cli.addr
         )));
     }
-    let client = Client::with_options(
+    let security = cli.security.security().map_err(|e| Fail::Usage(e.0))?;
+    let client = Client::with_transport(
         addrs,
         pb::DEFAULT_MAX_MESSAGE_BYTES,
         Duration::from_secs(10),
+        security.client(),
     )?;
     match cli.cmd {
         Cmd::Status { json } => {

@@ -1,6 +1,7 @@
 //! Starting, stopping and polling real agents.
 
 use mozen_agent::client::Client;
+use mozen_agent::security::ClientTransport;
 use mozen_proto as pb;
 use std::future::Future;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub struct Agent {
     pub extra: Vec<String>,
     pub child: Option<Child>,
     pub peers: String,
+    /// How test clients reach this agent (token, TLS).
+    pub transport: ClientTransport,
 }
 
 impl Agent {
@@ -89,11 +92,22 @@ impl Agent {
         }
     }
 
+    /// The file this agent's fault control reads (see `Cluster::with_fault_control`).
+    pub fn fault_file(&self) -> PathBuf {
+        self.dir.with_extension("faults")
+    }
+
+    /// This agent's own Raft status (not the leader's).
+    pub async fn status(&self) -> Option<pb::RaftStatus> {
+        status_via(self.client()).await
+    }
+
     pub fn client(&self) -> Client {
-        Client::with_options(
+        Client::with_transport(
             [self.addr.clone()],
             pb::DEFAULT_MAX_MESSAGE_BYTES,
             Duration::from_secs(20),
+            self.transport.clone(),
         )
         .unwrap()
     }
@@ -142,6 +156,7 @@ impl Cluster {
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 child: None,
                 peers: peers.clone(),
+                transport: ClientTransport::default(),
             })
             .collect();
         Cluster { dir, agents }
@@ -163,8 +178,55 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             peers,
+            transport: self.transport(),
         });
         self.agents.len() - 1
+    }
+
+    /// Enables the test-only fault control on every agent (call before starting them).
+    pub fn with_fault_control(mut self) -> Cluster {
+        for a in &mut self.agents {
+            let f = a.fault_file().display().to_string();
+            a.extra.extend(["--fault-file".to_string(), f]);
+        }
+        self
+    }
+
+    /// Cuts every link between the agents in `side` and the others, in both directions.
+    pub fn partition(&self, side: &[u64]) {
+        for a in &self.agents {
+            let blocked: Vec<String> = self
+                .agents
+                .iter()
+                .filter(|b| side.contains(&a.id) != side.contains(&b.id))
+                .map(|b| b.id.to_string())
+                .collect();
+            write_atomically(&a.fault_file(), &blocked.join(","));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for a in &self.agents {
+            write_atomically(&a.fault_file(), "");
+        }
+    }
+
+    /// A client that talks only to the agents `ids`.
+    pub fn client_of(&self, ids: &[u64]) -> Client {
+        let addrs: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|a| ids.contains(&a.id))
+            .map(|a| a.addr.clone())
+            .collect();
+        Client::with_transport(
+            addrs,
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            Duration::from_secs(60),
+            self.transport(),
+        )
+        .unwrap()
     }
 
     pub fn addrs(&self) -> String {
@@ -176,24 +238,28 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        let addrs: Vec<String> = self.agents.iter().map(|a| a.addr.clone()).collect();
-        Client::with_options(
-            addrs,
-            pb::DEFAULT_MAX_MESSAGE_BYTES,
-            Duration::from_secs(60),
-        )
-        .unwrap()
+        let ids: Vec<u64> = self.agents.iter().map(|a| a.id).collect();
+        self.client_of(&ids)
+    }
+
+    /// The transport test clients use (that of the first agent).
+    pub fn transport(&self) -> ClientTransport {
+        self.agents
+            .first()
+            .map(|a| a.transport.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes test clients of every agent use `transport` (for clusters with a token or TLS).
+    pub fn with_client_transport(mut self, transport: ClientTransport) -> Cluster {
+        for a in &mut self.agents {
+            a.transport = transport.clone();
+        }
+        self
     }
 
     pub async fn status(&self) -> Option<pb::RaftStatus> {
-        let c = self.client();
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            c.rpc(|mut c| async move { c.status(pb::StatusRequest {}).await }),
-        )
-        .await
-        .ok()?
-        .ok()
+        status_via(self.client()).await
     }
 
     pub async fn nodes(&self) -> Vec<pb::Node> {
@@ -238,6 +304,10 @@ impl Cluster {
         }
     }
 
+    pub fn by_id(&self, id: u64) -> &Agent {
+        self.agents.iter().find(|a| a.id == id).unwrap()
+    }
+
     pub fn agent(&mut self, id: u64) -> &mut Agent {
         self.agents.iter_mut().find(|a| a.id == id).unwrap()
     }
@@ -260,6 +330,24 @@ impl Cluster {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+/// The Raft status as answered through `c` (None after 3 s without an answer).
+async fn status_via(c: Client) -> Option<pb::RaftStatus> {
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        c.rpc(|mut c| async move { c.status(pb::StatusRequest {}).await }),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// Replaces `path` in one step, so an agent never reads half a file.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after `limit`.

@@ -5,3 +5,5 @@ mod cluster;
 mod execution;
 mod formation;
 mod harness;
+mod partition;
+mod security;

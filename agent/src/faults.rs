@@ -1,0 +1,105 @@
+//! Fault injection for tests: a per-agent table of peers this agent is cut off from.
+//!
+//! Enabled only by the hidden `--fault-file PATH` flag; an agent started without it has no
+//! table and pays nothing. The agent re-reads the file every [`POLL`] and replaces the table
+//! with the node ids it lists (separated by commas or whitespace; a missing or empty file
+//! blocks nobody). A blocked peer is cut in both directions:
+//! - outgoing Raft RPCs to it fail at once as `Unreachable` (see `network::PeerClient`);
+//! - incoming requests on either gRPC service that carry its id in the `mozen-node-id`
+//!   header (every agent sends it) are refused with `UNAVAILABLE` (see `security::Guard`).
+//!
+//! A full partition is set on both sides: each agent lists the peers across the cut. Clients
+//! that are not agents (the CLI, tests) are never blocked, so a test can still observe both
+//! sides. Why this and not network namespaces: docs/reliability.md.
+
+use mozen_model::NodeId;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often the fault file is re-read.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// The peers this agent is cut off from.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: RwLock<BTreeSet<NodeId>>,
+}
+
+impl Faults {
+    pub fn blocks(&self, peer: NodeId) -> bool {
+        self.blocked.read().expect("faults").contains(&peer)
+    }
+
+    /// Replaces the table; returns whether it changed.
+    pub fn set(&self, peers: BTreeSet<NodeId>) -> bool {
+        let mut b = self.blocked.write().expect("faults");
+        let changed = *b != peers;
+        *b = peers;
+        changed
+    }
+}
+
+/// Parses the fault file: node ids separated by commas or whitespace.
+pub fn parse_ids(text: &str) -> Result<BTreeSet<NodeId>, String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<NodeId>()
+                .map_err(|_| format!("'{t}' is not a node id"))
+        })
+        .collect()
+}
+
+/// Keeps `faults` equal to the ids listed in `path` until `stop` fires.
+pub async fn watch_file(faults: Arc<Faults>, path: PathBuf, stop: CancellationToken) {
+    let mut last_error = String::new();
+    loop {
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        match text.and_then(|t| parse_ids(&t)) {
+            Ok(ids) => {
+                let shown = format!("{ids:?}");
+                if faults.set(ids) {
+                    info!(blocked = %shown, "fault control: peer table changed");
+                }
+                last_error.clear();
+            }
+            Err(e) if e != last_error => {
+                warn!(path = %path.display(), "fault control: {e}; table unchanged");
+                last_error = e;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ids_and_rejects_garbage() {
+        assert_eq!(parse_ids("2, 3\n5").unwrap(), BTreeSet::from([2, 3, 5]));
+        assert!(parse_ids("").unwrap().is_empty());
+        assert_eq!(parse_ids("2,x").unwrap_err(), "'x' is not a node id");
+    }
+
+    #[test]
+    fn table_reports_changes() {
+        let f = Faults::default();
+        assert!(f.set(BTreeSet::from([2])));
+        assert!(!f.set(BTreeSet::from([2])));
+        assert!(f.blocks(2) && !f.blocks(3));
+    }
+}

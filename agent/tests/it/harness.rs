@@ -280,3 +280,16 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl Cluster {
+    /// The row of `mozen functions --json` for `function` (null when it never ran).
+    pub fn function_stats(&self, function: &str) -> serde_json::Value {
+        let fs = self.cli_json(&["functions", "--json"]);
+        fs.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == function)
+            .cloned()
+            .unwrap_or_default()
+    }
+}

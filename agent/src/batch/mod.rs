@@ -4,6 +4,7 @@
 //! - [`spec`]: the work spec (TOML or Rust) and its validation.
 //! - [`input`]: reading, hashing and slicing the input files.
 //! - [`builtins`]: `wordcount`, `linecount`, `grep`, `merge_counts`, `sum`, `concat`.
+//! - [`corpus`]: a deterministic generated corpus for tests and benchmarks.
 //! - [`cost`]: the cost model behind auto slicing and `mozen plan`.
 //! - [`run`]: running a job on a cluster (or locally) with an error policy and progress.
 //! - [`plan`]: estimates and a verdict on whether distributing is worth it.
@@ -12,6 +13,7 @@
 //! See docs/batch.md for the design.
 
 pub mod builtins;
+pub mod corpus;
 pub mod cost;
 pub mod input;
 pub mod plan;

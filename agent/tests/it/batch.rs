@@ -12,75 +12,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A deterministic text corpus and the word counts its generator tallied while writing it.
+/// A generated corpus in a temp dir, with the counts its generator tallied.
 struct Corpus {
     dir: tempfile::TempDir,
     counts: BTreeMap<String, u64>,
     files: Vec<PathBuf>,
 }
 
-/// xorshift64*: deterministic and dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Writes `files` files of about `bytes_each` bytes into `dir/data`.
 fn corpus(files: usize, bytes_each: usize) -> Corpus {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    let syllables = [
-        "ka", "ro", "mi", "tsu", "ne", "bla", "qu", "or", "ze", "li", "pha", "u",
-    ];
-    let mut rng = Rng(0x9E3779B97F4A7C15);
-    let vocab: Vec<String> = (0..2000)
-        .map(|_| {
-            let n = 1 + rng.below(4);
-            (0..n)
-                .map(|_| syllables[rng.below(syllables.len() as u64) as usize])
-                .collect()
-        })
-        .collect();
-    let mut counts = BTreeMap::new();
-    let mut paths = Vec::new();
-    for f in 0..files {
-        let mut text = String::with_capacity(bytes_each + 200);
-        while text.len() < bytes_each {
-            let words = 3 + rng.below(12);
-            for i in 0..words {
-                let w = &vocab[rng.below(vocab.len() as u64) as usize];
-                *counts.entry(w.clone()).or_insert(0u64) += 1;
-                if i == 0 {
-                    // Capitalized at the start of a line: the count is case-insensitive.
-                    let mut c = w.chars();
-                    text.extend(c.next().map(|c| c.to_ascii_uppercase()));
-                    text.push_str(c.as_str());
-                } else {
-                    text.push_str([" ", ", ", " - ", "; "][rng.below(4) as usize]);
-                    text.push_str(w);
-                }
-            }
-            text.push_str(".\n");
-        }
-        let path = dir.path().join(format!("data/part-{f:04}.txt"));
-        std::fs::write(&path, text).unwrap();
-        paths.push(path);
-    }
-    Corpus {
-        dir,
-        counts,
-        files: paths,
-    }
+    let (files, counts) =
+        batch::corpus::generate(&dir.path().join("data"), files, bytes_each).unwrap();
+    Corpus { dir, counts, files }
 }
 
 impl Corpus {

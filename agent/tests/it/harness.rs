@@ -126,12 +126,7 @@ impl Cluster {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}@{a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = mozen_agent::config::peers_arg(&addrs);
         let agents = addrs
             .iter()
             .enumerate()

@@ -142,6 +142,16 @@ pub fn parse_host_port(flag: &str, whole: &str, s: &str) -> Result<String, Confi
     }
 }
 
+/// The `--peers` value naming `addrs` as nodes 1, 2, ... in order.
+pub fn peers_arg(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}@{a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Parses `ID@HOST:PORT[,...]`.
 pub fn parse_peers(s: &str) -> Result<Vec<Peer>, ConfigError> {
     let mut out: Vec<Peer> = Vec::new();

@@ -109,6 +109,7 @@ impl Functions {
     pub fn with_builtins(allow_exec: bool) -> Self {
         let mut f = Self::new();
         builtins(&mut f, allow_exec);
+        crate::batch::builtins::register(&mut f);
         f
     }
 

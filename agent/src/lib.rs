@@ -13,12 +13,14 @@
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
 //! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`).
+//! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
 //! - [`metrics`]: Prometheus text exposition.
 //!
 //! Dependency rule: depends on model, proto, store and scheduler; nothing depends on it but
 //! its binaries and user agents.
 
+pub mod batch;
 pub mod builder;
 pub mod client;
 pub mod config;

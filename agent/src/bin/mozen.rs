@@ -2,6 +2,7 @@
 //! 2 usage.
 
 use clap::{Parser, Subcommand};
+use mozen_agent::batch::{self, JobError, JobSpec};
 use mozen_agent::client::{CallOptions, Client, ClientError, split_addrs};
 use mozen_model::TaskError;
 use mozen_proto as pb;
@@ -115,6 +116,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a batch job file: validate, slice, map, reduce; prints the reduced result.
+    Run {
+        job: std::path::PathBuf,
+        /// Write the result (or with --json the report) to this file instead of stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// Print the whole report (counts, skipped slices, throughput) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measures a batch job and estimates its time locally and on the cluster.
+    Plan {
+        job: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent cluster events.
     Events {
         #[arg(long, default_value_t = 50)]
@@ -151,6 +168,16 @@ enum NodeCmd {
 enum Fail {
     Usage(String),
     Runtime(String),
+}
+
+impl From<JobError> for Fail {
+    fn from(e: JobError) -> Self {
+        if e.is_usage() {
+            Fail::Usage(e.to_string())
+        } else {
+            Fail::Runtime(e.to_string())
+        }
+    }
 }
 
 impl From<ClientError> for Fail {
@@ -620,6 +647,50 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         age(g.oldest_age_ms as i64)
                     );
                 }
+            }
+        }
+        Cmd::Run { job, output, json } => {
+            let spec = JobSpec::load(&job).map_err(JobError::from)?;
+            let prepared = batch::prepare(spec, Some(&client)).await?;
+            let display = batch::progress::Display::new();
+            let report = batch::run(&prepared, &client, &|p| display.update(p)).await;
+            display.finish();
+            let report = report?;
+            let text = if json {
+                serde_json::to_string_pretty(&report)
+            } else {
+                serde_json::to_string_pretty(&report.result)
+            }
+            .unwrap_or_default();
+            eprintln!(
+                "{}: {} slices ({} ran, {} memo hits, {} skipped), {:.1} MB in {:.1}s, {:.1} MB/s",
+                report.name,
+                report.slices,
+                report.executed,
+                report.memo_hits,
+                report.skipped.len(),
+                report.bytes as f64 / 1e6,
+                report.elapsed_ms as f64 / 1e3,
+                report.mb_per_s
+            );
+            for s in &report.skipped {
+                eprintln!("skipped {}: {}", s.slice, s.error);
+            }
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n").map_err(|e| {
+                    Fail::Runtime(format!("--output {}: cannot write: {e}", path.display()))
+                })?,
+                None => println!("{text}"),
+            }
+        }
+        Cmd::Plan { job, json } => {
+            let spec = JobSpec::load(&job).map_err(JobError::from)?;
+            let prepared = batch::prepare(spec, Some(&client)).await?;
+            let plan = batch::plan::plan(&prepared, &client).await?;
+            if json {
+                print_json(&serde_json::to_value(&plan).unwrap_or_default());
+            } else {
+                println!("{plan}");
             }
         }
         Cmd::Events { limit, json } => {

@@ -140,12 +140,7 @@ impl Cluster {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}@{a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = mozen_agent::config::peers_arg(&addrs);
         let agents = addrs
             .iter()
             .enumerate()
@@ -366,5 +361,18 @@ where
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    /// The row of `mozen functions --json` for `function` (null when it never ran).
+    pub fn function_stats(&self, function: &str) -> serde_json::Value {
+        let fs = self.cli_json(&["functions", "--json"]);
+        fs.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == function)
+            .cloned()
+            .unwrap_or_default()
     }
 }

@@ -1,0 +1,116 @@
+//! The cost model of a batch job: how long a line takes, what one request costs the cluster,
+//! and from these the slice size and the time a job should take on N workers. Auto slicing,
+//! `mozen plan` and the benchmark all use [`CostModel`].
+
+/// Target duration of one slice.
+pub const TARGET_SLICE_SECS: f64 = 0.3;
+/// Largest share of a slice's time the per-request overhead may take.
+pub const MAX_OVERHEAD_SHARE: f64 = 0.05;
+
+/// Measured costs of one job on one cluster.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostModel {
+    /// Seconds of map work per line on one core.
+    pub per_line: f64,
+    /// Seconds one request adds end to end (submit, schedule, complete) when the cluster is idle.
+    pub overhead: f64,
+    /// Requests per second the cluster sustains when many are in flight.
+    pub max_rate: f64,
+    /// Map requests that can run at the same time (free slots, capped by real cores).
+    pub workers: usize,
+}
+
+/// What a job should cost with some number of workers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub workers: usize,
+    pub lines_per_slice: u64,
+    pub slices: u64,
+    pub seconds: f64,
+}
+
+impl CostModel {
+    /// Lines per slice: each slice takes about [`TARGET_SLICE_SECS`], at least 1/[`MAX_OVERHEAD_SHARE`]
+    /// times the per-request overhead, and there are enough slices to keep every worker busy.
+    pub fn slice_lines(&self, total_lines: u64, workers: usize) -> u64 {
+        let per_line = self.per_line.max(1e-9);
+        let secs = TARGET_SLICE_SECS.max(self.overhead / MAX_OVERHEAD_SHARE);
+        let by_cost = (secs / per_line).ceil() as u64;
+        let by_workers = total_lines.div_ceil(workers.max(1) as u64);
+        by_cost.min(by_workers).max(1)
+    }
+
+    /// Time to run the whole job in one process on one core.
+    pub fn local_seconds(&self, total_lines: u64) -> f64 {
+        total_lines as f64 * self.per_line
+    }
+
+    /// Time of the job on `workers` parallel workers, sliced as auto slicing would, reduced with
+    /// `fan_in`: the map phase is bounded by the work per worker and by the cluster's request
+    /// rate, then each reduce level costs one request round trip.
+    pub fn cluster(&self, total_lines: u64, workers: usize, fan_in: usize) -> Estimate {
+        let lines_per_slice = self.slice_lines(total_lines, workers);
+        self.cluster_sliced(total_lines, workers, fan_in, lines_per_slice)
+    }
+
+    /// Like [`cluster`](Self::cluster) with a fixed slice size.
+    pub fn cluster_sliced(
+        &self,
+        total_lines: u64,
+        workers: usize,
+        fan_in: usize,
+        lines_per_slice: u64,
+    ) -> Estimate {
+        let workers = workers.max(1);
+        let slices = total_lines.div_ceil(lines_per_slice.max(1)).max(1);
+        let slice_secs = lines_per_slice.min(total_lines) as f64 * self.per_line;
+        let waves = slices.div_ceil(workers as u64) as f64;
+        let by_work = waves * slice_secs + self.overhead;
+        let by_rate = slices as f64 / self.max_rate.max(1e-9);
+        let mut levels = 0u32;
+        let mut n = slices;
+        while n > 1 || levels == 0 {
+            n = n.div_ceil(fan_in.max(2) as u64);
+            levels += 1;
+        }
+        Estimate {
+            workers,
+            lines_per_slice,
+            slices,
+            seconds: by_work.max(by_rate) + levels as f64 * self.overhead,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: CostModel = CostModel {
+        per_line: 1e-5,
+        overhead: 0.02,
+        max_rate: 300.0,
+        workers: 4,
+    };
+
+    #[test]
+    fn slices_keep_overhead_small_and_workers_busy() {
+        // 0.4 s of work per slice (20 x 20 ms overhead) = 40 000 lines.
+        assert_eq!(M.slice_lines(10_000_000, 4), 40_000);
+        // A small job is split so every worker gets a slice.
+        assert_eq!(M.slice_lines(1000, 4), 250);
+        assert_eq!(M.slice_lines(0, 4), 1);
+    }
+
+    #[test]
+    fn more_workers_help_until_the_request_rate_binds() {
+        let lines = 100_000_000; // 1000 s of work on one core
+        assert!((M.local_seconds(lines) - 1000.0).abs() < 1e-6);
+        let four = M.cluster(lines, 4, 16);
+        assert!((four.seconds - 250.0).abs() < 5.0, "{four:?}");
+        let many = M.cluster(lines, 100_000, 16);
+        // 100 000 slices of 1000 lines at 300 requests/s.
+        assert_eq!(many.slices, 100_000);
+        assert!(many.seconds > 300.0, "{many:?}");
+    }
+}

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// How a running function reaches the cluster for child calls.
@@ -26,6 +27,44 @@ pub trait ClusterCaller: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Value, TaskError>>;
 }
 
+/// A worker slot held by a running request. While the request waits on child calls it gives
+/// the slot back (the requests queued on the worker may use it) and takes one again before it
+/// goes on, so waiting parents never starve the worker of slots.
+pub struct Slot {
+    slots: Arc<Semaphore>,
+    held: tokio::sync::Mutex<(u32, Option<OwnedSemaphorePermit>)>,
+}
+
+impl Slot {
+    /// Waits for a free slot of `slots` (or for `cancel`: then `None`).
+    pub async fn acquire(slots: Arc<Semaphore>, cancel: &CancellationToken) -> Option<Slot> {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.ok()?,
+            _ = cancel.cancelled() => return None,
+        };
+        Some(Slot {
+            slots,
+            held: tokio::sync::Mutex::new((0, Some(permit))),
+        })
+    }
+
+    async fn park(&self) {
+        let mut h = self.held.lock().await;
+        h.0 += 1;
+        if h.0 == 1 {
+            h.1 = None;
+        }
+    }
+
+    async fn resume(&self) {
+        let mut h = self.held.lock().await;
+        h.0 = h.0.saturating_sub(1);
+        if h.0 == 0 && h.1.is_none() {
+            h.1 = self.slots.clone().acquire_owned().await.ok();
+        }
+    }
+}
+
 /// What a running function knows about itself and its cluster.
 #[derive(Clone)]
 pub struct Ctx {
@@ -35,6 +74,7 @@ pub struct Ctx {
     /// Fires when the request is cancelled; long functions should watch it.
     pub cancel: CancellationToken,
     caller: Arc<dyn ClusterCaller>,
+    slot: Option<Arc<Slot>>,
 }
 
 impl Ctx {
@@ -51,7 +91,14 @@ impl Ctx {
             attempt,
             cancel,
             caller,
+            slot: None,
         }
+    }
+
+    /// Runs the request in `slot`, given back while it waits on child calls.
+    pub fn with_slot(mut self, slot: Slot) -> Self {
+        self.slot = Some(Arc::new(slot));
+        self
     }
 
     /// Calls another function on the cluster; identical calls anywhere share one execution.
@@ -67,10 +114,17 @@ impl Ctx {
             )
         })?;
         let fut = self.caller.call_child(self.key, function.to_string(), args);
+        if let Some(s) = &self.slot {
+            s.park().await;
+        }
         let value = tokio::select! {
-            v = fut => v?,
-            _ = self.cancel.cancelled() => return Err(TaskError::new(codes::CANCELLED, "cancelled while waiting on a child")),
+            v = fut => v,
+            _ = self.cancel.cancelled() => Err(TaskError::new(codes::CANCELLED, "cancelled while waiting on a child")),
         };
+        if let Some(s) = &self.slot {
+            s.resume().await;
+        }
+        let value = value?;
         serde_json::from_value(value).map_err(|e| {
             TaskError::new(
                 codes::BAD_ARGUMENTS,

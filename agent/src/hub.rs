@@ -57,8 +57,15 @@ impl Liveness {
     }
 }
 
+/// A function whose mean run time is at most this is short: its requests may wait in a
+/// worker's local queue (see the scheduler).
+pub const SHORT_MS: f64 = 5.0;
+
 pub struct Hub {
     pub state: SharedState,
+    /// Mean run time per function in milliseconds (moving average), learned by the leader
+    /// from completions: leader memory, never a log entry.
+    durations: Mutex<HashMap<String, f64>>,
     waiters: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<()>>>>,
     pub streams: Mutex<HashMap<NodeId, Stream>>,
     pub liveness: Mutex<Liveness>,
@@ -73,6 +80,7 @@ impl Hub {
         Hub {
             state,
             waiters: Mutex::new(HashMap::new()),
+            durations: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             liveness: Mutex::new(Liveness::default()),
             schedule: Notify::new(),
@@ -108,6 +116,31 @@ impl Hub {
                 let _ = w.send(());
             }
         }
+    }
+
+    /// Learns run times from completions: (function, milliseconds).
+    pub fn record_durations<'a>(&self, runs: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut d = self.durations.lock().expect("durations");
+        for (function, ms) in runs {
+            let ms = ms as f64;
+            match d.get_mut(function) {
+                Some(mean) => *mean = 0.8 * *mean + 0.2 * ms,
+                None => {
+                    d.insert(function.to_string(), ms);
+                }
+            }
+        }
+    }
+
+    /// Functions whose mean run time is known and short.
+    pub fn short_functions(&self) -> HashSet<String> {
+        self.durations
+            .lock()
+            .expect("durations")
+            .iter()
+            .filter(|(_, ms)| **ms <= SHORT_MS)
+            .map(|(f, _)| f.clone())
+            .collect()
     }
 
     /// Sends an item down a node's Work stream; false when the node has none.

@@ -6,7 +6,7 @@
 
 use crate::node::{Agent, now_ms};
 use crate::proposer::ProposeError;
-use mozen_model::{NodeState, RequestKey, RequestState};
+use mozen_model::{NodeState, RequestKey, RequestState, max_assigned};
 use mozen_scheduler::{Candidate, NodeLoad, plan};
 use mozen_store::{Assignment, Command, ForgetSelector};
 use std::sync::Arc;
@@ -90,15 +90,17 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
             state: n.state,
             slots: n.slots,
             busy: state.busy_slots(n.id),
+            queue: max_assigned(n.slots) - n.slots,
             score: n.score(),
         })
         .collect();
     if loads
         .iter()
-        .all(|n| n.state != NodeState::Active || n.busy >= n.slots)
+        .all(|n| n.state != NodeState::Active || n.busy >= n.slots + n.queue)
     {
         return Vec::new();
     }
+    let short = agent.hub.short_functions();
     let now = now_ms();
     let queue = state.queue().map(|r| Candidate {
         key: r.key,
@@ -107,6 +109,7 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
             .iter()
             .find_map(|p| state.request(p).and_then(|pr| pr.state.node())),
         ready: r.not_before <= now,
+        short: short.contains(&r.function),
     });
     plan(&loads, queue, PLAN_LIMIT)
         .into_iter()

@@ -2,19 +2,21 @@
 //!
 //! Every write of the agent (submits, assignments, completions, node changes) goes through one
 //! channel. A task takes whatever is waiting (up to [`MAX_BATCH`] commands), wraps it in
-//! `Command::Batch`, and writes it with `client_write`; up to [`IN_FLIGHT`] entries are in
-//! flight at once, so batches grow by themselves when the log is the bottleneck.
+//! `Command::Batch`, and writes it with `client_write`. While one entry is being written the
+//! next gathers (group commit); up to [`IN_FLIGHT`] entries are in flight when each carries at
+//! least [`PIPELINE_BATCH`] commands.
 
 use mozen_model::NodeId;
 use mozen_store::{Command, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
-use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most commands in one log entry.
 pub const MAX_BATCH: usize = 2048;
 /// Log entries written concurrently.
 pub const IN_FLIGHT: usize = 4;
+/// Commands waiting before a further entry starts while another is still being written.
+pub const PIPELINE_BATCH: usize = 256;
 
 /// Why a proposal did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,23 +57,54 @@ impl Proposer {
 }
 
 async fn run(raft: Raft, me: NodeId, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    // Group commit: while an entry is being written, commands gather into the next one. A
+    // second entry starts before the first commits only when enough is waiting to be worth
+    // a log entry of its own, so a loaded cluster writes few large entries (each costs a
+    // flush and a replication round on every voter) and an idle one answers at once.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let mut in_flight = 0usize;
+    let mut open = true;
+    while open || in_flight > 0 {
+        let mut batch: Vec<Pending> = Vec::new();
+        loop {
+            drain(&mut rx, &mut batch);
+            let ready = !batch.is_empty()
+                && (in_flight == 0 || (batch.len() >= PIPELINE_BATCH && in_flight < IN_FLIGHT));
+            if ready || (!open && batch.is_empty() && in_flight == 0) {
+                break;
+            }
+            tokio::select! {
+                Some(()) = done_rx.recv(), if in_flight > 0 => in_flight -= 1,
+                p = rx.recv(), if open => match p {
+                    Some(p) => batch.push(p),
+                    None => open = false,
+                },
+                else => break,
             }
         }
+        if batch.is_empty() {
+            if !open && in_flight == 0 {
+                return;
+            }
+            continue;
+        }
+        in_flight += 1;
         let raft = raft.clone();
+        let done = done_tx.clone();
         tokio::spawn(async move {
             write(&raft, me, batch).await;
-            drop(permit);
+            let _ = done.send(());
         });
+    }
+}
+
+/// Moves whatever is waiting into `batch`, up to [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
     }
 }
 

@@ -594,6 +594,18 @@ impl Mozen for Service {
                 duration_ms: c.duration_ms,
             });
         }
+        {
+            let state = self.agent.sm.shared();
+            let state = state.read().expect("state");
+            let runs: Vec<_> = completions
+                .iter()
+                .filter(|c| matches!(c.outcome, mozen_model::Outcome::Value(_)))
+                .filter_map(|c| Some((state.request(&c.key)?, c.duration_ms)))
+                .collect();
+            self.agent
+                .hub
+                .record_durations(runs.iter().map(|(r, ms)| (r.function.as_str(), *ms)));
+        }
         self.propose(Command::Complete {
             completions,
             at: now_ms(),

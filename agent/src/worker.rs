@@ -8,7 +8,7 @@
 //! the rest back.
 
 use crate::client::{CallOptions, Client, ClientError};
-use crate::functions::{ClusterCaller, Ctx};
+use crate::functions::{ClusterCaller, Ctx, Slot};
 use crate::node::Agent;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -66,6 +66,8 @@ type Running = Arc<Mutex<HashMap<RequestKey, (u32, CancellationToken)>>>;
 
 pub async fn run(agent: Arc<Agent>) {
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    // Requests assigned beyond the free slots (short ones the leader queues here) wait for one.
+    let slots = Arc::new(Semaphore::new(agent.cfg.slots as usize));
     let (done_tx, done_rx) = mpsc::unbounded_channel::<pb::Completion>();
     let reporter = tokio::spawn(report(agent.clone(), done_rx, running.clone()));
     let heartbeat = tokio::spawn(heartbeat(agent.clone(), running.clone()));
@@ -112,7 +114,9 @@ pub async fn run(agent: Arc<Agent>) {
                 Ok(None) | Err(_) => break,
             };
             match item {
-                pb::work_item::Item::Assign(a) => start(&agent, &caller, &running, &done_tx, a),
+                pb::work_item::Item::Assign(a) => {
+                    start(&agent, &caller, &slots, &running, &done_tx, a)
+                }
                 pb::work_item::Item::Cancel(k) => {
                     if let Some(key) = pb::convert::key_from_bytes(&k)
                         && let Some((_, token)) = running.lock().expect("running").get(&key)
@@ -188,6 +192,7 @@ fn keys(running: &Running) -> Vec<Vec<u8>> {
 fn start(
     agent: &Arc<Agent>,
     caller: &Arc<dyn ClusterCaller>,
+    slots: &Arc<Semaphore>,
     running: &Running,
     done: &mpsc::UnboundedSender<pb::Completion>,
     a: pb::Assignment,
@@ -205,10 +210,21 @@ fn start(
         r.insert(key, (a.attempt, token.clone()));
     }
     let me = agent.me();
-    let ctx = Ctx::new(key, me, a.attempt, token, caller.clone());
+    let ctx = Ctx::new(key, me, a.attempt, token.clone(), caller.clone());
     let functions = agent.functions.clone();
     let done = done.clone();
+    let slots = slots.clone();
+    let running = running.clone();
     tokio::spawn(async move {
+        let Some(slot) = Slot::acquire(slots, &token).await else {
+            // Cancelled (or handed back) while waiting for a slot: nothing ran.
+            let mut r = running.lock().expect("running");
+            if r.get(&key).is_some_and(|(att, _)| *att == a.attempt) {
+                r.remove(&key);
+            }
+            return;
+        };
+        let ctx = ctx.with_slot(slot);
         let t0 = Instant::now();
         let args_text = String::from_utf8_lossy(&a.args).to_string();
         let outcome = match serde_json::from_slice::<Value>(&a.args) {

@@ -14,7 +14,9 @@ pub mod outcome;
 pub mod request;
 
 pub use key::{KeyParseError, RequestKey, canonical_args};
-pub use node::{NodeId, NodeInfo, NodeRole, NodeState, default_slots, score};
+pub use node::{
+    NodeId, NodeInfo, NodeRole, NodeState, QUEUED_PER_SLOT, default_slots, max_assigned, score,
+};
 pub use outcome::{ChainLink, Outcome, TaskError, codes};
 pub use request::{Request, RequestState, RetryPolicy};
 

@@ -76,6 +76,17 @@ pub fn score(cpus: u32, memory_bytes: u64) -> f64 {
     f64::from(cpus) * (memory_bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// Requests a node may hold waiting in its local queue per worker slot, on top of the ones
+/// its slots run. Only requests of functions known to be short are queued this way (the
+/// leader's scheduler decides), so that fast functions are not throttled by the round trip
+/// between a slot freeing and the next assignment arriving.
+pub const QUEUED_PER_SLOT: u32 = 4;
+
+/// Most requests a node may hold at once: running in its slots or waiting in its queue.
+pub fn max_assigned(slots: u32) -> u32 {
+    slots.saturating_mul(1 + QUEUED_PER_SLOT)
+}
+
 /// Default worker slots: three per CPU, and at least one.
 pub fn default_slots(cpus: u32) -> u32 {
     cpus.saturating_mul(3).max(1)

@@ -5,7 +5,10 @@
 //! the leader commits in one batched log entry. The rules:
 //!
 //! - never place on a node that is not Active (Draining, Drained and Down take no new work);
-//! - never exceed a node's free slots;
+//! - never exceed a node's free slots, except that requests of functions known to be short may
+//!   also wait in a node's local queue (`NodeLoad::queue` places beyond its slots), so that
+//!   fast functions are not paced by the round trip between a slot freeing and the next
+//!   assignment arriving; a short request still takes a free slot before a queue place;
 //! - a child request goes to its parent's node when that node has a free slot (locality), and
 //!   otherwise any node helps out (hoisting, after Girder's distributor);
 //! - other requests go to the node with the greatest free capacity weighted by its score
@@ -23,24 +26,36 @@ pub struct NodeLoad {
     pub id: NodeId,
     pub state: NodeState,
     pub slots: u32,
-    /// Slots held by running requests (a request waiting on children holds none).
+    /// Requests placed on the node: running in a slot or waiting in its local queue (a
+    /// request waiting on children counts for none).
     pub busy: u32,
+    /// Extra places for short requests, waiting in the node's local queue beyond its slots.
+    pub queue: u32,
     /// Capacity score (cpus x GiB of RAM).
     pub score: f64,
 }
 
 impl NodeLoad {
-    fn free(&self) -> u32 {
-        if self.state == NodeState::Active {
-            self.slots.saturating_sub(self.busy)
-        } else {
-            0
+    /// Places left for a request: free slots, plus the local queue when it is short.
+    fn free(&self, short: bool) -> u32 {
+        if self.state != NodeState::Active {
+            return 0;
         }
+        let room = if short {
+            self.slots.saturating_add(self.queue)
+        } else {
+            self.slots
+        };
+        room.saturating_sub(self.busy)
     }
 
-    fn weight(&self) -> f64 {
-        let free = f64::from(self.free());
-        free / f64::from(self.slots.max(1)) * self.score.max(f64::MIN_POSITIVE)
+    fn weight(&self, short: bool) -> f64 {
+        let room = if short {
+            self.slots.saturating_add(self.queue)
+        } else {
+            self.slots
+        };
+        f64::from(self.free(short)) / f64::from(room.max(1)) * self.score.max(f64::MIN_POSITIVE)
     }
 }
 
@@ -52,6 +67,8 @@ pub struct Candidate {
     pub preferred: Option<NodeId>,
     /// False while the request waits out a retry backoff.
     pub ready: bool,
+    /// The function is known to finish quickly: the request may wait in a node's local queue.
+    pub short: bool,
 }
 
 /// Run `key` on `node`.
@@ -61,30 +78,39 @@ pub struct Placement {
     pub node: NodeId,
 }
 
-/// Places queued requests on free slots. At most `limit` placements; stops early when the
-/// cluster has no free slot left.
+/// Places queued requests on free slots (and short ones in local queues). At most `limit`
+/// placements; stops early when the cluster has no room left.
 pub fn plan<I>(nodes: &[NodeLoad], queue: I, limit: usize) -> Vec<Placement>
 where
     I: IntoIterator<Item = Candidate>,
 {
     let mut loads: Vec<NodeLoad> = nodes.to_vec();
     loads.sort_by_key(|n| n.id);
-    let mut free_total: u64 = loads.iter().map(|n| u64::from(n.free())).sum();
+    let total = |loads: &[NodeLoad], short: bool| -> u64 {
+        loads.iter().map(|n| u64::from(n.free(short))).sum()
+    };
+    let mut room_long = total(&loads, false);
+    let mut room_short = total(&loads, true);
     let mut out = Vec::new();
     for c in queue {
-        if out.len() >= limit || free_total == 0 {
+        if out.len() >= limit || room_short == 0 {
             break;
         }
-        if !c.ready {
+        if !c.ready || (!c.short && room_long == 0) {
             continue;
         }
         let local = c
             .preferred
-            .and_then(|p| loads.iter().position(|n| n.id == p && n.free() > 0));
-        let chosen = local.or_else(|| best(&loads));
-        let Some(i) = chosen else { break };
+            .and_then(|p| loads.iter().position(|n| n.id == p && n.free(c.short) > 0));
+        let chosen = local.or_else(|| best(&loads, c.short));
+        let Some(i) = chosen else { continue };
+        // A placement always takes one place of the short room; it takes a slot too while
+        // the node still has one free.
+        if loads[i].free(false) > 0 {
+            room_long -= 1;
+        }
+        room_short -= 1;
         loads[i].busy += 1;
-        free_total -= 1;
         out.push(Placement {
             key: c.key,
             node: loads[i].id,
@@ -93,14 +119,14 @@ where
     out
 }
 
-/// Index of the node with the greatest weighted free capacity (lowest id on ties).
-fn best(loads: &[NodeLoad]) -> Option<usize> {
+/// Index of the node with the greatest weighted free room (lowest id on ties).
+fn best(loads: &[NodeLoad], short: bool) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, n) in loads.iter().enumerate() {
-        if n.free() == 0 {
+        if n.free(short) == 0 {
             continue;
         }
-        let w = n.weight();
+        let w = n.weight(short);
         if best.is_none_or(|(_, bw)| w > bw) {
             best = Some((i, w));
         }
@@ -124,6 +150,7 @@ mod tests {
             state,
             slots,
             busy,
+            queue: 0,
             score,
         }
     }
@@ -133,6 +160,7 @@ mod tests {
             key: key(i),
             preferred,
             ready: true,
+            short: false,
         }
     }
 
@@ -206,6 +234,7 @@ mod tests {
                 key: key(1),
                 preferred: None,
                 ready: false,
+                short: false,
             },
             cand(2, None),
             cand(3, None),
@@ -223,6 +252,46 @@ mod tests {
         assert_eq!(plan(&nodes, (0..50).map(|i| cand(i, None)), 7).len(), 7);
     }
 
+    #[test]
+    fn short_requests_wait_in_local_queues_long_ones_only_take_slots() {
+        let mut n = node(1, NodeState::Active, 2, 0, 1.0);
+        n.queue = 3;
+        let short = |i: u64| Candidate {
+            short: true,
+            ..cand(i, None)
+        };
+        // Two long requests fill the slots; the third waits in the cluster queue, while the
+        // short ones behind it take the local queue.
+        let q = vec![
+            cand(0, None),
+            cand(1, None),
+            cand(2, None),
+            short(3),
+            short(4),
+        ];
+        let p = plan(std::slice::from_ref(&n), q, 10);
+        assert_eq!(
+            p.iter().map(|p| p.key).collect::<Vec<_>>(),
+            vec![key(0), key(1), key(3), key(4)]
+        );
+        // Short requests alone: slots plus queue, no more.
+        let p = plan(std::slice::from_ref(&n), (0..10).map(short), 10);
+        assert_eq!(p.len(), 5);
+    }
+
+    #[test]
+    fn short_requests_go_to_free_slots_before_queues() {
+        let mut busy = node(1, NodeState::Active, 2, 2, 1.0);
+        busy.queue = 8;
+        let mut idle = node(2, NodeState::Active, 2, 0, 1.0);
+        idle.queue = 8;
+        let c = Candidate {
+            short: true,
+            ..cand(0, None)
+        };
+        assert_eq!(plan(&[busy, idle], [c], 10)[0].node, 2);
+    }
+
     fn state() -> impl Strategy<Value = NodeState> {
         prop_oneof![
             Just(NodeState::Active),
@@ -235,27 +304,41 @@ mod tests {
     proptest! {
         #[test]
         fn never_exceeds_capacity_or_uses_inactive_nodes(
-            nodes in proptest::collection::vec((state(), 0u32..8, 0u32..10, 0.1f64..100.0), 0..12),
-            queue in proptest::collection::vec((proptest::option::of(0u64..14), any::<bool>()), 0..80),
+            nodes in proptest::collection::vec((state(), 0u32..8, 0u32..10, 0u32..6, 0.1f64..100.0), 0..12),
+            queue in proptest::collection::vec((proptest::option::of(0u64..14), any::<bool>(), any::<bool>()), 0..80),
         ) {
             let loads: Vec<NodeLoad> = nodes.iter().enumerate()
-                .map(|(i, (s, slots, busy, score))| node(i as u64, *s, *slots, *busy, *score)).collect();
+                .map(|(i, (s, slots, busy, extra, score))| NodeLoad { queue: *extra, ..node(i as u64, *s, *slots, *busy, *score) }).collect();
             let q: Vec<Candidate> = queue.iter().enumerate()
-                .map(|(i, (pref, ready))| Candidate { key: key(i as u64), preferred: *pref, ready: *ready }).collect();
+                .map(|(i, (pref, ready, short))| Candidate { key: key(i as u64), preferred: *pref, ready: *ready, short: *short }).collect();
             let p = plan(&loads, q.clone(), usize::MAX);
             let mut added: BTreeMap<NodeId, u32> = BTreeMap::new();
+            let mut long: BTreeMap<NodeId, u32> = BTreeMap::new();
             for pl in &p {
                 *added.entry(pl.node).or_default() += 1;
+                if !q.iter().any(|c| c.key == pl.key && c.short) {
+                    *long.entry(pl.node).or_default() += 1;
+                }
             }
             for (id, n) in &added {
                 let l = &loads[*id as usize];
                 prop_assert_eq!(l.state, NodeState::Active);
+                prop_assert!(l.busy + n <= l.slots + l.queue);
+            }
+            // Long requests only take free slots.
+            for (id, n) in &long {
+                let l = &loads[*id as usize];
                 prop_assert!(l.busy + n <= l.slots);
             }
-            // Every ready request is placed unless the cluster ran out of free slots.
-            let free: u32 = loads.iter().map(NodeLoad::free).sum();
-            let ready = q.iter().filter(|c| c.ready).count() as u32;
-            prop_assert_eq!(p.len() as u32, ready.min(free));
+            // A ready request is left only when there is no room of its kind anywhere.
+            let mut after = loads.clone();
+            for pl in &p {
+                after[pl.node as usize].busy += 1;
+            }
+            let placed = |k: &RequestKey| p.iter().any(|pl| pl.key == *k);
+            for c in q.iter().filter(|c| c.ready && !placed(&c.key)) {
+                prop_assert_eq!(after.iter().map(|n| n.free(c.short)).sum::<u32>(), 0);
+            }
             // Each key at most once, in queue order.
             let order: Vec<usize> = p.iter().map(|pl| q.iter().position(|c| c.key == pl.key).unwrap()).collect();
             prop_assert!(order.windows(2).all(|w| w[0] < w[1]));

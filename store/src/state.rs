@@ -402,11 +402,16 @@ impl ClusterState {
                 format!("node {} is {}", a.node, node.state.as_str()),
             ));
         }
+        // The scheduler fills slots, and queues short requests on top of them; this is the
+        // hard bound on both.
         let busy = self.busy.get(&a.node).copied().unwrap_or(0);
-        if busy >= node.slots {
+        if busy >= mozen_model::max_assigned(node.slots) {
             return AssignReply::Rejected(Rejection::new(
                 reject::NO_FREE_SLOT,
-                format!("node {} has all {} slots busy", a.node, node.slots),
+                format!(
+                    "node {} holds {busy} requests, the most its {} slots and queue take",
+                    a.node, node.slots
+                ),
             ));
         }
         let req = self.requests.get_mut(&a.key).expect("checked above");

@@ -11,7 +11,7 @@ use mozen_model::{NodeId, RequestKey};
 use mozen_proto as pb;
 use mozen_store::{ApplyObserver, AssignReply, Command, CompleteReply, Response, SharedState};
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -66,6 +66,8 @@ pub struct Hub {
     /// Mean run time per function in milliseconds (moving average), learned by the leader
     /// from completions: leader memory, never a log entry.
     durations: Mutex<HashMap<String, f64>>,
+    /// Places the leader handed out whose assignment is not applied yet, per node.
+    reserved: Mutex<HashMap<NodeId, u32>>,
     waiters: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<()>>>>,
     pub streams: Mutex<HashMap<NodeId, Stream>>,
     pub liveness: Mutex<Liveness>,
@@ -81,6 +83,7 @@ impl Hub {
             state,
             waiters: Mutex::new(HashMap::new()),
             durations: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             liveness: Mutex::new(Liveness::default()),
             schedule: Notify::new(),
@@ -118,6 +121,22 @@ impl Hub {
         }
     }
 
+    /// Places held by assignments not applied yet, per node. Hold the guard while deciding a
+    /// placement and call [`Hub::reserve`] with it, so that concurrent decisions see each other.
+    pub fn reservations(&self) -> MutexGuard<'_, HashMap<NodeId, u32>> {
+        self.reserved.lock().expect("reserved")
+    }
+
+    /// Holds a place on `node` until the returned guard drops (after its assignment applied).
+    pub fn reserve<'a>(
+        &'a self,
+        held: &mut MutexGuard<'_, HashMap<NodeId, u32>>,
+        node: NodeId,
+    ) -> Reservation<'a> {
+        *held.entry(node).or_default() += 1;
+        Reservation { hub: self, node }
+    }
+
     /// Learns run times from completions: (function, milliseconds).
     pub fn record_durations<'a>(&self, runs: impl IntoIterator<Item = (&'a str, u64)>) {
         let mut d = self.durations.lock().expect("durations");
@@ -130,6 +149,15 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Whether `function`'s mean run time is known and short.
+    pub fn is_short(&self, function: &str) -> bool {
+        self.durations
+            .lock()
+            .expect("durations")
+            .get(function)
+            .is_some_and(|ms| *ms <= SHORT_MS)
     }
 
     /// Functions whose mean run time is known and short.
@@ -228,6 +256,21 @@ impl Hub {
             }
             (Command::Forget { .. }, _) => self.wake_all(),
             _ => {}
+        }
+    }
+}
+
+/// A place on a node held by an assignment on its way to the log.
+pub struct Reservation<'a> {
+    hub: &'a Hub,
+    node: NodeId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut r = self.hub.reserved.lock().expect("reserved");
+        if let Some(n) = r.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
         }
     }
 }

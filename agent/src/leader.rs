@@ -4,11 +4,14 @@
 //! session (scheduler loop + liveness loop) under a child token, and cancels it when
 //! leadership is lost. A new leader starts every node's lease afresh.
 
+use crate::hub::Reservation;
 use crate::node::{Agent, now_ms};
 use crate::proposer::ProposeError;
+use mozen_model::NodeId;
 use mozen_model::{NodeState, RequestKey, RequestState, max_assigned};
 use mozen_scheduler::{Candidate, NodeLoad, plan};
-use mozen_store::{Assignment, Command, ForgetSelector};
+use mozen_store::{Assignment, ClusterState, Command, ForgetSelector};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -67,33 +70,41 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken) {
     tokio::spawn(liveness_loop(agent, token));
 }
 
-/// Builds one plan from the replicated state and the leader's liveness view.
-fn make_plan(agent: &Agent) -> Vec<Assignment> {
-    let state = agent.sm.shared();
-    let state = state.read().expect("state");
+/// The nodes that may take work, as the scheduler sees them: registered, connected to this
+/// leader by a Work stream, and not shutting down.
+fn node_loads(
+    agent: &Agent,
+    state: &ClusterState,
+    reserved: &HashMap<NodeId, u32>,
+) -> Vec<NodeLoad> {
     let (connected, leaving) = {
         let streams = agent.hub.streams.lock().expect("streams");
         let l = agent.hub.liveness.lock().expect("liveness");
         (
-            streams
-                .keys()
-                .copied()
-                .collect::<std::collections::HashSet<_>>(),
+            streams.keys().copied().collect::<HashSet<_>>(),
             l.leaving.clone(),
         )
     };
-    let loads: Vec<NodeLoad> = state
+    state
         .nodes()
         .filter(|n| connected.contains(&n.id) && !leaving.contains(&n.id))
         .map(|n| NodeLoad {
             id: n.id,
             state: n.state,
             slots: n.slots,
-            busy: state.busy_slots(n.id),
+            busy: state.busy_slots(n.id) + reserved.get(&n.id).copied().unwrap_or(0),
             queue: max_assigned(n.slots) - n.slots,
             score: n.score(),
         })
-        .collect();
+        .collect()
+}
+
+/// Builds one plan from the replicated state and the leader's liveness view.
+fn make_plan(agent: &Agent) -> Vec<Assignment> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    let reserved = agent.hub.reservations().clone();
+    let loads = node_loads(agent, &state, &reserved);
     if loads
         .iter()
         .all(|n| n.state != NodeState::Active || n.busy >= n.slots + n.queue)
@@ -104,10 +115,7 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
     let now = now_ms();
     let queue = state.queue().map(|r| Candidate {
         key: r.key,
-        preferred: r
-            .parents
-            .iter()
-            .find_map(|p| state.request(p).and_then(|pr| pr.state.node())),
+        preferred: preferred_node(&state, &r.parents),
         ready: r.not_before <= now,
         short: short.contains(&r.function),
     });
@@ -119,6 +127,48 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
             attempt: state.request(&p.key).map_or(1, |r| r.attempts + 1),
         })
         .collect()
+}
+
+/// The node running one of `parents`, if any (locality hint).
+fn preferred_node(state: &ClusterState, parents: &[RequestKey]) -> Option<u64> {
+    parents
+        .iter()
+        .find_map(|p| state.request(p).and_then(|pr| pr.state.node()))
+}
+
+/// Where a request about to be submitted can start at once, so that its submission and its
+/// assignment ride in one log entry: only when nothing else is queued (first come, first
+/// served) and a slot is free. The state machine rejects the assignment harmlessly if the
+/// submission turns out to join or hit an existing request, or the slot was taken meanwhile.
+pub fn place_now<'a>(
+    agent: &'a Agent,
+    key: RequestKey,
+    function: &str,
+    parent: Option<RequestKey>,
+) -> Option<(Assignment, Reservation<'a>)> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    if state.queue().next().is_some() || state.request(&key).is_some() {
+        return None;
+    }
+    let mut reserved = agent.hub.reservations();
+    let loads = node_loads(agent, &state, &reserved);
+    let candidate = Candidate {
+        key,
+        preferred: preferred_node(&state, parent.as_slice()),
+        ready: true,
+        short: agent.hub.is_short(function),
+    };
+    let node = plan(&loads, [candidate], 1).first()?.node;
+    let held = agent.hub.reserve(&mut reserved, node);
+    Some((
+        Assignment {
+            key,
+            node,
+            attempt: 1,
+        },
+        held,
+    ))
 }
 
 async fn scheduler_loop(agent: Arc<Agent>, token: CancellationToken) {

@@ -277,12 +277,29 @@ impl Service {
         } else {
             Duration::from_millis(c.timeout_ms).min(MAX_WAIT)
         };
-        let resp = self
-            .propose(Command::Submit {
-                requests: vec![new],
-                at: now_ms(),
-            })
-            .await?;
+        let at = now_ms();
+        let placed = crate::leader::place_now(&self.agent, key, &new.function, new.parent);
+        let submit = Command::Submit {
+            requests: vec![new],
+            at,
+        };
+        let resp = match placed {
+            // Submitted and started in one log entry; the place stays held until then.
+            Some((a, _held)) => match self
+                .propose(Command::Batch(vec![
+                    submit,
+                    Command::Assign {
+                        assignments: vec![a],
+                        at,
+                    },
+                ]))
+                .await?
+            {
+                SmResponse::Batch(mut rs) if !rs.is_empty() => rs.swap_remove(0),
+                other => other,
+            },
+            None => self.propose(submit).await?,
+        };
         match resp {
             SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::MemoHit) => {
                 self.reply_for(&key, true)

@@ -16,9 +16,11 @@ use mozen_proto::mozen_client::MozenClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
 /// Why a client operation failed.
@@ -80,7 +82,15 @@ struct Inner {
     patience: Duration,
     /// TLS and credentials of every channel.
     transport: ClientTransport,
+    /// The open Calls stream to the current agent, if any (see [`Client::call_json`]).
+    pipe: Mutex<Option<PipeTx>>,
 }
+
+/// A call waiting for its reply on the Calls stream.
+type PipeTx = mpsc::UnboundedSender<(
+    pb::CallRequest,
+    oneshot::Sender<Result<pb::CallReply, Status>>,
+)>;
 
 /// A cheap, cloneable handle on a cluster.
 #[derive(Clone)]
@@ -110,6 +120,83 @@ fn is_transport(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
     ) || (status.code() == Code::Internal && status.message().contains("transport"))
+}
+
+/// Runs one Calls stream: tags the calls taken from `rx`, sends them, and routes each reply to
+/// its caller. When the stream ends every call still waiting gets `UNAVAILABLE` (its caller
+/// then re-attaches by key) and the stream is not reused.
+async fn run_pipe(
+    mut client: MozenClient<AuthChannel>,
+    mut rx: mpsc::UnboundedReceiver<(
+        pb::CallRequest,
+        oneshot::Sender<Result<pb::CallReply, Status>>,
+    )>,
+) {
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<pb::TaggedCall>();
+    let mut inbound = match client
+        .calls(tokio_stream::wrappers::UnboundedReceiverStream::new(out_rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(_) => return,
+    };
+    let mut pending: HashMap<u64, oneshot::Sender<Result<pb::CallReply, Status>>> = HashMap::new();
+    let mut next = 0u64;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            c = rx.recv(), if open => match c {
+                Some((call, reply)) => {
+                    next += 1;
+                    pending.insert(next, reply);
+                    if out_tx.send(pb::TaggedCall { tag: next, call: Some(call) }).is_err() {
+                        break;
+                    }
+                }
+                None => open = false,
+            },
+            m = inbound.message() => match m {
+                Ok(Some(r)) => {
+                    if let Some(reply) = pending.remove(&r.tag) {
+                        let _ = reply.send(tagged_result(r));
+                    }
+                    if !open && pending.is_empty() {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+        }
+    }
+    for (_, reply) in pending {
+        let _ = reply.send(Err(Status::unavailable(
+            "MZ-UNREACHABLE: the call stream closed",
+        )));
+    }
+}
+
+/// A Calls stream reply as the result of an ordinary call.
+fn tagged_result(r: pb::TaggedReply) -> Result<pb::CallReply, Status> {
+    if r.code == 0 {
+        return Ok(r.reply.unwrap_or_default());
+    }
+    let mut status = Status::new(Code::from_i32(r.code), r.message);
+    if !r.leader_addr.is_empty()
+        && let Ok(v) = r.leader_addr.parse()
+    {
+        status.metadata_mut().insert(pb::LEADER_ADDR_HEADER, v);
+    }
+    Err(status)
+}
+
+/// A refusal from the cluster as a client error (its `MZ-` code split from the message).
+fn rejected(status: &Status) -> ClientError {
+    let msg = status.message().to_string();
+    let (code, message) = match msg.split_once(": ") {
+        Some((c, m)) if c.starts_with("MZ-") => (c.to_string(), m.to_string()),
+        _ => (format!("MZ-RPC-{:?}", status.code()).to_uppercase(), msg),
+    };
+    ClientError::Rejected { code, message }
 }
 
 /// Splits `HOST:PORT[,HOST:PORT...]`.
@@ -174,6 +261,7 @@ impl Client {
                 max_message,
                 patience,
                 transport,
+                pipe: Mutex::new(None),
             }),
         })
     }
@@ -261,14 +349,7 @@ impl Client {
                     attempt += 1;
                     self.switch(None);
                 }
-                Err(status) => {
-                    let msg = status.message().to_string();
-                    let (code, message) = match msg.split_once(": ") {
-                        Some((c, m)) if c.starts_with("MZ-") => (c.to_string(), m.to_string()),
-                        _ => (format!("MZ-RPC-{:?}", status.code()).to_uppercase(), msg),
-                    };
-                    return Err(ClientError::Rejected { code, message });
-                }
+                Err(status) => return Err(rejected(&status)),
             }
             if start.elapsed() > self.inner.patience {
                 return Err(ClientError::Unreachable {
@@ -305,12 +386,21 @@ impl Client {
         let key = RequestKey::of(function, &canonical_args(&args));
         let req = call_request(function, &args, opts);
         let deadline = opts.timeout.map(|t| Instant::now() + t);
-        let first = self
-            .rpc(|mut c| {
-                let r = req.clone();
-                async move { c.call(r).await }
-            })
-            .await;
+        let first = match self.call_piped(&req).await {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(status)) if !is_not_leader(&status) && !is_transport(&status) => {
+                Err(rejected(&status))
+            }
+            // No stream yet, or it broke, or it reached a follower: the ordinary call finds
+            // the leader (and the next call opens a stream there).
+            _ => {
+                self.rpc(|mut c| {
+                    let r = req.clone();
+                    async move { c.call(r).await }
+                })
+                .await
+            }
+        };
         let reply = match first {
             Ok(r) => r,
             // The agent we talked to died mid-call: the request lives on in the cluster.
@@ -322,6 +412,42 @@ impl Client {
             Err(e) => return Err(e),
         };
         self.settle(key, reply, deadline, opts.timeout).await
+    }
+
+    /// Sends `req` on the Calls stream to the current agent, opening the stream if needed.
+    /// `None` when there is no current agent yet or the stream went away before answering.
+    async fn call_piped(&self, req: &pb::CallRequest) -> Option<Result<pb::CallReply, Status>> {
+        let tx = self.pipe()?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx.send((req.clone(), reply_tx)).is_err() {
+            self.drop_pipe();
+            return None;
+        }
+        let result = reply_rx.await.ok();
+        if result.as_ref().is_none_or(|r| {
+            r.as_ref()
+                .is_err_and(|s| is_not_leader(s) || is_transport(s))
+        }) {
+            self.drop_pipe();
+        }
+        result
+    }
+
+    /// The Calls stream to the current agent, opened on first use.
+    fn pipe(&self) -> Option<PipeTx> {
+        let mut pipe = self.inner.pipe.lock().expect("pipe lock");
+        if let Some(tx) = pipe.as_ref().filter(|tx| !tx.is_closed()) {
+            return Some(tx.clone());
+        }
+        let (_, client) = self.inner.current.lock().expect("client lock").clone()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_pipe(client, rx));
+        *pipe = Some(tx.clone());
+        Some(tx)
+    }
+
+    fn drop_pipe(&self) {
+        *self.inner.pipe.lock().expect("pipe lock") = None;
     }
 
     /// Follows a request until it finishes (re-attaching by key after leader changes).

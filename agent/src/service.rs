@@ -315,6 +315,7 @@ impl Service {
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
+type CallsStream = Pin<Box<dyn Stream<Item = Result<pb::TaggedReply, Status>> + Send>>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -635,6 +636,32 @@ impl Mozen for Service {
         Ok(Response::new(self.do_call(r.into_inner()).await?))
     }
 
+    type CallsStream = CallsStream;
+
+    async fn calls(&self, r: Request<tonic::Streaming<pb::TaggedCall>>) -> Res<Self::CallsStream> {
+        let mut inbound = r.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let agent = self.agent.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let tx = tx.clone();
+                let svc = Service {
+                    agent: agent.clone(),
+                };
+                tokio::spawn(async move {
+                    let result = match m.call {
+                        Some(c) => svc.do_call(c).await,
+                        None => Err(Status::invalid_argument(
+                            "MZ-BAD-ARGUMENTS: a tagged call without its call",
+                        )),
+                    };
+                    let _ = tx.send(Ok(tagged_reply(m.tag, result)));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
     async fn call_batch(&self, r: Request<pb::CallBatchRequest>) -> Res<pb::CallBatchReply> {
         let calls = r.into_inner().calls;
         let replies = futures::future::join_all(calls.into_iter().map(|c| self.do_call(c))).await;
@@ -830,6 +857,29 @@ where
 }
 
 /// Parses a request key from the public API (64 hex digits).
+/// A call's outcome as a Calls stream message.
+fn tagged_reply(tag: u64, result: Result<pb::CallReply, Status>) -> pb::TaggedReply {
+    match result {
+        Ok(reply) => pb::TaggedReply {
+            tag,
+            reply: Some(reply),
+            ..Default::default()
+        },
+        Err(s) => pb::TaggedReply {
+            tag,
+            code: s.code() as i32,
+            message: s.message().to_string(),
+            leader_addr: s
+                .metadata()
+                .get(pb::LEADER_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            ..Default::default()
+        },
+    }
+}
+
 fn parse_key(s: &str) -> Result<RequestKey, Status> {
     s.parse()
         .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))

@@ -190,7 +190,7 @@ fn tagged_result(r: pb::TaggedReply) -> Result<pb::CallReply, Status> {
 }
 
 /// A refusal from the cluster as a client error (its `MZ-` code split from the message).
-fn rejected(status: &Status) -> ClientError {
+pub(crate) fn rejected(status: &Status) -> ClientError {
     let msg = status.message().to_string();
     let (code, message) = match msg.split_once(": ") {
         Some((c, m)) if c.starts_with("MZ-") => (c.to_string(), m.to_string()),

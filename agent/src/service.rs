@@ -80,29 +80,7 @@ type Res<T> = Result<Response<T>, Status>;
 
 impl Service {
     fn not_leader(&self) -> Status {
-        let leader = self.agent.leader();
-        let (id, addr) = match &leader {
-            Some((id, addr)) => (
-                id.map_or("unknown".to_string(), |i| i.to_string()),
-                addr.clone(),
-            ),
-            None => ("unknown".to_string(), String::new()),
-        };
-        let mut s = Status::failed_precondition(format!(
-            "MZ-NOT-LEADER: node {} is not the leader; the leader is node {id} ({})",
-            self.agent.me(),
-            if addr.is_empty() {
-                "being elected"
-            } else {
-                &addr
-            }
-        ));
-        if !addr.is_empty()
-            && let Ok(v) = addr.parse()
-        {
-            s.metadata_mut().insert(pb::LEADER_ADDR_HEADER, v);
-        }
-        s
+        not_leader(&self.agent)
     }
 
     fn require_leader(&self) -> Result<(), Status> {
@@ -122,11 +100,7 @@ impl Service {
     }
 
     fn propose_err(&self, e: ProposeError) -> Status {
-        match e {
-            ProposeError::NotLeader { .. } => self.not_leader(),
-            ProposeError::Closed => Status::unavailable(e.to_string()),
-            ProposeError::Raft(m) => Status::unavailable(format!("MZ-RAFT: {m}")),
-        }
+        propose_status(&self.agent, e)
     }
 
     async fn propose(&self, cmd: Command) -> Result<SmResponse, Status> {
@@ -314,7 +288,7 @@ impl Service {
     }
 }
 
-type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
+pub(crate) type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
 type CallsStream = Pin<Box<dyn Stream<Item = Result<pb::TaggedReply, Status>> + Send>>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterUpdate, Status>> + Send>>;
 
@@ -539,96 +513,15 @@ impl Mozen for Service {
 
     async fn work(&self, r: Request<pb::WorkRequest>) -> Res<Self::WorkStream> {
         self.require_leader()?;
-        let r = r.into_inner();
-        let node = r.node_id;
-        let state = self.agent.sm.shared();
-        if state.read().expect("state").node(node).is_none() {
-            return Err(Status::not_found(format!(
-                "MZ-UNKNOWN-NODE: node {node} is not in the node table"
-            )));
-        }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let conn = self.agent.next_conn();
-        {
-            // Register first, then replay what already runs there: an assignment applied in
-            // between is sent twice and the worker ignores the repeat.
-            self.agent.hub.streams.lock().expect("streams").insert(
-                node,
-                crate::hub::Stream {
-                    conn,
-                    tx: tx.clone(),
-                },
-            );
-            self.agent
-                .hub
-                .liveness
-                .lock()
-                .expect("liveness")
-                .last_seen
-                .insert(node, Instant::now());
-            let state = state.read().expect("state");
-            for req in state.running_on(node) {
-                if let RequestState::Running { attempt, .. } = req.state {
-                    let _ = tx.send(Ok(pb::WorkItem {
-                        item: Some(pb::work_item::Item::Assign(pb::Assignment {
-                            key: req.key.0.to_vec(),
-                            function: req.function.clone(),
-                            args: req.args.clone(),
-                            attempt,
-                        })),
-                    }));
-                }
-            }
-        }
-        self.agent.hub.schedule.notify_one();
-        let hub = self.agent.hub.clone();
-        let out = UnboundedReceiverStream::new(rx);
-        // Unregister when the worker goes away (the stream is dropped).
-        let guard = StreamGuard { hub, node, conn };
-        let s = async_stream_with_guard(out, guard);
-        Ok(Response::new(Box::pin(s)))
+        Ok(Response::new(open_work(
+            &self.agent,
+            r.into_inner().node_id,
+        )?))
     }
 
     async fn complete(&self, r: Request<pb::CompleteRequest>) -> Res<pb::CompleteReply> {
         self.require_leader()?;
-        let r = r.into_inner();
-        let mut completions = Vec::with_capacity(r.completions.len());
-        for c in r.completions {
-            let Some(key) = pb::convert::key_from_bytes(&c.key) else {
-                return Err(Status::invalid_argument(
-                    "MZ-BAD-ARGUMENTS: completion key must be 32 bytes",
-                ));
-            };
-            let outcome = match (c.value, c.error) {
-                (Some(v), None) => mozen_model::Outcome::Value(v),
-                (_, Some(e)) => mozen_model::Outcome::Error((&e).into()),
-                (None, None) => mozen_model::Outcome::Value(b"null".to_vec()),
-            };
-            completions.push(mozen_store::Completion {
-                key,
-                node: c.node,
-                attempt: c.attempt,
-                outcome,
-                duration_ms: c.duration_ms,
-            });
-        }
-        {
-            let state = self.agent.sm.shared();
-            let state = state.read().expect("state");
-            let runs: Vec<_> = completions
-                .iter()
-                .filter(|c| matches!(c.outcome, mozen_model::Outcome::Value(_)))
-                .filter_map(|c| Some((state.request(&c.key)?, c.duration_ms)))
-                .collect();
-            self.agent
-                .hub
-                .record_durations(runs.iter().map(|(r, ms)| (r.function.as_str(), *ms)));
-        }
-        self.propose(Command::Complete {
-            completions,
-            at: now_ms(),
-        })
-        .await?;
+        complete(&self.agent, r.into_inner().completions).await?;
         Ok(Response::new(pb::CompleteReply {}))
     }
 
@@ -857,6 +750,138 @@ where
 }
 
 /// Parses a request key from the public API (64 hex digits).
+/// `MZ-NOT-LEADER`, naming the leader (also in the `mozen-leader-addr` header) when known.
+fn not_leader(agent: &Agent) -> Status {
+    let leader = agent.leader();
+    let (id, addr) = match &leader {
+        Some((id, addr)) => (
+            id.map_or("unknown".to_string(), |i| i.to_string()),
+            addr.clone(),
+        ),
+        None => ("unknown".to_string(), String::new()),
+    };
+    let mut s = Status::failed_precondition(format!(
+        "MZ-NOT-LEADER: node {} is not the leader; the leader is node {id} ({})",
+        agent.me(),
+        if addr.is_empty() {
+            "being elected"
+        } else {
+            &addr
+        }
+    ));
+    if !addr.is_empty()
+        && let Ok(v) = addr.parse()
+    {
+        s.metadata_mut().insert(pb::LEADER_ADDR_HEADER, v);
+    }
+    s
+}
+
+/// Why a proposal failed, as a gRPC status.
+fn propose_status(agent: &Agent, e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotLeader { .. } => not_leader(agent),
+        ProposeError::Closed => Status::unavailable(e.to_string()),
+        ProposeError::Raft(m) => Status::unavailable(format!("MZ-RAFT: {m}")),
+    }
+}
+
+/// Opens node `node`'s Work stream on this agent, the leader: registers it with the hub and
+/// replays what the state says runs there. The worker of the leader itself uses it directly,
+/// without a gRPC round trip.
+pub(crate) fn open_work(agent: &Arc<Agent>, node: u64) -> Result<WorkStream, Status> {
+    let state = agent.sm.shared();
+    if state.read().expect("state").node(node).is_none() {
+        return Err(Status::not_found(format!(
+            "MZ-UNKNOWN-NODE: node {node} is not in the node table"
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let conn = agent.next_conn();
+    {
+        // Register first, then replay what already runs there: an assignment applied in
+        // between is sent twice and the worker ignores the repeat.
+        agent.hub.streams.lock().expect("streams").insert(
+            node,
+            crate::hub::Stream {
+                conn,
+                tx: tx.clone(),
+            },
+        );
+        agent
+            .hub
+            .liveness
+            .lock()
+            .expect("liveness")
+            .last_seen
+            .insert(node, Instant::now());
+        let state = state.read().expect("state");
+        for req in state.running_on(node) {
+            if let RequestState::Running { attempt, .. } = req.state {
+                let _ = tx.send(Ok(pb::WorkItem {
+                    item: Some(pb::work_item::Item::Assign(pb::Assignment {
+                        key: req.key.0.to_vec(),
+                        function: req.function.clone(),
+                        args: req.args.clone(),
+                        attempt,
+                    })),
+                }));
+            }
+        }
+    }
+    agent.hub.schedule.notify_one();
+    let hub = agent.hub.clone();
+    let out = UnboundedReceiverStream::new(rx);
+    // Unregister when the worker goes away (the stream is dropped).
+    let guard = StreamGuard { hub, node, conn };
+    let s = async_stream_with_guard(out, guard);
+    Ok(Box::pin(s))
+}
+
+/// Commits outcomes reported by a worker (through gRPC, or directly by the leader's own).
+pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Result<(), Status> {
+    let mut completions = Vec::with_capacity(reported.len());
+    for c in reported {
+        let Some(key) = pb::convert::key_from_bytes(&c.key) else {
+            return Err(Status::invalid_argument(
+                "MZ-BAD-ARGUMENTS: completion key must be 32 bytes",
+            ));
+        };
+        let outcome = match (c.value, c.error) {
+            (Some(v), None) => mozen_model::Outcome::Value(v),
+            (_, Some(e)) => mozen_model::Outcome::Error((&e).into()),
+            (None, None) => mozen_model::Outcome::Value(b"null".to_vec()),
+        };
+        completions.push(mozen_store::Completion {
+            key,
+            node: c.node,
+            attempt: c.attempt,
+            outcome,
+            duration_ms: c.duration_ms,
+        });
+    }
+    {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        let runs: Vec<_> = completions
+            .iter()
+            .filter(|c| matches!(c.outcome, mozen_model::Outcome::Value(_)))
+            .filter_map(|c| Some((state.request(&c.key)?, c.duration_ms)))
+            .collect();
+        agent
+            .hub
+            .record_durations(runs.iter().map(|(r, ms)| (r.function.as_str(), *ms)));
+    }
+    agent
+        .propose(Command::Complete {
+            completions,
+            at: now_ms(),
+        })
+        .await
+        .map_err(|e| propose_status(agent, e))?;
+    Ok(())
+}
+
 /// A call's outcome as a Calls stream message.
 fn tagged_reply(tag: u64, result: Result<pb::CallReply, Status>) -> pb::TaggedReply {
     match result {

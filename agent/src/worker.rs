@@ -10,7 +10,9 @@
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{ClusterCaller, Ctx, Slot};
 use crate::node::Agent;
+use crate::service::WorkStream;
 use futures::FutureExt;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use mozen_model::{ChainLink, RequestKey, TaskError, codes};
 use mozen_proto as pb;
@@ -80,13 +82,18 @@ pub async fn run(agent: Arc<Agent>) {
             node_id: agent.me(),
             running: keys(&running),
         };
-        let stream = tokio::select! {
-            s = agent.client.rpc(|mut c| {
-                let r = req.clone();
-                async move { c.work(r).await }
-            }) => s,
-            _ = agent.stopping.cancelled() => break,
-            _ = agent.removed.cancelled() => break,
+        let stream = if agent.is_leader() {
+            // The leader's own worker takes its assignments without a gRPC round trip.
+            crate::service::open_work(&agent, agent.me()).map_err(|s| crate::client::rejected(&s))
+        } else {
+            tokio::select! {
+                s = agent.client.rpc(|mut c| {
+                    let r = req.clone();
+                    async move { c.work(r).await }
+                }) => s.map(|s| -> WorkStream { Box::pin(s) }),
+                _ = agent.stopping.cancelled() => break,
+                _ = agent.removed.cancelled() => break,
+            }
         };
         let mut stream = match stream {
             Ok(s) => s,
@@ -104,7 +111,7 @@ pub async fn run(agent: Arc<Agent>) {
         *agent.known_leader.lock().expect("leader lock") = agent.client.current_addr();
         loop {
             let msg = tokio::select! {
-                m = stream.message() => m,
+                m = stream.next() => m.transpose(),
                 _ = agent.stopping.cancelled() => break,
                 _ = agent.removed.cancelled() => break,
             };
@@ -281,13 +288,20 @@ async fn report(
         let req = pb::CompleteRequest { completions: batch };
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
-            let r = agent
-                .client
-                .rpc(|mut c| {
-                    let r = req.clone();
-                    async move { c.complete(r).await }
-                })
-                .await;
+            let r = if agent.is_leader() {
+                crate::service::complete(&agent, req.completions.clone())
+                    .await
+                    .map_err(|s| crate::client::rejected(&s))
+            } else {
+                agent
+                    .client
+                    .rpc(|mut c| {
+                        let r = req.clone();
+                        async move { c.complete(r).await }
+                    })
+                    .await
+                    .map(|_| ())
+            };
             match r {
                 Ok(_) => break,
                 Err(e) if Instant::now() > give_up => {

@@ -280,13 +280,8 @@ pub async fn run(agent: Arc<Agent>, token: CancellationToken) {
         expire_pending(&agent, &file, &mut mem).await;
         let decisions = decide(&file.autoscale, &file.pools, &obs);
         if file.autoscale.dry_run {
-            let told: Vec<String> = decisions.iter().map(|d| format!("{d:?}")).collect();
-            if told != mem.last_dry {
-                for d in &decisions {
-                    let (kind, node, what) = describe(&file, d);
-                    event(&agent, kind, node, format!("dry run: would {what}")).await;
-                }
-                mem.last_dry = told;
+            for (kind, node, what) in dry_run(&file, &decisions, &mut mem.last_dry) {
+                event(&agent, kind, node, what).await;
             }
             continue;
         }
@@ -294,6 +289,26 @@ pub async fn run(agent: Arc<Agent>, token: CancellationToken) {
             act(&agent, &file, &mut mem, d).await;
         }
     }
+}
+
+/// The events of a dry run: what would be done, told once until the decisions change.
+fn dry_run(
+    file: &HostsFile,
+    decisions: &[Decision],
+    last: &mut Vec<String>,
+) -> Vec<(&'static str, Option<NodeId>, String)> {
+    let told: Vec<String> = decisions.iter().map(|d| format!("{d:?}")).collect();
+    if told == *last {
+        return Vec::new();
+    }
+    *last = told;
+    decisions
+        .iter()
+        .map(|d| {
+            let (kind, node, what) = describe(file, d);
+            (kind, node, format!("dry run: would {what}"))
+        })
+        .collect()
 }
 
 fn describe(file: &HostsFile, d: &Decision) -> (&'static str, Option<NodeId>, String) {
@@ -621,6 +636,29 @@ slots = 4
         let mut quick = obs;
         quick.secs_each = 0.5;
         assert!(decide(&f.autoscale, &f.pools, &quick).is_empty());
+    }
+
+    #[test]
+    fn a_dry_run_tells_each_decision_once() {
+        let f = file("dry_run = true");
+        assert!(f.autoscale.dry_run);
+        let stop = Decision::Stop {
+            node: 7,
+            reason: "idle".into(),
+        };
+        let mut last = Vec::new();
+        let told = dry_run(&f, std::slice::from_ref(&stop), &mut last);
+        assert_eq!(
+            told,
+            vec![(
+                KIND_DOWN,
+                Some(7),
+                "dry run: would drain and stop node 7: idle".to_string()
+            )]
+        );
+        assert!(dry_run(&f, std::slice::from_ref(&stop), &mut last).is_empty());
+        assert!(dry_run(&f, &[], &mut last).is_empty());
+        assert_eq!(dry_run(&f, &[stop], &mut last).len(), 1);
     }
 
     #[test]

@@ -301,6 +301,15 @@ slots = 2
         "first scale-up decided {} ms after the backlog was submitted",
         up.at_ms.saturating_sub(t0)
     );
+    if let Some(joined) = ev
+        .iter()
+        .find(|e| e.kind == "joined" && e.node.is_some_and(|n| n > 1))
+    {
+        eprintln!(
+            "first pool agent joined {} ms after the scale-up decision",
+            joined.at_ms.saturating_sub(up.at_ms)
+        );
+    }
     let mut spare_addrs = Vec::new();
     let mut ran_on = std::collections::BTreeSet::new();
     for k in &keys {

@@ -260,8 +260,25 @@ pub async fn run(agent: Arc<Agent>, token: CancellationToken) {
         idle = ?file.autoscale.idle,
         "autoscaler on"
     );
+    // Ids of agents an earlier leader started may not be in the node table yet.
+    let started = {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        state
+            .events()
+            .filter(|e| e.kind == KIND_UP)
+            .filter_map(|e| e.node)
+            .max()
+            .unwrap_or(0)
+    };
     let mut mem = Memory {
-        high_id: file.hosts.iter().map(|h| h.id).max().unwrap_or(0),
+        high_id: file
+            .hosts
+            .iter()
+            .map(|h| h.id)
+            .max()
+            .unwrap_or(0)
+            .max(started),
         ..Default::default()
     };
     loop {
@@ -414,14 +431,21 @@ fn observe(agent: &Agent, file: &HostsFile, mem: &mut Memory) -> Observed {
 }
 
 async fn act(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory, d: Decision) {
-    let (kind, subject, what) = describe(file, &d);
     match d {
-        Decision::Start { pool, count, .. } => {
-            event(agent, kind, subject, what).await;
+        Decision::Start {
+            pool,
+            count,
+            reason,
+        } => {
             for _ in 0..count {
                 mem.high_id += 1;
                 let id = mem.high_id;
                 mem.pending.insert(id, (pool, Instant::now()));
+                // One event per agent, naming its id: a later leader starts above it.
+                let name = file.pools[pool].instance_name(id);
+                let pattern = &file.pools[pool].pattern;
+                let message = format!("start {name} (node {id}) from pool \"{pattern}\": {reason}");
+                event(agent, KIND_UP, Some(id), message).await;
                 let (agent, file) = (agent.clone(), file.clone());
                 tokio::spawn(async move {
                     let t = Target::pool(&file.pools[pool], id, "");
@@ -441,6 +465,7 @@ async fn act(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory, d: Dec
             }
         }
         Decision::Stop { node, .. } => {
+            let (kind, subject, what) = describe(file, &d);
             let name = {
                 let state = agent.sm.shared();
                 let state = state.read().expect("state");

@@ -85,6 +85,10 @@ pub struct AgentArgs {
     /// Test-only fault injection: a file listing peer ids this agent is cut off from.
     #[arg(long, value_name = "PATH", hide = true)]
     pub fault_file: Option<PathBuf>,
+    /// Hosts file (see docs/operations.md): when this agent leads, it follows the file's
+    /// autoscaling policy, starting and stopping agents of its pools.
+    #[arg(long, value_name = "PATH")]
+    pub hosts: Option<PathBuf>,
 }
 
 /// A peer from `--peers`.
@@ -117,6 +121,8 @@ pub struct AgentConfig {
     pub security: Security,
     /// Test-only fault table file (see [`crate::faults`]).
     pub fault_file: Option<PathBuf>,
+    /// The hosts file whose autoscaling policy this agent follows when it leads.
+    pub hosts: Option<std::sync::Arc<crate::hosts::HostsFile>>,
 }
 
 /// A flag that does not make sense, with the text to show the operator.
@@ -240,7 +246,10 @@ impl AgentArgs {
             Ok(i) if i > 0 => i,
             _ => return Err(bad("id", id_s, "must be a positive integer")),
         };
-        parse_host_port("listen", &self.listen, &self.listen)?;
+        // Port 0: the system picks a free port, advertised once bound (see `node::run`).
+        if !self.listen.ends_with(":0") {
+            parse_host_port("listen", &self.listen, &self.listen)?;
+        }
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             bad(
                 "listen",
@@ -376,6 +385,13 @@ impl AgentArgs {
             metrics,
             security,
             fault_file: self.fault_file.clone(),
+            hosts: match &self.hosts {
+                Some(p) => Some(std::sync::Arc::new(
+                    crate::hosts::HostsFile::load(p)
+                        .map_err(|e| ConfigError(format!("--hosts: {e}")))?,
+                )),
+                None => None,
+            },
         })
     }
 }

@@ -67,6 +67,7 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken) {
         }
     }
     tokio::spawn(scheduler_loop(agent.clone(), token.clone()));
+    tokio::spawn(crate::autoscale::run(agent.clone(), token.clone()));
     tokio::spawn(liveness_loop(agent, token));
 }
 

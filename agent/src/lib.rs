@@ -16,17 +16,25 @@
 //! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
 //! - [`metrics`]: Prometheus text exposition.
+//! - [`hosts`]: the hosts file (machines, launchers, pools, autoscaling policy), validated.
+//! - [`launch`]: starting and stopping agents locally, over ssh or with the operator's programs.
+//! - [`elastic`]: `mozen up` and `mozen down`: bring a hosts file's cluster up, take it down.
+//! - [`autoscale`]: the leader's autoscaler: start pool agents for a backlog, stop idle ones.
 //!
 //! Dependency rule: depends on model, proto, store and scheduler; nothing depends on it but
 //! its binaries and user agents.
 
+pub mod autoscale;
 pub mod batch;
 pub mod builder;
 pub mod client;
 pub mod config;
+pub mod elastic;
 pub mod faults;
 pub mod functions;
+pub mod hosts;
 pub mod hub;
+pub mod launch;
 pub mod leader;
 pub mod metrics;
 pub mod network;

@@ -210,11 +210,16 @@ pub fn raft_config() -> openraft::Config {
 
 /// Runs an agent until `shutdown` fires. `listener` is already bound (tests bind port 0).
 pub async fn run(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     functions: Functions,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    if cfg.advertise.ends_with(":0")
+        && let Ok(bound) = listener.local_addr()
+    {
+        cfg.advertise = bound.to_string();
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         AgentError::Store(mozen_store::StoreError::Io {
             path: cfg.data_dir.display().to_string(),
@@ -479,6 +484,9 @@ pub fn quorum_check(agent: &Agent, removing: NodeId) -> Result<(), String> {
 
 /// Carries out a node operation on the leader.
 pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, String> {
+    if [crate::autoscale::PAUSE_OP, crate::autoscale::RESUME_OP].contains(&op) {
+        return crate::autoscale::switch(agent, op).await;
+    }
     let at = now_ms();
     let node = agent.sm.shared().read().expect("state").node(id).cloned();
     let Some(node) = node else {

@@ -64,9 +64,7 @@ impl CostModel {
         let workers = workers.max(1);
         let slices = total_lines.div_ceil(lines_per_slice.max(1)).max(1);
         let slice_secs = lines_per_slice.min(total_lines) as f64 * self.per_line;
-        let waves = slices.div_ceil(workers as u64) as f64;
-        let by_work = waves * slice_secs + self.overhead;
-        let by_rate = slices as f64 / self.max_rate.max(1e-9);
+        let map = self.requests_seconds(slices, slice_secs, workers);
         let mut levels = 0u32;
         let mut n = slices;
         while n > 1 || levels == 0 {
@@ -77,8 +75,43 @@ impl CostModel {
             workers,
             lines_per_slice,
             slices,
-            seconds: by_work.max(by_rate) + levels as f64 * self.overhead,
+            seconds: map + levels as f64 * self.overhead,
         }
+    }
+
+    /// Seconds to run `requests` independent requests of `secs_each` on `workers` parallel
+    /// slots: whole waves of work plus one request's overhead, and never faster than the
+    /// cluster's request rate allows. It is the map phase of a job, and the autoscaler's
+    /// estimate of how long the queue will take.
+    pub fn requests_seconds(&self, requests: u64, secs_each: f64, workers: usize) -> f64 {
+        let waves = requests.div_ceil(workers.max(1) as u64) as f64;
+        let by_work = waves * secs_each + self.overhead;
+        let by_rate = requests as f64 / self.max_rate.max(1e-9);
+        by_work.max(by_rate)
+    }
+
+    /// The fewest workers that run `requests` of `secs_each` within `target` seconds, or
+    /// `None` when no number of workers can (one request alone takes longer, or the request
+    /// rate binds).
+    pub fn workers_within(&self, requests: u64, secs_each: f64, target: f64) -> Option<usize> {
+        if requests == 0 {
+            return Some(0);
+        }
+        let most = usize::try_from(requests).unwrap_or(usize::MAX);
+        if self.requests_seconds(requests, secs_each, most) > target {
+            return None;
+        }
+        // requests_seconds does not grow with workers: the first that fits is the answer.
+        let (mut lo, mut hi) = (1usize, most);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.requests_seconds(requests, secs_each, mid) <= target {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Some(lo)
     }
 }
 
@@ -112,5 +145,24 @@ mod tests {
         // 100 000 slices of 1000 lines at 300 requests/s.
         assert_eq!(many.slices, 100_000);
         assert!(many.seconds > 300.0, "{many:?}");
+    }
+
+    #[test]
+    fn workers_within_a_target() {
+        let m = CostModel {
+            per_line: 0.0,
+            overhead: 0.0,
+            max_rate: f64::INFINITY,
+            workers: 6,
+        };
+        // 60 requests of 2 s: 6 workers need 20 s; 10 s needs 12 workers.
+        assert!((m.requests_seconds(60, 2.0, 6) - 20.0).abs() < 1e-9);
+        assert_eq!(m.workers_within(60, 2.0, 10.0), Some(12));
+        assert_eq!(m.workers_within(60, 2.0, 100.0), Some(2));
+        assert_eq!(m.workers_within(0, 2.0, 1.0), Some(0));
+        // One request alone is longer than the target.
+        assert_eq!(m.workers_within(5, 3.0, 2.0), None);
+        // The request rate binds: 1000 requests at 300/s cannot finish in 2 s.
+        assert_eq!(M.workers_within(1000, 0.001, 2.0), None);
     }
 }

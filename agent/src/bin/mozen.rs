@@ -132,6 +132,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Starts the agents a hosts file lists, waits until the cluster is healthy, prints it.
+    Up {
+        hosts: std::path::PathBuf,
+        /// How long to wait for a healthy cluster, e.g. 60s.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Drains and stops the agents of a hosts file: workers first, voters last.
+    Down {
+        hosts: std::path::PathBuf,
+        /// How long to wait for each drain and each stop, e.g. 2m.
+        #[arg(long, default_value = "2m")]
+        timeout: String,
+    },
     /// Recent cluster events.
     Events {
         #[arg(long, default_value_t = 50)]
@@ -172,6 +186,16 @@ enum Fail {
 
 impl From<JobError> for Fail {
     fn from(e: JobError) -> Self {
+        if e.is_usage() {
+            Fail::Usage(e.to_string())
+        } else {
+            Fail::Runtime(e.to_string())
+        }
+    }
+}
+
+impl From<mozen_agent::elastic::ElasticError> for Fail {
+    fn from(e: mozen_agent::elastic::ElasticError) -> Self {
         if e.is_usage() {
             Fail::Usage(e.to_string())
         } else {
@@ -692,6 +716,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             } else {
                 println!("{plan}");
             }
+        }
+        Cmd::Up { hosts, timeout } => {
+            mozen_agent::elastic::up(&hosts, &timeout, security.client()).await?
+        }
+        Cmd::Down { hosts, timeout } => {
+            mozen_agent::elastic::down(&hosts, &timeout, security.client()).await?
         }
         Cmd::Events { limit, json } => {
             let r = client

@@ -3,6 +3,7 @@
 
 mod batch;
 mod cluster;
+mod elastic;
 mod execution;
 mod formation;
 mod harness;

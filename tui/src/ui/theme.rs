@@ -49,7 +49,7 @@ pub fn event_kind(kind: &str) -> Style {
         "down" | "failure" | "removed" => RED,
         "draining" | "drained" | "requeued" => YELLOW,
         "up" | "joined" | "rejoined" | "undrained" | "leader" => GREEN,
-        "role" => BLUE,
+        "role" | "scale-up" | "scale-down" | "autoscale" => BLUE,
         k if k.contains("fail") || k.contains("error") => RED,
         _ => Style::new(),
     }

@@ -16,12 +16,14 @@
 //! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
 //! - [`metrics`]: Prometheus text exposition.
+//! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
 //!
 //! Dependency rule: depends on model, proto, store and scheduler; nothing depends on it but
 //! its binaries and user agents.
 
 pub mod batch;
 pub mod builder;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod faults;

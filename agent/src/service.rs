@@ -769,6 +769,11 @@ impl Mozen for Service {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+
+    async fn state_digest(&self, _r: Request<pb::StateDigestRequest>) -> Res<pb::StateDigestReply> {
+        self.require_member()?;
+        Ok(Response::new(view::state_digest(&self.agent)))
+    }
 }
 
 /// Unregisters a worker's stream when tonic drops it.

@@ -2,6 +2,7 @@
 //! data dirs, killed with SIGKILL and restarted.
 
 mod batch;
+mod chaos;
 mod cluster;
 mod execution;
 mod formation;

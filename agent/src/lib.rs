@@ -16,6 +16,7 @@
 //! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
 //! - [`metrics`]: Prometheus text exposition.
+//! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
 //! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
 //!
 //! Dependency rule: depends on model, proto, store and scheduler; nothing depends on it but
@@ -30,6 +31,7 @@ pub mod faults;
 pub mod functions;
 pub mod hub;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -35,6 +35,7 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     let max = agent.cfg.max_message;
     let mozen = MozenServer::new(Service {
         agent: agent.clone(),
+        streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
@@ -74,6 +75,8 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
 
 pub struct Service {
     agent: Arc<Agent>,
+    /// Open RPCs per client connection (`--max-client-streams`).
+    streams: crate::limits::StreamLimiter,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -205,6 +208,10 @@ impl Service {
                 "MZ-BAD-ARGUMENTS: function name is empty",
             ));
         }
+        self.agent
+            .cfg
+            .limits
+            .check_args(&c.function, c.args_json.len())?;
         let text = if c.args_json.trim().is_empty() {
             "null"
         } else {
@@ -272,6 +279,12 @@ impl Service {
             return self.reply_for(&key, true);
         }
         self.require_leader()?;
+        let admitted = self.agent.sm.shared();
+        (self.agent.cfg.limits).admit(
+            &admitted.read().expect("state"),
+            &key,
+            !c.parent.is_empty(),
+        )?;
         let limit = if c.timeout_ms == 0 {
             MAX_WAIT
         } else {
@@ -582,7 +595,7 @@ impl Mozen for Service {
                 ));
             };
             let outcome = match (c.value, c.error) {
-                (Some(v), None) => mozen_model::Outcome::Value(v),
+                (Some(v), None) => self.agent.cfg.limits.check_result(c.node, v),
                 (_, Some(e)) => mozen_model::Outcome::Error((&e).into()),
                 (None, None) => mozen_model::Outcome::Value(b"null".to_vec()),
             };
@@ -603,10 +616,12 @@ impl Mozen for Service {
     }
 
     async fn call(&self, r: Request<pb::CallRequest>) -> Res<pb::CallReply> {
+        let _open = self.streams.acquire(&r)?;
         Ok(Response::new(self.do_call(r.into_inner()).await?))
     }
 
     async fn call_batch(&self, r: Request<pb::CallBatchRequest>) -> Res<pb::CallBatchReply> {
+        let _open = self.streams.acquire(&r)?;
         let calls = r.into_inner().calls;
         let replies = futures::future::join_all(calls.into_iter().map(|c| self.do_call(c))).await;
         let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -614,8 +629,15 @@ impl Mozen for Service {
     }
 
     async fn submit(&self, r: Request<pb::CallRequest>) -> Res<pb::SubmitReply> {
+        let _open = self.streams.acquire(&r)?;
         let (key, new) = self.parse_call(r.get_ref())?;
         self.require_leader()?;
+        let admitted = self.agent.sm.shared();
+        (self.agent.cfg.limits).admit(
+            &admitted.read().expect("state"),
+            &key,
+            !r.get_ref().parent.is_empty(),
+        )?;
         let resp = self
             .propose(Command::Submit {
                 requests: vec![new],
@@ -639,6 +661,7 @@ impl Mozen for Service {
 
     async fn get(&self, r: Request<pb::GetRequest>) -> Res<pb::CallReply> {
         self.require_member()?;
+        let _open = self.streams.acquire(&r)?;
         let r = r.into_inner();
         let key = parse_key(&r.key)?;
         if self
@@ -746,11 +769,13 @@ impl Mozen for Service {
 
     async fn watch(&self, r: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
         self.require_leader()?;
+        let open = self.streams.acquire(&r)?;
         let n = r.into_inner().requests;
         let n = if n == 0 { 200 } else { n as usize };
         let agent = self.agent.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 if !agent.is_leader() {
                     break; // the console reconnects and follows the new leader

@@ -7,5 +7,6 @@ mod cluster;
 mod execution;
 mod formation;
 mod harness;
+mod limits;
 mod partition;
 mod security;

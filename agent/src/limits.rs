@@ -29,6 +29,23 @@ pub const RESULT_TOO_LARGE: &str = "MZ-RESULT-TOO-LARGE";
 pub const QUEUE_FULL: &str = "MZ-QUEUE-FULL";
 pub const TOO_MANY_STREAMS: &str = "MZ-TOO-MANY-STREAMS";
 
+/// Longest function name accepted. Names are quoted in errors, and gRPC errors travel in
+/// headers that peers bound (a 100 KB name made the client drop the connection).
+pub const MAX_FUNCTION_NAME: usize = 256;
+
+/// Refuses function names longer than [`MAX_FUNCTION_NAME`] bytes.
+pub fn check_function_name(name: &str) -> Result<(), Status> {
+    if name.len() > MAX_FUNCTION_NAME {
+        let cut = name.char_indices().nth(40).map_or(name.len(), |(i, _)| i);
+        return Err(Status::invalid_argument(format!(
+            "MZ-BAD-ARGUMENTS: function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+            &name[..cut],
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The configured limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {

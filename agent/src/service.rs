@@ -208,10 +208,8 @@ impl Service {
                 "MZ-BAD-ARGUMENTS: function name is empty",
             ));
         }
-        self.agent
-            .cfg
-            .limits
-            .check_args(&c.function, c.args_json.len())?;
+        crate::limits::check_function_name(&c.function)?;
+        (self.agent.cfg.limits).check_args(&c.function, c.args_json.len())?;
         let text = if c.args_json.trim().is_empty() {
             "null"
         } else {

@@ -58,6 +58,8 @@ impl ChaosArgs {
             Some(d) => (d.clone(), None),
             None => {
                 let d = std::env::temp_dir().join(format!("mozen-chaos-{seed}"));
+                // Left over from an earlier run with this seed that found violations.
+                let _ = std::fs::remove_dir_all(&d);
                 (d.clone(), Some(d))
             }
         };

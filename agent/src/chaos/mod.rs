@@ -110,6 +110,12 @@ impl ChaosConfig {
                 self.clients
             )));
         }
+        if self.dir.join("agent-1").exists() {
+            return Err(ChaosError::Usage(format!(
+                "--dir '{}' already holds a chaos run (agent-1/); choose an empty directory",
+                self.dir.display()
+            )));
+        }
         if !self.agent_bin.is_file() {
             return Err(ChaosError::Usage(format!(
                 "{}: no mozen-agent binary there (build it, or put it next to mozen)",

@@ -42,4 +42,14 @@ fn chaos_cli_names_a_bad_flag() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--agents '9'"));
+    // A directory that already holds a run is not reused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("agent-1")).unwrap();
+    let out = std::process::Command::new(CLI)
+        .args(["chaos", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a chaos run"));
 }

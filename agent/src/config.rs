@@ -59,6 +59,19 @@ pub struct AgentArgs {
     /// Most memoized results kept; the oldest finished are forgotten first.
     #[arg(long, default_value = "1000000")]
     pub memo_limit: String,
+    /// Largest JSON arguments of one call, e.g. 1MiB (default: --max-message).
+    #[arg(long)]
+    pub max_args: Option<String>,
+    /// Largest result of one execution, e.g. 4MiB; a larger one fails the request (default:
+    /// --max-message).
+    #[arg(long)]
+    pub max_result: Option<String>,
+    /// Most queued requests; new top-level calls beyond it get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value = "1000000")]
+    pub max_queue: String,
+    /// Most open calls (Call, CallBatch, Submit, Get, Watch) per client connection.
+    #[arg(long, default_value = "256")]
+    pub max_client_streams: String,
     /// Allow the built-in `exec` function to run programs on this machine.
     #[arg(long)]
     pub allow_exec: bool,
@@ -115,6 +128,8 @@ pub struct AgentConfig {
     pub shutdown_deadline: Duration,
     pub max_message: usize,
     pub memo_limit: u64,
+    /// Argument, result, queue and stream limits of the public API.
+    pub limits: crate::limits::Limits,
     pub allow_exec: bool,
     pub metrics: Option<SocketAddr>,
     /// Token and TLS material (see [`crate::security`]).
@@ -326,6 +341,27 @@ impl AgentArgs {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| bad("memo-limit", &self.memo_limit, "must be a positive integer"))?;
+        let size_limit = |flag: &str, v: &Option<String>| match v.as_deref().map(parse_size) {
+            None => Ok(max_message),
+            Some(Some(b)) if b > 0 && b <= max_message as u64 => Ok(b as usize),
+            _ => Err(bad(
+                flag,
+                v.as_deref().unwrap_or_default(),
+                format!(
+                    "expected a size between 1 and --max-message ({max_message} bytes), e.g. 1MiB"
+                ),
+            )),
+        };
+        let count = |flag: &str, v: &str| match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(bad(flag, v, "must be a positive integer")),
+        };
+        let limits = crate::limits::Limits {
+            max_args: size_limit("max-args", &self.max_args)?,
+            max_result: size_limit("max-result", &self.max_result)?,
+            max_queue: count("max-queue", &self.max_queue)?,
+            max_client_streams: count("max-client-streams", &self.max_client_streams)?,
+        };
         let metrics = match &self.metrics {
             Some(m) => Some(m.parse().map_err(|_| {
                 bad(
@@ -381,6 +417,7 @@ impl AgentArgs {
             shutdown_deadline,
             max_message,
             memo_limit,
+            limits,
             allow_exec: self.allow_exec,
             metrics,
             security,
@@ -462,6 +499,17 @@ mod tests {
                 .contains("positive integer")
         );
         assert!(args(&["--lease", "soon"]).validate().is_err());
+        assert_eq!(
+            args(&["--max-args", "1GiB"]).validate().unwrap_err().0,
+            "--max-args '1GiB': expected a size between 1 and --max-message (16777216 bytes), e.g. 1MiB"
+        );
+        assert!(
+            args(&["--max-queue", "0"])
+                .validate()
+                .unwrap_err()
+                .0
+                .starts_with("--max-queue '0'")
+        );
         let e = AgentArgs::parse_from(["mozen-agent", "--id", "0"])
             .validate()
             .unwrap_err();

@@ -84,6 +84,27 @@ pub async fn watch_file(faults: Arc<Faults>, path: PathBuf, stop: CancellationTo
     }
 }
 
+/// Writes the fault files of a cluster so that every link between the agents in `side` and
+/// the others is cut in both directions (an empty `side` heals everything). `files` pairs each
+/// agent's id with its fault file; each file is replaced in one step, so an agent never reads
+/// half a file.
+pub fn write_partition(
+    files: &[(NodeId, &std::path::Path)],
+    side: &[NodeId],
+) -> std::io::Result<()> {
+    for (id, path) in files {
+        let blocked: Vec<String> = files
+            .iter()
+            .filter(|(other, _)| side.contains(id) != side.contains(other))
+            .map(|(other, _)| other.to_string())
+            .collect();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, blocked.join(","))?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

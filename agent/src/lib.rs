@@ -20,6 +20,8 @@
 //! - [`launch`]: starting and stopping agents locally, over ssh or with the operator's programs.
 //! - [`elastic`]: `mozen up` and `mozen down`: bring a hosts file's cluster up, take it down.
 //! - [`autoscale`]: the leader's autoscaler: start pool agents for a backlog, stop idle ones.
+//! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
+//! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
 //!
 //! Dependency rule: depends on model, proto, store and scheduler; nothing depends on it but
 //! its binaries and user agents.
@@ -27,6 +29,7 @@
 pub mod autoscale;
 pub mod batch;
 pub mod builder;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod elastic;
@@ -36,6 +39,7 @@ pub mod hosts;
 pub mod hub;
 pub mod launch;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -200,3 +200,65 @@ impl raft_server::Raft for RaftService {
         reply(&self.raft.install_snapshot(rpc).await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `data` as each Raft RPC payload and each reply; an error names the RPC.
+    fn check_bad_input(version: u32, data: Vec<u8>) {
+        let p = RaftPayload { version, data };
+        let named = |what: &str, r: Result<(), String>| {
+            if let Err(e) = r {
+                assert!(e.starts_with(&format!("{what}: payload ")), "{e}");
+            }
+        };
+        named(
+            "append_entries",
+            decode::<AppendEntriesRequest<TypeConfig>>("append_entries", &p).map(drop),
+        );
+        named("vote", decode::<VoteRequest<u64>>("vote", &p).map(drop));
+        named(
+            "install_snapshot",
+            decode::<InstallSnapshotRequest<TypeConfig>>("install_snapshot", &p).map(drop),
+        );
+    }
+
+    #[test]
+    fn a_payload_of_another_version_is_refused_by_name() {
+        let e = decode::<VoteRequest<u64>>(
+            "vote",
+            &RaftPayload {
+                version: 9,
+                data: vec![],
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e, "vote: payload version 9 but this agent speaks 1");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn bad_input_raft_payloads_give_clear_errors(
+            version in prop_oneof![Just(PAYLOAD_VERSION), any::<u32>()],
+            data in prop::collection::vec(any::<u8>(), 0..512),
+        ) {
+            check_bad_input(version, data);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200_000))]
+
+        #[test]
+        #[ignore = "long: run with --run-ignored"]
+        fn bad_input_raft_payloads_give_clear_errors_long(
+            data in prop::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            check_bad_input(PAYLOAD_VERSION, data);
+        }
+    }
+}

@@ -30,11 +30,15 @@ use tonic::{Request, Response, Status};
 /// then re-attaches, so no RPC outlives a leader change by much.
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
+/// Calls in progress on one Calls stream before the agent stops reading it.
+const CALLS_PER_STREAM: usize = 16_384;
+
 /// Serves both gRPC services on `listener` until `stop` fires.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken) {
     let max = agent.cfg.max_message;
     let mozen = MozenServer::new(Service {
         agent: agent.clone(),
+        streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
@@ -72,8 +76,11 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     }
 }
 
+#[derive(Clone)]
 pub struct Service {
     agent: Arc<Agent>,
+    /// Open RPCs per client connection (`--max-client-streams`).
+    streams: crate::limits::StreamLimiter,
 }
 
 type Res<T> = Result<Response<T>, Status>;
@@ -179,6 +186,8 @@ impl Service {
                 "MZ-BAD-ARGUMENTS: function name is empty",
             ));
         }
+        crate::limits::check_function_name(&c.function)?;
+        (self.agent.cfg.limits).check_args(&c.function, c.args_json.len())?;
         let text = if c.args_json.trim().is_empty() {
             "null"
         } else {
@@ -246,6 +255,12 @@ impl Service {
             return self.reply_for(&key, true);
         }
         self.require_leader()?;
+        let admitted = self.agent.sm.shared();
+        (self.agent.cfg.limits).admit(
+            &admitted.read().expect("state"),
+            &key,
+            !c.parent.is_empty(),
+        )?;
         let limit = if c.timeout_ms == 0 {
             MAX_WAIT
         } else {
@@ -526,21 +541,29 @@ impl Mozen for Service {
     }
 
     async fn call(&self, r: Request<pb::CallRequest>) -> Res<pb::CallReply> {
+        let _open = self.streams.acquire(&r)?;
         Ok(Response::new(self.do_call(r.into_inner()).await?))
     }
 
     type CallsStream = CallsStream;
 
     async fn calls(&self, r: Request<tonic::Streaming<pb::TaggedCall>>) -> Res<Self::CallsStream> {
+        // The stream counts as one open RPC of its client; the calls on it are bounded by
+        // CALLS_PER_STREAM: past that the agent stops reading the stream until some finish
+        // (HTTP/2 flow control then holds the client back).
+        let open = self.streams.acquire(&r)?;
         let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let agent = self.agent.clone();
+        let svc = self.clone();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(CALLS_PER_STREAM));
         tokio::spawn(async move {
+            let _open = open;
             while let Ok(Some(m)) = inbound.message().await {
-                let tx = tx.clone();
-                let svc = Service {
-                    agent: agent.clone(),
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
                 };
+                let tx = tx.clone();
+                let svc = svc.clone();
                 tokio::spawn(async move {
                     let result = match m.call {
                         Some(c) => svc.do_call(c).await,
@@ -549,6 +572,7 @@ impl Mozen for Service {
                         )),
                     };
                     let _ = tx.send(Ok(tagged_reply(m.tag, result)));
+                    drop(permit);
                 });
             }
         });
@@ -556,6 +580,7 @@ impl Mozen for Service {
     }
 
     async fn call_batch(&self, r: Request<pb::CallBatchRequest>) -> Res<pb::CallBatchReply> {
+        let _open = self.streams.acquire(&r)?;
         let calls = r.into_inner().calls;
         let replies = futures::future::join_all(calls.into_iter().map(|c| self.do_call(c))).await;
         let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -563,8 +588,15 @@ impl Mozen for Service {
     }
 
     async fn submit(&self, r: Request<pb::CallRequest>) -> Res<pb::SubmitReply> {
+        let _open = self.streams.acquire(&r)?;
         let (key, new) = self.parse_call(r.get_ref())?;
         self.require_leader()?;
+        let admitted = self.agent.sm.shared();
+        (self.agent.cfg.limits).admit(
+            &admitted.read().expect("state"),
+            &key,
+            !r.get_ref().parent.is_empty(),
+        )?;
         let resp = self
             .propose(Command::Submit {
                 requests: vec![new],
@@ -588,6 +620,7 @@ impl Mozen for Service {
 
     async fn get(&self, r: Request<pb::GetRequest>) -> Res<pb::CallReply> {
         self.require_member()?;
+        let _open = self.streams.acquire(&r)?;
         let r = r.into_inner();
         let key = parse_key(&r.key)?;
         if self
@@ -695,11 +728,13 @@ impl Mozen for Service {
 
     async fn watch(&self, r: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
         self.require_leader()?;
+        let open = self.streams.acquire(&r)?;
         let n = r.into_inner().requests;
         let n = if n == 0 { 200 } else { n as usize };
         let agent = self.agent.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 if !agent.is_leader() {
                     break; // the console reconnects and follows the new leader
@@ -717,6 +752,11 @@ impl Mozen for Service {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn state_digest(&self, _r: Request<pb::StateDigestRequest>) -> Res<pb::StateDigestReply> {
+        self.require_member()?;
+        Ok(Response::new(view::state_digest(&self.agent)))
     }
 }
 
@@ -848,7 +888,7 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
             ));
         };
         let outcome = match (c.value, c.error) {
-            (Some(v), None) => mozen_model::Outcome::Value(v),
+            (Some(v), None) => agent.cfg.limits.check_result(c.node, v),
             (_, Some(e)) => mozen_model::Outcome::Error((&e).into()),
             (None, None) => mozen_model::Outcome::Value(b"null".to_vec()),
         };

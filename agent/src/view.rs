@@ -38,6 +38,16 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
     }
 }
 
+/// This agent's applied index with a digest of its state at that index.
+pub fn state_digest(agent: &Agent) -> pb::StateDigestReply {
+    let (applied_index, digest) = agent.sm.digest();
+    pb::StateDigestReply {
+        node_id: agent.me(),
+        applied_index,
+        digest: digest.to_vec(),
+    }
+}
+
 /// On the leader: the highest index a majority of voters hold. Elsewhere: 0 (callers take the
 /// applied index, which trails the commit index by at most a few entries).
 fn commit_index(m: &openraft::RaftMetrics<u64, mozen_store::RaftNode>) -> u64 {

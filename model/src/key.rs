@@ -51,14 +51,23 @@ pub enum KeyParseError {
     NotHex(String),
 }
 
+/// `s` as quoted in an error: at most 80 characters, so that an error answering garbage never
+/// carries the garbage whole (gRPC errors travel in headers, which peers bound).
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &s[..cut], s.len()),
+        None => s.to_string(),
+    }
+}
+
 impl FromStr for RequestKey {
     type Err = KeyParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.len() != 64 {
-            return Err(KeyParseError::Length(s.to_string()));
+            return Err(KeyParseError::Length(shown(s)));
         }
-        let bytes = hex::decode(s).map_err(|_| KeyParseError::NotHex(s.to_string()))?;
+        let bytes = hex::decode(s).map_err(|_| KeyParseError::NotHex(shown(s)))?;
         let mut k = [0u8; 32];
         k.copy_from_slice(&bytes);
         Ok(RequestKey(k))

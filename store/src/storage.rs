@@ -807,6 +807,14 @@ impl StateMachineStore {
         self.inner.state.clone()
     }
 
+    /// The last applied log index with a digest of the state as of that index, read under one
+    /// lock so that the two agree. Encodes the whole state: for checks, not for hot paths.
+    pub fn digest(&self) -> (u64, [u8; 32]) {
+        let state = self.inner.state.read().expect("state");
+        let index = lock(&self.inner.applied).last.map_or(0, |l| l.index);
+        (index, state.digest())
+    }
+
     /// The memoized result of a request, read from sled.
     pub fn outcome(&self, key: &RequestKey) -> Result<Option<Outcome>, StoreError> {
         match self

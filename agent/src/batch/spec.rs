@@ -568,4 +568,61 @@ retries = 1
         let e = write("[\"data\"]").expand_files().unwrap_err();
         assert!(e.to_string().contains("is not a regular file"), "{e}");
     }
+
+    /// Parses `text` (arbitrary or damaged); an error must name what is wrong, and where when
+    /// the TOML itself does not parse.
+    fn check_bad_input(text: &str) {
+        if let Err(e) = parse(text) {
+            let shown = e.to_string();
+            assert!(shown.starts_with("MZ-BAD-JOB: "), "{shown}");
+            assert!(!e.message.is_empty(), "empty message for {text:?}");
+        }
+    }
+
+    /// The good spec with `cut` bytes removed at `at` and `insert` put there instead.
+    fn damaged(at: usize, cut: usize, insert: &str) -> String {
+        let mut b = GOOD.as_bytes().to_vec();
+        let at = at % b.len();
+        let end = (at + cut).min(b.len());
+        b.splice(at..end, insert.bytes());
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn bad_input_arbitrary_job_files_give_clear_errors(text in ".{0,400}") {
+            check_bad_input(&text);
+        }
+
+        #[test]
+        fn bad_input_damaged_job_files_give_clear_errors(
+            at in 0usize..1000,
+            cut in 0usize..20,
+            insert in "[\\[\\]{}=\"',.#\\n a-z0-9-]{0,12}",
+        ) {
+            check_bad_input(&damaged(at, cut, &insert));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
+
+        #[test]
+        #[ignore = "long: run with --run-ignored"]
+        fn bad_input_arbitrary_job_files_give_clear_errors_long(text in "(?s).{0,2000}") {
+            check_bad_input(&text);
+        }
+
+        #[test]
+        #[ignore = "long: run with --run-ignored"]
+        fn bad_input_damaged_job_files_give_clear_errors_long(
+            at in 0usize..1000,
+            cut in 0usize..40,
+            insert in "(?s).{0,24}",
+        ) {
+            check_bad_input(&damaged(at, cut, &insert));
+        }
+    }
 }

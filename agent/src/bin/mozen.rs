@@ -146,6 +146,8 @@ enum Cmd {
         #[arg(long, default_value = "2m")]
         timeout: String,
     },
+    /// Runs a local cluster under injected faults and checks what it acknowledged.
+    Chaos(mozen_agent::chaos::cli::ChaosArgs),
     /// Recent cluster events.
     Events {
         #[arg(long, default_value_t = 50)]
@@ -200,6 +202,15 @@ impl From<mozen_agent::elastic::ElasticError> for Fail {
             Fail::Usage(e.to_string())
         } else {
             Fail::Runtime(e.to_string())
+        }
+    }
+}
+
+impl From<mozen_agent::chaos::ChaosError> for Fail {
+    fn from(e: mozen_agent::chaos::ChaosError) -> Self {
+        match e {
+            mozen_agent::chaos::ChaosError::Usage(m) => Fail::Usage(m),
+            e => Fail::Runtime(e.to_string()),
         }
     }
 }
@@ -723,6 +734,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Down { hosts, timeout } => {
             mozen_agent::elastic::down(&hosts, &timeout, security.client()).await?
         }
+        Cmd::Chaos(args) => args.run().await?,
         Cmd::Events { limit, json } => {
             let r = client
                 .rpc(|mut c| async move { c.events(pb::EventsRequest { limit }).await })

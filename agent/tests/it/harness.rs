@@ -189,22 +189,16 @@ impl Cluster {
 
     /// Cuts every link between the agents in `side` and the others, in both directions.
     pub fn partition(&self, side: &[u64]) {
-        for a in &self.agents {
-            let blocked: Vec<String> = self
-                .agents
-                .iter()
-                .filter(|b| side.contains(&a.id) != side.contains(&b.id))
-                .map(|b| b.id.to_string())
-                .collect();
-            write_atomically(&a.fault_file(), &blocked.join(","));
-        }
+        let files: Vec<(u64, PathBuf)> =
+            self.agents.iter().map(|a| (a.id, a.fault_file())).collect();
+        let files: Vec<(u64, &std::path::Path)> =
+            files.iter().map(|(i, p)| (*i, p.as_path())).collect();
+        mozen_agent::faults::write_partition(&files, side).unwrap();
     }
 
     /// Restores every link.
     pub fn heal(&self) {
-        for a in &self.agents {
-            write_atomically(&a.fault_file(), "");
-        }
+        self.partition(&[]);
     }
 
     /// A client that talks only to the agents `ids`.
@@ -336,13 +330,6 @@ async fn status_via(c: Client) -> Option<pb::RaftStatus> {
     .await
     .ok()?
     .ok()
-}
-
-/// Replaces `path` in one step, so an agent never reads half a file.
-fn write_atomically(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after `limit`.

@@ -1,11 +1,14 @@
 //! Integration tests: real `mozen-agent` processes on 127.0.0.1 ephemeral ports with real sled
 //! data dirs, killed with SIGKILL and restarted.
 
+mod bad_input;
 mod batch;
+mod chaos;
 mod cluster;
 mod elastic;
 mod execution;
 mod formation;
 mod harness;
+mod limits;
 mod partition;
 mod security;

@@ -9,7 +9,7 @@ use mozen_store::{Assignment, Command, Completion, ForgetSelector, NewRequest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-fn fixtures() -> Vec<(&'static str, Command)> {
+pub(crate) fn fixtures() -> Vec<(&'static str, Command)> {
     let mut labelled = node(7, 6);
     labelled.labels.insert("zone".into(), "a".into());
     vec![

@@ -1,5 +1,6 @@
 //! Integration tests of mozen-store: one binary, one module per concern.
 
+mod bad_input;
 mod common;
 mod crash;
 mod damaged;

@@ -1,0 +1,164 @@
+//! Limits of the public API on a real agent: argument and result sizes, the queue bound with
+//! RESOURCE_EXHAUSTED backpressure, and open calls per client connection.
+
+use crate::harness::*;
+use mozen_agent::client::ClientError;
+use mozen_proto as pb;
+use mozen_proto::mozen_client::MozenClient;
+use serde_json::json;
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A raw gRPC client on one fresh connection to the single agent of `c`.
+async fn connection(c: &Cluster) -> MozenClient<Channel> {
+    MozenClient::connect(format!("http://{}", c.agents[0].addr))
+        .await
+        .unwrap()
+}
+
+fn call(function: &str, args: serde_json::Value) -> pb::CallRequest {
+    pb::CallRequest {
+        function: function.into(),
+        args_json: args.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_arguments_and_results_are_refused_naming_the_limit() {
+    let c = Cluster::start(
+        1,
+        &[
+            "--voters",
+            "1",
+            "--max-args",
+            "4KiB",
+            "--max-result",
+            "1KiB",
+        ],
+    );
+    c.ready(1).await;
+    let client = c.client();
+    let small: String = "a".repeat(500);
+    let got: String = client.call("echo", &small).await.unwrap();
+    assert_eq!(got, small);
+
+    let big = "b".repeat(5000);
+    match client.call::<_, String>("echo", &big).await {
+        Err(ClientError::Rejected { code, message }) => {
+            assert_eq!(code, "MZ-TOO-LARGE");
+            assert!(
+                message.contains("5002 bytes") && message.contains("--max-args"),
+                "{message}"
+            );
+        }
+        other => panic!("expected MZ-TOO-LARGE, got {other:?}"),
+    }
+    // Arguments within bounds, a result past --max-result: the request fails at once.
+    let medium = "c".repeat(2000);
+    match client.call::<_, String>("echo", &medium).await {
+        Err(ClientError::Task(e)) => {
+            assert_eq!(e.code, "MZ-RESULT-TOO-LARGE");
+            assert!(
+                e.message.contains("2002 bytes") && e.message.contains("--max-result"),
+                "{e}"
+            );
+        }
+        other => panic!("expected MZ-RESULT-TOO-LARGE, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
+    let c = Cluster::start(1, &["--voters", "1", "--slots", "1", "--max-queue", "2"]);
+    c.ready(1).await;
+    let mut conn = connection(&c).await;
+    // One sleep runs on the only slot and two wait: the queue holds at most two, so one of
+    // the first four submissions is refused.
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        assert!(accepted.len() < 4, "the queue took {accepted:?}");
+        let req = call("sleep", json!(600_000 + accepted.len()));
+        match conn.submit(req).await {
+            Ok(r) => accepted.push(r.into_inner().key),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().starts_with("MZ-QUEUE-FULL"),
+        "{}",
+        refusal.message()
+    );
+    assert!(
+        refusal.message().contains("--max-queue 2"),
+        "{}",
+        refusal.message()
+    );
+    // Joining a request already known is not new work: still answered.
+    let again = conn
+        .submit(call("sleep", json!(600_001)))
+        .await
+        .expect("joining a queued request");
+    assert_ne!(again.into_inner().disposition, "queued");
+    // A synchronous call is refused the same way.
+    let s = conn
+        .call(call("echo", json!("new work")))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    // Cancelling the queued requests makes room again.
+    for key in &accepted {
+        conn.cancel(pb::CancelRequest { key: key.clone() })
+            .await
+            .unwrap();
+    }
+    let reply = conn
+        .call(call("echo", json!("after")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.result_json.as_deref(), Some("\"after\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_holds_at_most_max_client_streams_open_calls() {
+    let c = Cluster::start(1, &["--voters", "1", "--max-client-streams", "2"]);
+    c.ready(1).await;
+    let mut conn = connection(&c).await;
+    let w1 = conn
+        .watch(pb::WatchRequest { requests: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let w2 = conn
+        .watch(pb::WatchRequest { requests: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = conn.call(call("echo", json!(1))).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        s.message().starts_with("MZ-TOO-MANY-STREAMS"),
+        "{}",
+        s.message()
+    );
+    assert!(
+        s.message().contains("--max-client-streams 2"),
+        "{}",
+        s.message()
+    );
+    // Calls that end at once are not counted, and another connection has its own budget.
+    conn.status(pb::StatusRequest {}).await.unwrap();
+    let mut other = connection(&c).await;
+    other.call(call("echo", json!(2))).await.unwrap();
+    // Closing one stream frees its place (the agent notices at its next update).
+    drop(w1);
+    eventually(Duration::from_secs(10), "a freed stream", || {
+        let mut conn = conn.clone();
+        async move { conn.call(call("echo", json!(3))).await.is_ok() }
+    })
+    .await;
+    drop(w2);
+}

@@ -6,9 +6,9 @@
 
 use crate::node::{Agent, now_ms};
 use crate::proposer::ProposeError;
-use mozen_model::{NodeState, RequestKey, RequestState};
+use mozen_model::{Millis, NodeId, NodeState, RequestKey, RequestState};
 use mozen_scheduler::{Candidate, NodeLoad, plan};
-use mozen_store::{Assignment, Command, ForgetSelector};
+use mozen_store::{Assignment, ClusterState, Command, ForgetSelector};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -82,9 +82,23 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
             l.leaving.clone(),
         )
     };
+    plan_pass(
+        &state,
+        |id| connected.contains(&id) && !leaving.contains(&id),
+        now_ms(),
+    )
+}
+
+/// One scheduling pass over `state`, placing on the nodes `eligible` accepts (the leader: an
+/// open Work stream and not leaving). Also driven by the `scale` benchmark.
+pub fn plan_pass(
+    state: &ClusterState,
+    eligible: impl Fn(NodeId) -> bool,
+    now: Millis,
+) -> Vec<Assignment> {
     let loads: Vec<NodeLoad> = state
         .nodes()
-        .filter(|n| connected.contains(&n.id) && !leaving.contains(&n.id))
+        .filter(|n| eligible(n.id))
         .map(|n| NodeLoad {
             id: n.id,
             state: n.state,
@@ -99,7 +113,6 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
     {
         return Vec::new();
     }
-    let now = now_ms();
     let queue = state.queue().map(|r| Candidate {
         key: r.key,
         preferred: r

@@ -132,6 +132,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Starts fresh local clusters, runs the benchmark workloads, prints median/min/max.
+    Bench(mozen_agent::bench::BenchArgs),
     /// Recent cluster events.
     Events {
         #[arg(long, default_value_t = 50)]
@@ -693,6 +695,13 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 println!("{plan}");
             }
         }
+        Cmd::Bench(args) => mozen_agent::bench::cli(args).await.map_err(|e| {
+            if e.is_usage() {
+                Fail::Usage(e.to_string())
+            } else {
+                Fail::Runtime(e.to_string())
+            }
+        })?,
         Cmd::Events { limit, json } => {
             let r = client
                 .rpc(|mut c| async move { c.events(pb::EventsRequest { limit }).await })

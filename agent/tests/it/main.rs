@@ -2,6 +2,7 @@
 //! data dirs, killed with SIGKILL and restarted.
 
 mod batch;
+mod bench;
 mod cluster;
 mod execution;
 mod formation;

@@ -1,12 +1,13 @@
-//! Call throughput and latency against a running cluster (not a test; prints numbers).
+//! W1, W2 and memo of `mozen bench` against a cluster that is already running (not a test;
+//! prints numbers). `mozen bench` starts fresh clusters itself; this measures any cluster.
 //!
 //! ```sh
 //! cargo run --release -p mozen-agent --example calls_bench -- 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 //! ```
 
+use mozen_agent::bench::{BenchConfig, Workload, calls, report::fmt};
 use mozen_agent::client::{Client, split_addrs};
-use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() {
@@ -15,40 +16,34 @@ async fn main() {
             .nth(1)
             .unwrap_or_else(|| "127.0.0.1:7070".into()),
     );
+    let cfg = BenchConfig {
+        agents: addrs.len(),
+        workloads: vec![Workload::W1, Workload::W2, Workload::Memo],
+        runs: 1,
+        json: None,
+        scale: 1.0,
+        batch_mb: 0.0,
+        in_flight: Some(1000),
+        agent_bin: Default::default(),
+    };
     let client = Client::with_options(addrs, 16 << 20, Duration::from_secs(60)).expect("client");
-    let nonce = std::process::id();
-    let n = 10_000;
-    let t0 = Instant::now();
-    let rs = client
-        .map::<_, Value, _>("noop", (0..n).map(|i| json!([nonce, "tp", i])), 1000)
-        .await;
-    let dt = t0.elapsed();
-    assert!(rs.iter().all(Result::is_ok));
-    println!(
-        "throughput: {n} concurrent distinct noop calls in {:.2}s = {:.0} calls/s",
-        dt.as_secs_f64(),
-        n as f64 / dt.as_secs_f64()
-    );
-    let mut lat = Vec::new();
-    for i in 0..1000 {
-        let t = Instant::now();
-        let _: Value = client
-            .call("noop", json!([nonce, "seq", i]))
-            .await
-            .expect("call");
-        lat.push(t.elapsed());
+    let nonce = format!("{}", std::process::id());
+    calls::warm_up(&client, &cfg, &nonce)
+        .await
+        .expect("warm-up");
+    for (w, o) in [
+        (
+            Workload::W1,
+            calls::w1(&client, &cfg, &nonce, || f64::NAN).await,
+        ),
+        (Workload::W2, calls::w2(&client, &cfg, &nonce).await),
+        (Workload::Memo, calls::memo(&client, &cfg, &nonce).await),
+    ] {
+        if let Some(e) = &o.error {
+            panic!("{}: {e}", w.name());
+        }
+        for (k, v) in &o.metrics {
+            println!("{:<6} {k:<24} {}", w.name(), fmt(*v));
+        }
     }
-    lat.sort();
-    println!("sequential noop: p50 {:?} p99 {:?}", lat[500], lat[990]);
-    let mut hit = Vec::new();
-    for i in 0..1000 {
-        let t = Instant::now();
-        let _: Value = client
-            .call("noop", json!([nonce, "seq", i]))
-            .await
-            .expect("call");
-        hit.push(t.elapsed());
-    }
-    hit.sort();
-    println!("memo hit: p50 {:?} p99 {:?}", hit[500], hit[990]);
 }

@@ -7,8 +7,7 @@
 use crate::hub::Reservation;
 use crate::node::{Agent, now_ms};
 use crate::proposer::ProposeError;
-use mozen_model::NodeId;
-use mozen_model::{NodeState, RequestKey, RequestState, max_assigned};
+use mozen_model::{Millis, NodeId, NodeState, RequestKey, RequestState, max_assigned};
 use mozen_scheduler::{Candidate, NodeLoad, plan};
 use mozen_store::{Assignment, ClusterState, Command, ForgetSelector};
 use std::collections::{HashMap, HashSet};
@@ -86,9 +85,23 @@ fn node_loads(
             l.leaving.clone(),
         )
     };
+    loads(
+        state,
+        |id| connected.contains(&id) && !leaving.contains(&id),
+        reserved,
+    )
+}
+
+/// The load of every node `eligible` accepts, counting places `reserved` for assignments not
+/// applied yet.
+pub fn loads(
+    state: &ClusterState,
+    eligible: impl Fn(NodeId) -> bool,
+    reserved: &HashMap<NodeId, u32>,
+) -> Vec<NodeLoad> {
     state
         .nodes()
-        .filter(|n| connected.contains(&n.id) && !leaving.contains(&n.id))
+        .filter(|n| eligible(n.id))
         .map(|n| NodeLoad {
             id: n.id,
             state: n.state,
@@ -106,21 +119,31 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
     let state = state.read().expect("state");
     let reserved = agent.hub.reservations().clone();
     let loads = node_loads(agent, &state, &reserved);
+    plan_pass(&state, &loads, &agent.hub.short_functions(), now_ms())
+}
+
+/// One scheduling pass: the queue in order, each request with its parent's node as locality
+/// hint and whether its function is `short`, placed on `loads`. Also driven by the `scale`
+/// benchmark.
+pub fn plan_pass(
+    state: &ClusterState,
+    loads: &[NodeLoad],
+    short: &HashSet<String>,
+    now: Millis,
+) -> Vec<Assignment> {
     if loads
         .iter()
         .all(|n| n.state != NodeState::Active || n.busy >= n.slots + n.queue)
     {
         return Vec::new();
     }
-    let short = agent.hub.short_functions();
-    let now = now_ms();
     let queue = state.queue().map(|r| Candidate {
         key: r.key,
-        preferred: preferred_node(&state, &r.parents),
+        preferred: preferred_node(state, &r.parents),
         ready: r.not_before <= now,
         short: short.contains(&r.function),
     });
-    plan(&loads, queue, PLAN_LIMIT)
+    plan(loads, queue, PLAN_LIMIT)
         .into_iter()
         .map(|p| Assignment {
             key: p.key,

@@ -13,6 +13,7 @@
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
 //! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`).
+//! - [`bench`]: `mozen bench`, the benchmark harness on local clusters of real agents.
 //! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
 //! - [`metrics`]: Prometheus text exposition.
@@ -28,6 +29,7 @@
 
 pub mod autoscale;
 pub mod batch;
+pub mod bench;
 pub mod builder;
 pub mod chaos;
 pub mod client;

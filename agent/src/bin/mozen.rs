@@ -148,6 +148,8 @@ enum Cmd {
     },
     /// Runs a local cluster under injected faults and checks what it acknowledged.
     Chaos(mozen_agent::chaos::cli::ChaosArgs),
+    /// Starts fresh local clusters, runs the benchmark workloads, prints median/min/max.
+    Bench(mozen_agent::bench::BenchArgs),
     /// Recent cluster events.
     Events {
         #[arg(long, default_value_t = 50)]
@@ -735,6 +737,13 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             mozen_agent::elastic::down(&hosts, &timeout, security.client()).await?
         }
         Cmd::Chaos(args) => args.run().await?,
+        Cmd::Bench(args) => mozen_agent::bench::cli(args).await.map_err(|e| {
+            if e.is_usage() {
+                Fail::Usage(e.to_string())
+            } else {
+                Fail::Runtime(e.to_string())
+            }
+        })?,
         Cmd::Events { limit, json } => {
             let r = client
                 .rpc(|mut c| async move { c.events(pb::EventsRequest { limit }).await })

@@ -137,6 +137,21 @@ pub fn plan_pass(
     {
         return Vec::new();
     }
+    // With no short function known, local queues cannot be used: the pass ends at the last
+    // free slot instead of looking further for short requests.
+    let no_queues: Vec<NodeLoad>;
+    let loads = if short.is_empty() {
+        no_queues = loads
+            .iter()
+            .map(|n| NodeLoad {
+                queue: 0,
+                ..n.clone()
+            })
+            .collect();
+        &no_queues
+    } else {
+        loads
+    };
     let queue = state.queue().map(|r| Candidate {
         key: r.key,
         preferred: preferred_node(state, &r.parents),

@@ -78,6 +78,9 @@ pub struct Placement {
     pub node: NodeId,
 }
 
+/// Requests examined for short ones after the last free slot was taken.
+pub const SHORT_LOOKAHEAD: usize = 1024;
+
 /// Places queued requests on free slots (and short ones in local queues). At most `limit`
 /// placements; stops early when the cluster has no room left.
 pub fn plan<I>(nodes: &[NodeLoad], queue: I, limit: usize) -> Vec<Placement>
@@ -92,9 +95,19 @@ where
     let mut room_long = total(&loads, false);
     let mut room_short = total(&loads, true);
     let mut out = Vec::new();
+    // Once every slot is taken only short requests can still be placed: look for them among
+    // the next SHORT_LOOKAHEAD requests at most, so a long queue of long requests costs a
+    // bounded pass.
+    let mut looked = 0usize;
     for c in queue {
         if out.len() >= limit || room_short == 0 {
             break;
+        }
+        if room_long == 0 {
+            looked += 1;
+            if looked > SHORT_LOOKAHEAD {
+                break;
+            }
         }
         if !c.ready || (!c.short && room_long == 0) {
             continue;
@@ -277,6 +290,23 @@ mod tests {
         // Short requests alone: slots plus queue, no more.
         let p = plan(std::slice::from_ref(&n), (0..10).map(short), 10);
         assert_eq!(p.len(), 5);
+    }
+
+    #[test]
+    fn a_full_cluster_looks_only_a_bounded_way_ahead_for_short_requests() {
+        let mut n = node(1, NodeState::Active, 1, 1, 1.0);
+        n.queue = 4;
+        let far = SHORT_LOOKAHEAD as u64 + 10;
+        let q = (0..far).map(|i| Candidate {
+            short: i == far - 1,
+            ..cand(i, None)
+        });
+        assert!(plan(std::slice::from_ref(&n), q, 10).is_empty());
+        let near = (0..10).map(|i| Candidate {
+            short: i == 9,
+            ..cand(i, None)
+        });
+        assert_eq!(plan(&[n], near, 10).len(), 1);
     }
 
     #[test]

@@ -210,7 +210,15 @@ impl Service {
                 })?)
             };
         let def = RetryPolicy::default();
-        let retry = RetryPolicy {
+        let unset = c.retries == 0 && c.backoff_ms == 0 && c.max_attempts == 0;
+        // A child call that sets no policy of its own inherits its caller's: a request allowed
+        // ten attempts does not fail because one of its children was allowed three.
+        let inherited = parent.filter(|_| unset).and_then(|p| {
+            let state = self.agent.sm.shared();
+            let state = state.read().expect("state");
+            state.request(&p).map(|r| r.retry.clone())
+        });
+        let retry = inherited.unwrap_or(RetryPolicy {
             retries: c.retries,
             backoff_ms: if c.backoff_ms == 0 {
                 def.backoff_ms
@@ -222,7 +230,7 @@ impl Service {
             } else {
                 c.max_attempts
             },
-        };
+        });
         Ok((
             key,
             NewRequest {

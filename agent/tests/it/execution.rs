@@ -129,6 +129,17 @@ async fn errors_carry_their_chain_and_bad_calls_fail_fast() {
         .unwrap()
         .clone();
     assert_eq!(fail["failures"], 3);
+    // A child call inherits its caller's retry policy: ratio(1) allowed one retry runs twice,
+    // and each run's divide([1,0]) runs twice too (after the one failure of the first call).
+    let once = CallOptions {
+        retries: 1,
+        backoff_ms: 10,
+        ..Default::default()
+    };
+    assert!(client.call_json("ratio", json!(1), &once).await.is_err());
+    let stats = |name: &str| c.function_stats(name);
+    assert_eq!(stats("ratio")["failures"], 3);
+    assert_eq!(stats("divide")["failures"], 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -216,7 +216,7 @@ impl Service {
         let inherited = parent.filter(|_| unset).and_then(|p| {
             let state = self.agent.sm.shared();
             let state = state.read().expect("state");
-            state.request(&p).map(|r| r.retry.clone())
+            state.request(&p).map(|r| r.retry)
         });
         let retry = inherited.unwrap_or(RetryPolicy {
             retries: c.retries,

@@ -25,6 +25,12 @@ pub trait ClusterCaller: Send + Sync + 'static {
         function: String,
         args: Value,
     ) -> BoxFuture<'static, Result<Value, TaskError>>;
+
+    /// Tells the cluster that attempt `attempt` of `key` gives its slot back (`parked`) or
+    /// takes one again; true when the cluster took note. Without a cluster: nothing to tell.
+    fn park(&self, _key: RequestKey, _attempt: u32, _parked: bool) -> BoxFuture<'static, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// A worker slot held by a running request. While the request waits on child calls it gives
@@ -99,6 +105,23 @@ impl Ctx {
     pub fn with_slot(mut self, slot: Slot) -> Self {
         self.slot = Some(Arc::new(slot));
         self
+    }
+
+    /// Awaits `fut` without holding a worker slot (the cluster may run other requests in it
+    /// meanwhile), then takes a slot again: for functions that wait on timers or I/O.
+    pub async fn idle<F: Future>(&self, fut: F) -> F::Output {
+        if let Some(s) = &self.slot {
+            s.park().await;
+        }
+        let told = self.caller.park(self.key, self.attempt, true).await;
+        let out = fut.await;
+        if told {
+            self.caller.park(self.key, self.attempt, false).await;
+        }
+        if let Some(s) = &self.slot {
+            s.resume().await;
+        }
+        out
     }
 
     /// Calls another function on the cluster; identical calls anywhere share one execution.
@@ -249,10 +272,14 @@ fn builtins(f: &mut Functions, allow_exec: bool) {
         |_c, x: Value| async move { Ok(x) },
     );
     f.register("sleep", "milliseconds (integer)", |c: Ctx, ms: u64| async move {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(Value::Null),
-            _ = c.cancel.cancelled() => Err(TaskError::new(codes::CANCELLED, "sleep cancelled")),
-        }
+        // Sleeping holds no slot.
+        c.idle(async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(Value::Null),
+                _ = c.cancel.cancelled() => Err(TaskError::new(codes::CANCELLED, "sleep cancelled")),
+            }
+        })
+        .await
     });
     f.register(
         "spin",

@@ -255,6 +255,7 @@ impl Hub {
                 self.nodes_changed.notify_one();
             }
             (Command::Forget { .. }, _) => self.wake_all(),
+            (Command::Park { parked: true, .. }, _) => self.schedule.notify_one(),
             _ => {}
         }
     }

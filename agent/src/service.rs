@@ -548,6 +548,12 @@ impl Mozen for Service {
         Ok(Response::new(pb::CompleteReply {}))
     }
 
+    async fn park(&self, r: Request<pb::ParkRequest>) -> Res<pb::ParkReply> {
+        self.require_leader()?;
+        park(&self.agent, r.into_inner()).await?;
+        Ok(Response::new(pb::ParkReply {}))
+    }
+
     async fn call(&self, r: Request<pb::CallRequest>) -> Res<pb::CallReply> {
         let _open = self.streams.acquire(&r)?;
         Ok(Response::new(self.do_call(r.into_inner()).await?))
@@ -923,6 +929,27 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
     agent
         .propose(Command::Complete {
             completions,
+            at: now_ms(),
+        })
+        .await
+        .map_err(|e| propose_status(agent, e))?;
+    Ok(())
+}
+
+/// Commits that a running request parks or resumes (through gRPC, or directly by the leader's
+/// own worker).
+pub(crate) async fn park(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status> {
+    let Some(key) = pb::convert::key_from_bytes(&r.key) else {
+        return Err(Status::invalid_argument(
+            "MZ-BAD-ARGUMENTS: park key must be 32 bytes",
+        ));
+    };
+    agent
+        .propose(Command::Park {
+            key,
+            node: r.node,
+            attempt: r.attempt,
+            parked: r.parked,
             at: now_ms(),
         })
         .await

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 /// Child calls of running functions go through the agent's client to the leader.
 struct ChildCaller {
     client: Client,
+    agent: Arc<Agent>,
 }
 
 impl ClusterCaller for ChildCaller {
@@ -61,6 +62,31 @@ impl ClusterCaller for ChildCaller {
         }
         .boxed()
     }
+
+    fn park(&self, key: RequestKey, attempt: u32, parked: bool) -> BoxFuture<'static, bool> {
+        let agent = self.agent.clone();
+        async move {
+            let req = pb::ParkRequest {
+                key: key.0.to_vec(),
+                node: agent.me(),
+                attempt,
+                parked,
+            };
+            if agent.is_leader() {
+                crate::service::park(&agent, req).await.is_ok()
+            } else {
+                agent
+                    .client
+                    .rpc(|mut c| {
+                        let r = req.clone();
+                        async move { c.park(r).await }
+                    })
+                    .await
+                    .is_ok()
+            }
+        }
+        .boxed()
+    }
 }
 
 /// Requests this worker runs (or has finished but not yet reported), by key.
@@ -75,6 +101,7 @@ pub async fn run(agent: Arc<Agent>) {
     let heartbeat = tokio::spawn(heartbeat(agent.clone(), running.clone()));
     let caller: Arc<dyn ClusterCaller> = Arc::new(ChildCaller {
         client: agent.client.clone(),
+        agent: agent.clone(),
     });
     let mut delay = Duration::from_millis(50);
     while !agent.stopping.is_cancelled() && !agent.removed.is_cancelled() {

@@ -109,6 +109,15 @@ pub enum Command {
         message: String,
         at: Millis,
     },
+    /// A running request (this attempt, on this node) waits on something other than a child
+    /// call, such as a timer, and gives its slot back (`parked`), or takes one again.
+    Park {
+        key: RequestKey,
+        node: NodeId,
+        attempt: u32,
+        parked: bool,
+        at: Millis,
+    },
 }
 
 impl Command {

@@ -143,6 +143,22 @@ impl ClusterState {
                 self.event(*at, kind, *node, message.clone());
                 Response::Ok
             }
+            Command::Park {
+                key,
+                node,
+                attempt,
+                parked,
+                ..
+            } => {
+                let current = self.requests.get(key).is_some_and(|r| {
+                    matches!(r.state, RequestState::Running { node: n, attempt: a, .. }
+                        if n == *node && a == *attempt)
+                });
+                if current {
+                    self.set_waiting(*key, if *parked { 1 } else { -1 });
+                }
+                Response::Ok
+            }
         }
     }
 
@@ -1135,6 +1151,28 @@ mod tests {
         );
         assert_eq!(st.running_count(1), 0);
         assert_eq!(st.busy_slots(1), 0);
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn parked_request_holds_no_slot_and_stale_parks_change_nothing() {
+        let mut st = cluster(1);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        let park = |attempt, parked| Command::Park {
+            key: key(1),
+            node: 1,
+            attempt,
+            parked,
+            at: 9,
+        };
+        st.apply(&park(2, true));
+        assert_eq!(st.busy_slots(1), 1, "another attempt's park is stale");
+        st.apply(&park(1, true));
+        assert_eq!(st.busy_slots(1), 0, "parked: the slot is free");
+        st.check_invariants().expect("invariants");
+        st.apply(&park(1, false));
+        assert_eq!(st.busy_slots(1), 1, "resumed: the slot is held again");
         st.check_invariants().expect("invariants");
     }
 

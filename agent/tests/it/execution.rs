@@ -55,6 +55,28 @@ async fn fifty_identical_sleep_calls_run_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_request_holds_no_slot() {
+    let c = Cluster::start(1, &["--slots", "1"]);
+    c.ready(1).await;
+    let client = c.client();
+    let sleep = client.submit::<_, Value>("sleep", 60_000);
+    let key = mozen_model::RequestKey::of("sleep", &mozen_model::canonical_args(&json!(60_000)));
+    let state = || c.cli_json(&["get", &key.to_hex(), "--json"])["state"].clone();
+    eventually(Duration::from_secs(10), "sleep running", || async {
+        state() == "running"
+    })
+    .await;
+    // The only slot is free while the sleep waits: other work runs meanwhile.
+    let v: Value = client
+        .call("echo", json!("past the sleeper"))
+        .await
+        .unwrap();
+    assert_eq!(v, json!("past the sleeper"));
+    assert_eq!(state(), "running");
+    drop(sleep);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reentrant_tree_and_bogosity_complete_with_one_slot_per_agent() {
     let c = Cluster::start(2, &["--slots", "1", "--voters", "1"]);
     c.ready(2).await;

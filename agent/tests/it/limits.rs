@@ -74,12 +74,12 @@ async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
     let c = Cluster::start(1, &["--voters", "1", "--slots", "1", "--max-queue", "2"]);
     c.ready(1).await;
     let mut conn = connection(&c).await;
-    // One sleep runs on the only slot and two wait: the queue holds at most two, so one of
-    // the first four submissions is refused.
+    // One spin runs on the only slot and two wait: the queue holds at most two, so one of
+    // the first four submissions is refused. (`spin` holds its slot; a `sleep` would not.)
     let mut accepted = Vec::new();
     let refusal = loop {
         assert!(accepted.len() < 4, "the queue took {accepted:?}");
-        let req = call("sleep", json!(600_000 + accepted.len()));
+        let req = call("spin", json!(600_000 + accepted.len()));
         match conn.submit(req).await {
             Ok(r) => accepted.push(r.into_inner().key),
             Err(s) => break s,
@@ -98,7 +98,7 @@ async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
     );
     // Joining a request already known is not new work: still answered.
     let again = conn
-        .submit(call("sleep", json!(600_001)))
+        .submit(call("spin", json!(600_001)))
         .await
         .expect("joining a queued request");
     assert_ne!(again.into_inner().disposition, "queued");

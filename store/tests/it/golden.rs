@@ -148,6 +148,16 @@ pub(crate) fn fixtures() -> Vec<(&'static str, Command)> {
                 at: 16,
             },
         ),
+        (
+            "park",
+            Command::Park {
+                key: key(1),
+                node: 7,
+                attempt: 2,
+                parked: true,
+                at: 17,
+            },
+        ),
     ]
 }
 

@@ -10,14 +10,17 @@
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{ClusterCaller, Ctx, Slot};
 use crate::node::Agent;
+use crate::security::AuthChannel;
 use crate::service::WorkStream;
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use mozen_model::{ChainLink, RequestKey, TaskError, codes};
 use mozen_proto as pb;
+use mozen_proto::mozen_client::MozenClient;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
@@ -72,20 +75,36 @@ impl ClusterCaller for ChildCaller {
                 attempt,
                 parked,
             };
-            if agent.is_leader() {
-                crate::service::park(&agent, req).await.is_ok()
-            } else {
-                agent
-                    .client
-                    .rpc(|mut c| {
-                        let r = req.clone();
-                        async move { c.park(r).await }
-                    })
-                    .await
-                    .is_ok()
-            }
+            on_leader(
+                &agent,
+                crate::service::park(&agent, req.clone()),
+                |mut c| {
+                    let r = req.clone();
+                    async move { c.park(r).await }
+                },
+            )
+            .await
+            .is_ok()
         }
         .boxed()
+    }
+}
+
+/// Runs `local` when this agent leads (no gRPC round trip to itself), otherwise `remote`
+/// through the agent's client, which finds the leader. `local` is only polled when it runs.
+async fn on_leader<T, F, Fut>(
+    agent: &Agent,
+    local: impl Future<Output = Result<(), tonic::Status>>,
+    remote: F,
+) -> Result<(), ClientError>
+where
+    F: Fn(MozenClient<AuthChannel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    if agent.is_leader() {
+        local.await.map_err(|s| crate::client::rejected(&s))
+    } else {
+        agent.client.rpc(remote).await.map(|_| ())
     }
 }
 
@@ -315,20 +334,12 @@ async fn report(
         let req = pb::CompleteRequest { completions: batch };
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
-            let r = if agent.is_leader() {
-                crate::service::complete(&agent, req.completions.clone())
-                    .await
-                    .map_err(|s| crate::client::rejected(&s))
-            } else {
-                agent
-                    .client
-                    .rpc(|mut c| {
-                        let r = req.clone();
-                        async move { c.complete(r).await }
-                    })
-                    .await
-                    .map(|_| ())
-            };
+            let local = crate::service::complete(&agent, req.completions.clone());
+            let r = on_leader(&agent, local, |mut c| {
+                let r = req.clone();
+                async move { c.complete(r).await }
+            })
+            .await;
             match r {
                 Ok(_) => break,
                 Err(e) if Instant::now() > give_up => {

@@ -88,6 +88,8 @@ fn queue_model(slots: u32) -> CostModel {
         overhead: 0.0,
         max_rate: f64::INFINITY,
         workers: slots as usize,
+        bytes_per_line: 0.0,
+        ship_per_byte: 0.0,
     }
 }
 

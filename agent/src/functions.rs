@@ -18,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 /// How a running function reaches the cluster for child calls.
 pub trait ClusterCaller: Send + Sync + 'static {
-    /// Calls `function(args)` on the cluster as a child of `parent`, waiting for its outcome.
+    /// Calls `function(args)` on the cluster as a child of `parent`, waiting for its outcome:
+    /// the value, and whether it came from the memo table.
     fn call_child(
         &self,
         parent: RequestKey,
         function: String,
         args: Value,
-    ) -> BoxFuture<'static, Result<Value, TaskError>>;
+    ) -> BoxFuture<'static, Result<(Value, bool), TaskError>>;
 
     /// Tells the cluster that attempt `attempt` of `key` gives its slot back (`parked`) or
     /// takes one again; true when the cluster took note. Without a cluster: nothing to tell.
@@ -130,6 +131,15 @@ impl Ctx {
         function: &str,
         args: A,
     ) -> Result<R, TaskError> {
+        self.call_traced(function, args).await.map(|(v, _)| v)
+    }
+
+    /// Like [`call`](Self::call), also telling whether the value was a memo hit.
+    pub async fn call_traced<A: Serialize, R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: A,
+    ) -> Result<(R, bool), TaskError> {
         let args = serde_json::to_value(args).map_err(|e| {
             TaskError::new(
                 codes::BAD_ARGUMENTS,
@@ -147,13 +157,14 @@ impl Ctx {
         if let Some(s) = &self.slot {
             s.resume().await;
         }
-        let value = value?;
-        serde_json::from_value(value).map_err(|e| {
+        let (value, cached) = value?;
+        let value = serde_json::from_value(value).map_err(|e| {
             TaskError::new(
                 codes::BAD_ARGUMENTS,
                 format!("{function}: result does not decode: {e}"),
             )
-        })
+        })?;
+        Ok((value, cached))
     }
 }
 

@@ -14,7 +14,8 @@ use mozen_proto::raft_client::RaftClient;
 use mozen_proto::raft_server;
 use mozen_store::{RaftNode, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -46,6 +47,9 @@ fn decode<T: DeserializeOwned>(what: &str, p: &RaftPayload) -> Result<T, String>
     postcard::from_bytes(&p.data).map_err(|e| format!("{what}: payload does not decode: {e}"))
 }
 
+/// About the most bytes of entries in one AppendEntries of several entries.
+const APPEND_BYTES: usize = 2 * crate::proposer::MAX_ENTRY_BYTES;
+
 /// Creates one [`PeerClient`] per target.
 #[derive(Clone)]
 pub struct Network {
@@ -69,6 +73,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             client,
             faults: self.faults.clone(),
+            max_message: self.max_message,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct PeerClient {
     addr: String,
     client: Option<RaftClient<AuthChannel>>,
     faults: Option<Arc<Faults>>,
+    /// Largest message the peer accepts.
+    max_message: usize,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
@@ -95,6 +102,21 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(what, payload, opt).await
+    }
+
+    /// Sends an encoded RPC and decodes its reply.
+    async fn send<Resp, E>(
+        &mut self,
+        what: &'static str,
+        payload: RaftPayload,
+        opt: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         if let Some(f) = &self.faults
             && f.blocks(self.target)
         {
@@ -108,7 +130,6 @@ impl PeerClient {
             let e = std::io::Error::other(format!("bad peer address {}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };
-        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = Request::new(payload);
         request.set_timeout(opt.hard_ttl());
         let reply = match what {
@@ -143,6 +164,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        // Entries are sent many at a time; large ones (shipped data, big results) could
+        // together pass the peer's message limit, or take longer than the heartbeat interval
+        // openraft allows an AppendEntries. Openraft then sends fewer per RPC.
+        let n = rpc.entries.len() as u64;
+        if n > 1 {
+            let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let room = self
+                .max_message
+                .saturating_sub(64 << 10)
+                .clamp(1, APPEND_BYTES) as u64;
+            let size = payload.data.len() as u64;
+            if size > room {
+                let fit = (n * room / size).clamp(1, n - 1);
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(fit),
+                ));
+            }
+            return self.send("append_entries", payload, &option).await;
+        }
         self.rpc("append_entries", &rpc, &option).await
     }
 

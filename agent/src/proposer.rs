@@ -1,10 +1,10 @@
 //! Batching proposer: many small facts ride in one Raft log entry.
 //!
 //! Every write of the agent (submits, assignments, completions, node changes) goes through one
-//! channel. A task takes whatever is waiting (up to [`MAX_BATCH`] commands), wraps it in
-//! `Command::Batch`, and writes it with `client_write`. While one entry is being written the
-//! next gathers (group commit); up to [`IN_FLIGHT`] entries are in flight when each carries at
-//! least [`PIPELINE_BATCH`] commands.
+//! channel. A task takes whatever is waiting (up to [`MAX_BATCH`] commands and about
+//! [`MAX_ENTRY_BYTES`]), wraps it in `Command::Batch`, and writes it with `client_write`. While
+//! one entry is being written the next gathers (group commit); up to [`IN_FLIGHT`] entries are
+//! in flight when each carries at least [`PIPELINE_BATCH`] commands (or is full by size).
 
 use mozen_model::NodeId;
 use mozen_store::{Command, Raft, Response};
@@ -17,6 +17,10 @@ pub const MAX_BATCH: usize = 2048;
 pub const IN_FLIGHT: usize = 4;
 /// Commands waiting before a further entry starts while another is still being written.
 pub const PIPELINE_BATCH: usize = 256;
+/// About the most bytes of arguments and results in one entry (a single larger command gets
+/// an entry of its own). Followers must take an entry within a heartbeat interval, or the
+/// leader sends it again and again; big payloads are cut into entries of this size.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 
 /// Why a proposal did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,24 +68,40 @@ async fn run(raft: Raft, me: NodeId, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let mut in_flight = 0usize;
     let mut open = true;
-    while open || in_flight > 0 {
-        let mut batch: Vec<Pending> = Vec::new();
+    // A command that did not fit the previous entry: it opens the next.
+    let mut held: Option<Pending> = None;
+    while open || in_flight > 0 || held.is_some() {
+        let mut batch = Batch::default();
+        if let Some(p) = held.take() {
+            batch.push(p);
+        }
         loop {
-            drain(&mut rx, &mut batch);
-            let ready = !batch.is_empty()
-                && (in_flight == 0 || (batch.len() >= PIPELINE_BATCH && in_flight < IN_FLIGHT));
-            if ready || (!open && batch.is_empty() && in_flight == 0) {
+            if held.is_none() {
+                held = batch.drain(&mut rx);
+            }
+            // Full by count or size, or a command waits for the next entry.
+            let full = batch.full() || held.is_some();
+            let ready =
+                !batch.items.is_empty() && (in_flight == 0 || (full && in_flight < IN_FLIGHT));
+            if ready || (!open && batch.items.is_empty() && in_flight == 0) {
                 break;
             }
             tokio::select! {
                 Some(()) = done_rx.recv(), if in_flight > 0 => in_flight -= 1,
-                p = rx.recv(), if open => match p {
-                    Some(p) => batch.push(p),
+                p = rx.recv(), if open && held.is_none() => match p {
+                    Some(p) => {
+                        if batch.fits(&p.0) {
+                            batch.push(p);
+                        } else {
+                            held = Some(p);
+                        }
+                    }
                     None => open = false,
                 },
                 else => break,
             }
         }
+        let batch = batch.items;
         if batch.is_empty() {
             if !open && in_flight == 0 {
                 return;
@@ -98,13 +118,39 @@ async fn run(raft: Raft, me: NodeId, mut rx: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-/// Moves whatever is waiting into `batch`, up to [`MAX_BATCH`].
-fn drain(rx: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(p) => batch.push(p),
-            Err(_) => break,
+/// The commands gathering for one log entry.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Pending>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, p: Pending) {
+        self.bytes += p.0.approx_bytes();
+        self.items.push(p);
+    }
+
+    /// Whether `cmd` may join: the first command always does.
+    fn fits(&self, cmd: &Command) -> bool {
+        self.items.is_empty()
+            || (self.items.len() < MAX_BATCH && self.bytes + cmd.approx_bytes() <= MAX_ENTRY_BYTES)
+    }
+
+    /// Worth an entry of its own while others are in flight.
+    fn full(&self) -> bool {
+        self.items.len() >= PIPELINE_BATCH || self.bytes >= MAX_ENTRY_BYTES / 2
+    }
+
+    /// Moves whatever is waiting in, while it fits; returns the first command that did not.
+    fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<Pending>) -> Option<Pending> {
+        while let Ok(p) = rx.try_recv() {
+            if !self.fits(&p.0) {
+                return Some(p);
+            }
+            self.push(p);
         }
+        None
     }
 }
 

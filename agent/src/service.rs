@@ -709,8 +709,59 @@ impl Mozen for Service {
         } else {
             r.max_nodes as usize
         };
-        let entries = view::tree(&self.agent, key, max).map_err(Status::not_found)?;
+        let depth = if r.max_depth == 0 {
+            u32::MAX
+        } else {
+            r.max_depth
+        };
+        let entries =
+            view::tree(&self.agent, key, max, depth, !r.omit_args).map_err(Status::not_found)?;
         Ok(Response::new(pb::TreeReply { entries }))
+    }
+
+    async fn put_blobs(&self, r: Request<pb::PutBlobsRequest>) -> Res<pb::PutBlobsReply> {
+        use crate::batch::job::{MAX_BLOB_BYTES, blob_key, blob_memo, is_blob_hash};
+        self.require_leader()?;
+        let r = r.into_inner();
+        if let Some((i, h)) = r.check.iter().enumerate().find(|(_, h)| !is_blob_hash(h)) {
+            return Err(Status::invalid_argument(format!(
+                "MZ-BAD-ARGUMENTS: check[{i}] ({} bytes) is not a blob hash (64 lowercase hex digits)",
+                h.len()
+            )));
+        }
+        let limit = MAX_BLOB_BYTES.min(self.agent.cfg.limits.max_result.saturating_sub(2));
+        if let Some((i, b)) = r.blobs.iter().enumerate().find(|(_, b)| b.len() > limit) {
+            return Err(Status::invalid_argument(format!(
+                "{}: blob {i} is {} bytes; this cluster takes blobs of at most {limit}: cut the job into smaller slices",
+                crate::limits::TOO_LARGE,
+                b.len()
+            )));
+        }
+        let memos: Vec<_> = r.blobs.iter().map(|b| blob_memo(b).1).collect();
+        let missing = {
+            let state = self.agent.sm.shared();
+            let state = state.read().expect("state");
+            let done = |k: &RequestKey| state.request_state(k) == Some(RequestState::Done);
+            let missing: Vec<String> = r
+                .check
+                .into_iter()
+                .filter(|h| !done(&blob_key(h)))
+                .collect();
+            let memos: Vec<_> = memos.into_iter().filter(|m| !done(&m.key)).collect();
+            (missing, memos)
+        };
+        let (missing, memos) = missing;
+        let mut stored = 0;
+        if !memos.is_empty() {
+            let cmd = Command::Memoize {
+                memos,
+                at: now_ms(),
+            };
+            if let SmResponse::Memoized(new) = self.propose(cmd).await? {
+                stored = new.iter().filter(|n| **n).count() as u64;
+            }
+        }
+        Ok(Response::new(pb::PutBlobsReply { missing, stored }))
     }
 
     async fn functions(&self, _r: Request<pb::FunctionsRequest>) -> Res<pb::FunctionsReply> {

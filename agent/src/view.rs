@@ -121,10 +121,16 @@ fn error_of(agent: &Agent, r: &Request) -> String {
     String::new()
 }
 
-/// Depth-first request tree from `root`, at most `max` entries. Shared children (several
-/// parents) are marked; a child seen before is listed once more as `repeated`, without its
-/// subtree.
-pub fn tree(agent: &Agent, root: RequestKey, max: usize) -> Result<Vec<pb::TreeEntry>, String> {
+/// Depth-first request tree from `root`, at most `max` entries, `max_depth` levels below it,
+/// arguments left out unless `with_args`. Shared children (several parents) are marked; a
+/// child seen before is listed once more as `repeated`, without its subtree.
+pub fn tree(
+    agent: &Agent,
+    root: RequestKey,
+    max: usize,
+    max_depth: u32,
+    with_args: bool,
+) -> Result<Vec<pb::TreeEntry>, String> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     if state.request(&root).is_none() {
@@ -139,13 +145,17 @@ pub fn tree(agent: &Agent, root: RequestKey, max: usize) -> Result<Vec<pb::TreeE
         }
         let Some(r) = state.request(&k) else { continue };
         let repeated = !seen.insert(k);
+        let mut info = request_info(&state, &r, error_of(agent, &r));
+        if !with_args {
+            info.args_json.clear();
+        }
         out.push(pb::TreeEntry {
             depth,
-            request: Some(request_info(&state, &r, error_of(agent, &r))),
+            request: Some(info),
             shared: r.parents.len() > 1,
             repeated,
         });
-        if !repeated {
+        if !repeated && depth < max_depth {
             for c in state.children(&k).iter().rev() {
                 stack.push((*c, depth + 1));
             }

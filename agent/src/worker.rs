@@ -39,7 +39,7 @@ impl ClusterCaller for ChildCaller {
         parent: RequestKey,
         function: String,
         args: Value,
-    ) -> BoxFuture<'static, Result<Value, TaskError>> {
+    ) -> BoxFuture<'static, Result<(Value, bool), TaskError>> {
         let client = self.client.clone();
         async move {
             let opts = CallOptions {
@@ -49,12 +49,13 @@ impl ClusterCaller for ChildCaller {
             match client.call_json(&function, args, &opts).await {
                 Ok(reply) => {
                     let text = reply.result_json.unwrap_or_else(|| "null".into());
-                    serde_json::from_str(&text).map_err(|e| {
+                    let value = serde_json::from_str(&text).map_err(|e| {
                         TaskError::new(
                             codes::BAD_ARGUMENTS,
                             format!("{function}: result does not decode: {e}"),
                         )
-                    })
+                    })?;
+                    Ok((value, reply.cached))
                 }
                 Err(ClientError::Task(e)) => Err(e),
                 Err(e) => Err(TaskError::new(
@@ -106,6 +107,23 @@ where
     } else {
         agent.client.rpc(remote).await.map(|_| ())
     }
+}
+
+/// Most bytes of a request's arguments quoted in an error chain.
+const CHAIN_ARGS_BYTES: usize = 1024;
+
+/// A request's arguments as an error chain quotes them: cut after [`CHAIN_ARGS_BYTES`] (a
+/// job's root or a shipped slice carries far more than a reader needs to recognise it).
+fn chain_args(args: &[u8]) -> String {
+    let text = String::from_utf8_lossy(args);
+    if text.len() <= CHAIN_ARGS_BYTES {
+        return text.into_owned();
+    }
+    let mut end = CHAIN_ARGS_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], args.len())
 }
 
 /// Requests this worker runs (or has finished but not yet reported), by key.
@@ -279,7 +297,6 @@ fn start(
         };
         let ctx = ctx.with_slot(slot);
         let t0 = Instant::now();
-        let args_text = String::from_utf8_lossy(&a.args).to_string();
         let outcome = match serde_json::from_slice::<Value>(&a.args) {
             Ok(args) => functions.run(&a.function, ctx, args).await,
             Err(e) => Err(TaskError::new(
@@ -300,7 +317,7 @@ fn start(
                 e.chain.push(ChainLink {
                     key,
                     function: a.function.clone(),
-                    args: args_text,
+                    args: chain_args(&a.args),
                     node: Some(me),
                 });
                 (None, Some(pb::TaskError::from(&e)))

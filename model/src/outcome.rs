@@ -70,7 +70,7 @@ impl std::error::Error for TaskError {}
 /// The outcome of a request: the result bytes (canonical JSON) or an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Error(TaskError),
 }
 

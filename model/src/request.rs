@@ -70,6 +70,7 @@ pub struct Request {
     pub key: RequestKey,
     pub function: String,
     /// Canonical JSON argument bytes.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// Requests that called this one (several when a memoized child is shared).
     pub parents: Vec<RequestKey>,

@@ -14,6 +14,7 @@ pub struct NewRequest {
     pub key: RequestKey,
     pub function: String,
     /// Canonical JSON argument bytes.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// The running request that calls this one, if any.
     pub parent: Option<RequestKey>,
@@ -118,6 +119,22 @@ pub enum Command {
         parked: bool,
         at: Millis,
     },
+    /// Records results known without running anything (content-addressed data such as the
+    /// slices a batch job ships): each request becomes `Done` with its value.
+    Memoize { memos: Vec<Memo>, at: Millis },
+}
+
+/// A request and its value, as carried by [`Command::Memoize`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memo {
+    pub key: RequestKey,
+    pub function: String,
+    /// Canonical JSON argument bytes.
+    #[serde(with = "serde_bytes")]
+    pub args: Vec<u8>,
+    /// JSON bytes of the result.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 impl Command {
@@ -127,8 +144,44 @@ impl Command {
             Command::Submit { requests, .. } => requests.len(),
             Command::Assign { assignments, .. } => assignments.len(),
             Command::Complete { completions, .. } => completions.len(),
+            Command::Memoize { memos, .. } => memos.len(),
             Command::Batch(cs) => cs.iter().map(Command::fact_count).sum(),
             _ => 1,
+        }
+    }
+
+    /// About how many bytes the command takes in a log entry: its arguments and results
+    /// counted exactly, everything else as a small constant. Keeps entries small enough to
+    /// replicate within a heartbeat.
+    pub fn approx_bytes(&self) -> usize {
+        const FIXED: usize = 64;
+        match self {
+            Command::Submit { requests, .. } => requests
+                .iter()
+                .map(|r| FIXED + r.function.len() + r.args.len())
+                .sum(),
+            Command::Complete { completions, .. } => completions
+                .iter()
+                .map(|c| {
+                    FIXED
+                        + match &c.outcome {
+                            Outcome::Value(v) => v.len(),
+                            Outcome::Error(e) => {
+                                e.message.len()
+                                    + e.chain
+                                        .iter()
+                                        .map(|l| FIXED + l.function.len() + l.args.len())
+                                        .sum::<usize>()
+                            }
+                        }
+                })
+                .sum(),
+            Command::Memoize { memos, .. } => memos
+                .iter()
+                .map(|m| FIXED + m.function.len() + m.args.len() + m.value.len())
+                .sum(),
+            Command::Batch(cs) => cs.iter().map(Command::approx_bytes).sum(),
+            _ => FIXED,
         }
     }
 }
@@ -192,10 +245,15 @@ pub enum Response {
     Submitted(Vec<SubmitReply>),
     Assigned(Vec<AssignReply>),
     Completed(Vec<CompleteReply>),
-    Requeued { requeued: u32, failed: u32 },
+    Requeued {
+        requeued: u32,
+        failed: u32,
+    },
     Cancelled(Vec<RequestKey>),
     Forgotten(u64),
     Batch(Vec<Response>),
+    /// Per memo: true when it was stored, false when the result was already there.
+    Memoized(Vec<bool>),
 }
 
 /// Stable codes of state-machine rejections.

@@ -9,7 +9,7 @@ use crate::command::*;
 use crate::finished::{Finished, Profiles, packed};
 use mozen_model::{
     Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, Request, RequestKey, RequestState,
-    TaskError, codes,
+    RetryPolicy, TaskError, codes,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -159,6 +159,9 @@ impl ClusterState {
                 }
                 Response::Ok
             }
+            Command::Memoize { memos, at } => {
+                Response::Memoized(memos.iter().map(|m| self.memoize(m, *at)).collect())
+            }
         }
     }
 
@@ -293,27 +296,8 @@ impl ClusterState {
                     // run it anew. The old outcome stays readable until the new one replaces it.
                     self.unfinish(new.key);
                 }
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let req = Request {
-                    key: new.key,
-                    function: new.function.clone(),
-                    args: new.args.clone(),
-                    parents: Vec::new(),
-                    priority: new.priority,
-                    state: RequestState::Queued,
-                    attempts: 0,
-                    failures: 0,
-                    created: at,
-                    updated: at,
-                    retry: new.retry,
-                    last_node: None,
-                    duration_ms: 0,
-                    waiting: 0,
-                    not_before: 0,
-                    seq,
-                };
-                self.queue.insert((Reverse(req.priority), seq, req.key));
+                let req = self.new_record(new, RequestState::Queued, at);
+                self.queue.insert((Reverse(req.priority), req.seq, req.key));
                 self.requests.insert(req.key, req);
                 self.counter(&new.function).submitted += 1;
                 SubmitReply::Queued
@@ -451,6 +435,69 @@ impl ClusterState {
     }
 
     /// Takes a running request off its node (slot and index), leaving its state to the caller.
+    /// A fresh live record of `new` in `state`, next in submission order.
+    fn new_record(&mut self, new: &NewRequest, state: RequestState, at: Millis) -> Request {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Request {
+            key: new.key,
+            function: new.function.clone(),
+            args: new.args.clone(),
+            parents: Vec::new(),
+            priority: new.priority,
+            state,
+            attempts: 0,
+            failures: 0,
+            created: at,
+            updated: at,
+            retry: new.retry,
+            last_node: None,
+            duration_ms: 0,
+            waiting: 0,
+            not_before: 0,
+            seq,
+        }
+    }
+
+    /// Records `m` as done with its value; false when a value was already memoized. A queued or
+    /// running request of the same key finishes with it (its callers are woken; a later
+    /// completion of the running attempt is stale), a failed or cancelled one is replaced.
+    fn memoize(&mut self, m: &Memo, at: Millis) -> bool {
+        match self.request_state(&m.key) {
+            Some(RequestState::Done) => return false,
+            Some(RequestState::Queued | RequestState::Running { .. }) => {
+                let r = &self.requests[&m.key];
+                self.queue.remove(&(Reverse(r.priority), r.seq, m.key));
+                let node = self.stop_running(m.key);
+                let r = self.requests.get_mut(&m.key).expect("live");
+                r.state = RequestState::Done;
+                r.updated = at;
+                self.finish(m.key, Outcome::Value(m.value.clone()), at);
+                if let Some(n) = node {
+                    self.settle_drain(n, at);
+                }
+                return true;
+            }
+            Some(_) => {
+                self.unfinish(m.key);
+            }
+            None => {}
+        }
+        let new = NewRequest {
+            key: m.key,
+            function: m.function.clone(),
+            args: m.args.clone(),
+            parent: None,
+            priority: 0,
+            retry: RetryPolicy::default(),
+            no_cache: false,
+        };
+        let record = self.new_record(&new, RequestState::Done, at);
+        self.requests.insert(m.key, record);
+        self.finish(m.key, Outcome::Value(m.value.clone()), at);
+        true
+    }
+
     fn stop_running(&mut self, key: RequestKey) -> Option<NodeId> {
         let r = self.requests.get_mut(&key)?;
         let RequestState::Running { node, .. } = r.state else {
@@ -981,7 +1028,6 @@ fn unknown_node(id: NodeId) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mozen_model::RetryPolicy;
 
     fn key(n: u8) -> RequestKey {
         RequestKey([n; 32])
@@ -1051,6 +1097,54 @@ mod tests {
             at: 0,
         });
         st
+    }
+
+    fn memo(n: u8, value: &[u8]) -> Command {
+        Command::Memoize {
+            memos: vec![Memo {
+                key: key(n),
+                function: "f".into(),
+                args: b"[1]".to_vec(),
+                value: value.to_vec(),
+            }],
+            at: 4,
+        }
+    }
+
+    #[test]
+    fn memoized_values_are_memo_hits_and_are_stored_once() {
+        let mut st = cluster(2);
+        assert_eq!(st.apply(&memo(1, b"7")), Response::Memoized(vec![true]));
+        assert_eq!(
+            st.take_effects(),
+            vec![Effect::PutOutcome(key(1), Outcome::Value(b"7".to_vec()))]
+        );
+        assert_eq!(st.apply(&memo(1, b"7")), Response::Memoized(vec![false]));
+        assert!(st.take_effects().is_empty());
+        assert_eq!(
+            st.apply(&submit(1, None, 0)),
+            Response::Submitted(vec![SubmitReply::MemoHit])
+        );
+        assert_eq!(st.request_state(&key(1)), Some(RequestState::Done));
+    }
+
+    #[test]
+    fn memoizing_a_running_request_finishes_it_and_frees_its_slot() {
+        let mut st = cluster(1);
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        assert_eq!(st.busy_slots(1), 1);
+        assert_eq!(st.apply(&memo(1, b"7")), Response::Memoized(vec![true]));
+        assert_eq!(st.busy_slots(1), 0);
+        assert_eq!(st.request_state(&key(1)), Some(RequestState::Done));
+        // The running attempt's own completion comes too late to change anything.
+        let late = st.apply(&complete(1, 1, 1, Outcome::Value(b"8".to_vec())));
+        assert_eq!(late, Response::Completed(vec![CompleteReply::Stale]));
+        // A queued one leaves the queue.
+        st.apply(&submit(2, None, 0));
+        assert_eq!(st.queue().count(), 1);
+        st.apply(&memo(2, b"1"));
+        assert_eq!(st.queue().count(), 0);
     }
 
     #[test]

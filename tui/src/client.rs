@@ -518,6 +518,7 @@ pub async fn perform(cluster: &Cluster, effect: Effect) -> Action {
             let req = pb::TreeRequest {
                 key: key.clone(),
                 max_nodes: 5_000,
+                ..Default::default()
             };
             let result = cluster
                 .rpc(RPC_TIMEOUT, |mut c| {

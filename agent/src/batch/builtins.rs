@@ -1,9 +1,11 @@
 //! The batch built-ins: maps over one slice of a text file (`wordcount`, `linecount`, `grep`)
 //! and associative reduces over a list of values (`merge_counts`, `sum`, `concat`).
 //!
-//! A map receives a [`SliceArgs`]: either the slice's text (`ship = true`) or the path, byte
-//! range and hash of the slice (`ship = false`), in which case the agent reads the bytes itself
-//! and refuses when they no longer hash to what the job saw.
+//! A map receives a [`SliceArgs`]: the hash of the slice's text, stored in the cluster by the
+//! job (`ship = true`; the map fetches it as the memoized value of `blob([hash])`), the text
+//! itself (direct calls), or the path, byte range and hash of the slice (`ship = false`), in
+//! which case the agent reads the bytes itself and refuses when they no longer hash to what
+//! the job saw.
 
 use crate::functions::{Ctx, Functions, fail};
 use mozen_model::{TaskError, codes};
@@ -29,6 +31,9 @@ pub struct SliceArgs {
     /// The slice's text when it travels in the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// blake3 (hex) of the slice's text, stored in the cluster as `blob([hash])`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
     /// Byte range `[start, end)` of the slice in the file, when the agent reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<[u64; 2]>,
@@ -51,7 +56,29 @@ impl SliceArgs {
         )
     }
 
-    /// The slice's text: shipped, or read from the shared filesystem and checked.
+    /// The slice's text from wherever it is: the cluster's stored blobs (checked against the
+    /// hash), the request itself, or the shared filesystem.
+    pub async fn load(self, ctx: &Ctx) -> Result<String, TaskError> {
+        let Some(hash) = self.blob.clone() else {
+            return blocking(move || self.text()).await;
+        };
+        let text: String = ctx.call(super::job::BLOB, [&hash]).await?;
+        let label = self.label();
+        blocking(move || {
+            let got = blake3::hash(text.as_bytes()).to_hex();
+            if got.as_str() != hash {
+                return Err(fail(format!(
+                    "slice {label}: the stored text hashes to {} instead of {}",
+                    &got.as_str()[..12],
+                    &hash[..12.min(hash.len())]
+                )));
+            }
+            Ok(text)
+        })
+        .await
+    }
+
+    /// The slice's text when it is in the request or on the shared filesystem (checked).
     pub fn text(&self) -> Result<String, TaskError> {
         if let Some(t) = &self.text {
             return Ok(t.clone());
@@ -184,18 +211,19 @@ async fn blocking<R: Send + 'static>(
 
 /// Registers the batch built-ins.
 pub fn register(f: &mut Functions) {
-    const SLICE: &str =
-        "{\"file\", \"lines\": [start, end], \"file_hash\", \"text\" | \"bytes\" + \"slice_hash\"}";
-    f.register("wordcount", SLICE, |_c: Ctx, s: SliceArgs| async move {
-        blocking(move || Ok(wordcount(&s.text()?))).await
+    const SLICE: &str = "{\"file\", \"lines\": [start, end], \"file_hash\", \"blob\" | \"text\" | \"bytes\" + \"slice_hash\"}";
+    f.register("wordcount", SLICE, |c: Ctx, s: SliceArgs| async move {
+        let text = s.load(&c).await?;
+        blocking(move || Ok(wordcount(&text))).await
     });
-    f.register("linecount", SLICE, |_c: Ctx, s: SliceArgs| async move {
-        blocking(move || Ok(s.text()?.lines().count() as u64)).await
+    f.register("linecount", SLICE, |c: Ctx, s: SliceArgs| async move {
+        let text = s.load(&c).await?;
+        Ok(text.lines().count() as u64)
     });
     f.register(
         "grep",
         "a slice with \"params\": {\"pattern\": string}",
-        |_c: Ctx, s: SliceArgs| async move {
+        |c: Ctx, s: SliceArgs| async move {
             let Some(pattern) = s.params.get("pattern").and_then(Value::as_str) else {
                 return Err(bad(
                     "grep",
@@ -203,7 +231,9 @@ pub fn register(f: &mut Functions) {
                 ));
             };
             let pattern = pattern.to_string();
-            blocking(move || Ok(grep(&s.file, s.lines[0], &s.text()?, &pattern))).await
+            let (file, first) = (s.file.clone(), s.lines[0]);
+            let text = s.load(&c).await?;
+            blocking(move || Ok(grep(&file, first, &text, &pattern))).await
         },
     );
     f.register(
@@ -223,6 +253,7 @@ pub fn register(f: &mut Functions) {
         "list of lists or list of strings",
         |_c: Ctx, parts: Vec<Value>| async move { concat(parts).map_err(|e| bad("concat", e)) },
     );
+    super::job::register(f);
 }
 
 #[cfg(test)]
@@ -320,6 +351,7 @@ mod tests {
             lines: [1, 2],
             file_hash: "x".into(),
             text: None,
+            blob: None,
             bytes: Some([4, 8]),
             slice_hash: Some(blake3::hash(b"two\n").to_hex().to_string()),
             params: Value::Null,

@@ -6,6 +6,10 @@
 pub const TARGET_SLICE_SECS: f64 = 0.3;
 /// Largest share of a slice's time the per-request overhead may take.
 pub const MAX_OVERHEAD_SHARE: f64 = 0.05;
+/// Largest average slice when the job ships its data: each slice's text is one value in the
+/// replicated log (which followers must take within a heartbeat) and one message to the worker
+/// that maps it.
+pub const SHIP_SLICE_BYTES: f64 = 1024.0 * 1024.0;
 
 /// Measured costs of one job on one cluster.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,6 +22,11 @@ pub struct CostModel {
     pub max_rate: f64,
     /// Map requests that can run at the same time (free slots, capped by real cores).
     pub workers: usize,
+    /// Average bytes of input per line.
+    pub bytes_per_line: f64,
+    /// Seconds to store one byte of shipped input in the cluster (it is written to the
+    /// replicated log before the maps start); 0 when the agents read the files themselves.
+    pub ship_per_byte: f64,
 }
 
 /// What a job should cost with some number of workers.
@@ -37,7 +46,17 @@ impl CostModel {
         let secs = TARGET_SLICE_SECS.max(self.overhead / MAX_OVERHEAD_SHARE);
         let by_cost = (secs / per_line).ceil() as u64;
         let by_workers = total_lines.div_ceil(workers.max(1) as u64);
-        by_cost.min(by_workers).max(1)
+        let by_size = if self.ship_per_byte > 0.0 {
+            (SHIP_SLICE_BYTES / self.bytes_per_line.max(1.0)) as u64
+        } else {
+            u64::MAX
+        };
+        by_cost.min(by_workers).min(by_size).max(1)
+    }
+
+    /// Seconds to ship the input of `total_lines` lines into the cluster.
+    pub fn ship_seconds(&self, total_lines: u64) -> f64 {
+        total_lines as f64 * self.bytes_per_line * self.ship_per_byte
     }
 
     /// Time to run the whole job in one process on one core.
@@ -46,8 +65,9 @@ impl CostModel {
     }
 
     /// Time of the job on `workers` parallel workers, sliced as auto slicing would, reduced with
-    /// `fan_in`: the map phase is bounded by the work per worker and by the cluster's request
-    /// rate, then each reduce level costs one request round trip.
+    /// `fan_in`: shipping the input (it does not get faster with more workers: every byte goes
+    /// through the leader's log), then the map phase, bounded by the work per worker and by the
+    /// cluster's request rate, then one request round trip per reduce level.
     pub fn cluster(&self, total_lines: u64, workers: usize, fan_in: usize) -> Estimate {
         let lines_per_slice = self.slice_lines(total_lines, workers);
         self.cluster_sliced(total_lines, workers, fan_in, lines_per_slice)
@@ -75,7 +95,7 @@ impl CostModel {
             workers,
             lines_per_slice,
             slices,
-            seconds: map + levels as f64 * self.overhead,
+            seconds: self.ship_seconds(total_lines) + map + levels as f64 * self.overhead,
         }
     }
 
@@ -124,6 +144,8 @@ mod tests {
         overhead: 0.02,
         max_rate: 300.0,
         workers: 4,
+        bytes_per_line: 50.0,
+        ship_per_byte: 0.0,
     };
 
     #[test]
@@ -148,12 +170,39 @@ mod tests {
     }
 
     #[test]
+    fn shipping_costs_time_no_worker_saves_and_bounds_slices() {
+        // 20 MB/s into the cluster: 100 MB of input take 5 s before any map.
+        let ship = CostModel {
+            ship_per_byte: 1.0 / 20e6,
+            ..M
+        };
+        let lines = 2_000_000; // 100 MB at 50 bytes a line
+        assert!((ship.ship_seconds(lines) - 5.0).abs() < 1e-9);
+        let extra = |w| {
+            ship.cluster_sliced(lines, w, 16, 10_000).seconds
+                - M.cluster_sliced(lines, w, 16, 10_000).seconds
+        };
+        let (few, many) = (extra(4), extra(400));
+        assert!((few - 5.0).abs() < 1e-6 && (many - 5.0).abs() < 1e-6);
+        // A slice of a shipped job stays near SHIP_SLICE_BYTES (1 MiB / 50 B = 20,971 lines).
+        assert_eq!(M.slice_lines(100_000_000, 4), 40_000);
+        let slow = CostModel {
+            per_line: 1e-7,
+            ..ship
+        };
+        assert_eq!(slow.slice_lines(100_000_000, 4), 20_971);
+        assert!(ship.slice_lines(100_000_000, 4) < M.slice_lines(100_000_000, 4));
+    }
+
+    #[test]
     fn workers_within_a_target() {
         let m = CostModel {
             per_line: 0.0,
             overhead: 0.0,
             max_rate: f64::INFINITY,
             workers: 6,
+            bytes_per_line: 50.0,
+            ship_per_byte: 0.0,
         };
         // 60 requests of 2 s: 6 workers need 20 s; 10 s needs 12 workers.
         assert!((m.requests_seconds(60, 2.0, 6) - 20.0).abs() < 1e-9);

@@ -67,10 +67,18 @@ impl InputFile {
             lines,
             file_hash: self.hash.clone(),
             text: ship.then(|| String::from_utf8_lossy(chunk).into_owned()),
+            blob: None,
             bytes: (!ship).then_some([a as u64, b as u64]),
             slice_hash: (!ship).then(|| blake3::hash(chunk).to_hex().to_string()),
             params: params.clone(),
         }
+    }
+
+    /// The text of lines `[start, end)` (lossy where the file is not UTF-8; a job that ships
+    /// its data refused such files when it read them).
+    pub fn text(&self, lines: [u64; 2]) -> std::borrow::Cow<'_, str> {
+        let (a, b) = self.byte_range(lines);
+        String::from_utf8_lossy(&self.bytes[a..b])
     }
 
     pub fn slice_bytes(&self, lines: [u64; 2]) -> u64 {

@@ -6,6 +6,7 @@
 //! - [`builtins`]: `wordcount`, `linecount`, `grep`, `merge_counts`, `sum`, `concat`.
 //! - [`corpus`]: a deterministic generated corpus for tests and benchmarks.
 //! - [`cost`]: the cost model behind auto slicing and `mozen plan`.
+//! - [`job`]: the job's root request (`mapreduce`) and the shipped slices' texts (`blob`).
 //! - [`run`]: running a job on a cluster (or locally) with an error policy and progress.
 //! - [`plan`]: estimates and a verdict on whether distributing is worth it.
 //! - [`progress`]: the progress bar of `mozen run`.
@@ -16,6 +17,7 @@ pub mod builtins;
 pub mod corpus;
 pub mod cost;
 pub mod input;
+pub mod job;
 pub mod plan;
 pub mod progress;
 pub mod run;

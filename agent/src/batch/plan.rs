@@ -16,6 +16,8 @@ pub struct Plan {
     pub per_line_us: f64,
     pub overhead_ms: f64,
     pub max_rate: f64,
+    /// MB/s at which shipped input is stored in the cluster (0: the agents read the files).
+    pub ship_mb_per_s: f64,
     pub workers: usize,
     /// Workers each node adds (the current cluster's average).
     pub workers_per_node: f64,
@@ -70,7 +72,9 @@ pub fn plan_from(model: &CostModel, lines: u64, bytes: u64, nodes: usize, fan_in
             local / now.seconds
         )
     } else {
-        let why = if model.overhead * now.slices as f64 > local * 0.5
+        let why = if model.ship_seconds(lines) > local * 0.5 {
+            "shipping the input into the cluster takes longer than the work (ship = false lets the agents read it from a shared filesystem)"
+        } else if model.overhead * now.slices as f64 > local * 0.5
             || now.slices as f64 / model.max_rate > local
         {
             "the per-request overhead is larger than the work"
@@ -88,6 +92,11 @@ pub fn plan_from(model: &CostModel, lines: u64, bytes: u64, nodes: usize, fan_in
         per_line_us: model.per_line * 1e6,
         overhead_ms: model.overhead * 1e3,
         max_rate: model.max_rate,
+        ship_mb_per_s: if model.ship_per_byte > 0.0 {
+            1e-6 / model.ship_per_byte
+        } else {
+            0.0
+        },
         workers: model.workers,
         workers_per_node: per_node,
         nodes,
@@ -134,6 +143,13 @@ impl std::fmt::Display for Plan {
             "overhead     {:.1} ms/request, {:.0} requests/s at most",
             self.overhead_ms, self.max_rate
         )?;
+        if self.ship_mb_per_s > 0.0 {
+            writeln!(
+                f,
+                "shipping     {:.1} MB/s into the cluster's log",
+                self.ship_mb_per_s
+            )?;
+        }
         writeln!(
             f,
             "workers      {} free ({} node(s))",
@@ -171,6 +187,8 @@ mod tests {
             overhead: 0.02,
             max_rate: 300.0,
             workers: 6,
+            bytes_per_line: 50.0,
+            ship_per_byte: 0.0,
         };
         let p = plan_from(&heavy, 1_000_000, 50_000_000, 3, 16);
         assert!(p.verdict.starts_with("worth distributing"), "{}", p.verdict);
@@ -187,5 +205,15 @@ mod tests {
             p.verdict
         );
         assert!(p.to_string().contains("+500 nodes"));
+        // Shipping at 1 MB/s: 50 MB take 50 s whatever the workers, more than the 100 s of
+        // work on one core spread over six.
+        let shipped = CostModel {
+            ship_per_byte: 1e-6,
+            ..heavy
+        };
+        let p = plan_from(&shipped, 1_000_000, 50_000_000, 3, 16);
+        let (now, more) = (p.cluster[0].1.seconds, p.cluster[3].1.seconds);
+        assert!(now > 50.0 && more > 50.0, "{now} {more}");
+        assert!(p.to_string().contains("shipping     1.0 MB/s"));
     }
 }

@@ -12,6 +12,8 @@ pub struct Display {
     bar: Option<ProgressBar>,
     /// Plain mode: when the last line was printed.
     last: Mutex<Option<Instant>>,
+    /// The job's root was announced.
+    announced: std::sync::atomic::AtomicBool,
     start: Instant,
 }
 
@@ -32,18 +34,37 @@ impl Display {
         Display {
             bar,
             last: Mutex::new(None),
+            announced: Default::default(),
             start: Instant::now(),
         }
     }
 
     fn message(p: &Progress) -> String {
-        format!(
+        let m = format!(
             "slices {}/{}  memo hits {}  failed {}  reduces {}",
             p.done, p.slices, p.memo_hits, p.failed, p.reduces
-        )
+        );
+        if p.uploaded == 0 {
+            return m;
+        }
+        format!("shipped {:.1} MB  {m}", p.uploaded as f64 / 1e6)
     }
 
     pub fn update(&self, p: &Progress) {
+        if let Some(root) = p.root
+            && !self
+                .announced
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let root = root.to_hex();
+            let line = format!(
+                "job root {root}: `mozen tree {root}` shows it; it runs on if this command stops"
+            );
+            match &self.bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
         if let Some(b) = &self.bar {
             b.set_length(p.bytes_total);
             b.set_position(p.bytes_done);

@@ -7,6 +7,7 @@
 use super::builtins::SliceArgs;
 use super::cost::CostModel;
 use super::input::{InputFile, SliceRef, cut};
+use super::job::{self, JobArgs, JobResult};
 use super::spec::{ErrorPolicy, JobSpec, SliceLines, SpecError};
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{Ctx, Functions};
@@ -15,6 +16,8 @@ use mozen_model::{RequestKey, TaskError, canonical_args};
 use mozen_proto as pb;
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,9 @@ pub enum JobError {
     /// A reduce request failed (reduces are not skipped).
     #[error("MZ-JOB-FAILED: reduce {function} failed: {}", show_chain(.error))]
     Reduce { function: String, error: TaskError },
+    /// The job's root request failed: a slice under its error policy, a reduce, or the root.
+    #[error("{}", show_chain(.0))]
+    Failed(TaskError),
 }
 
 impl JobError {
@@ -79,10 +85,19 @@ pub struct Progress {
     pub bytes_total: u64,
     /// Reduce requests finished.
     pub reduces: u64,
+    /// Bytes of shipped slices stored in the cluster before the job started.
+    pub uploaded: u64,
+    /// The job's root request, once known.
+    #[serde(skip)]
+    pub root: Option<RequestKey>,
 }
 
+/// Attempts of a job's root (and, inherited, of its maps) counting re-queues after the loss
+/// of an agent.
+pub const ROOT_ATTEMPTS: u32 = 10;
+
 /// A slice left out under `policy = "skip"`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Skipped {
     /// `file:first-last`.
     pub slice: String,
@@ -94,6 +109,8 @@ pub struct Skipped {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {
     pub name: String,
+    /// Key of the job's root request.
+    pub root: String,
     pub result: Value,
     pub files: usize,
     pub lines: u64,
@@ -183,7 +200,7 @@ pub async fn run_local(
             _parent: RequestKey,
             function: String,
             _args: Value,
-        ) -> futures::future::BoxFuture<'static, Result<Value, TaskError>> {
+        ) -> futures::future::BoxFuture<'static, Result<(Value, bool), TaskError>> {
             Box::pin(async move {
                 Err(crate::functions::fail(format!(
                     "{function}: a local run cannot call the cluster"
@@ -230,12 +247,56 @@ pub async fn measure(job: &Prepared, client: &Client) -> Result<CostModel, JobEr
     };
     let (overhead, max_rate) = request_costs(client).await?;
     let workers = free_workers(client).await?;
+    let ship_per_byte = if job.spec.ship {
+        ship_cost(client).await?
+    } else {
+        0.0
+    };
     Ok(CostModel {
         per_line,
         overhead,
         max_rate,
         workers,
+        bytes_per_line: job.bytes() as f64 / job.lines().max(1) as f64,
+        ship_per_byte,
     })
+}
+
+/// Bytes of the text shipped to measure the cost of shipping.
+const SHIP_SAMPLE_BYTES: usize = 1 << 20;
+
+/// Seconds per byte to store shipped text in the cluster: a fresh sample of
+/// [`SHIP_SAMPLE_BYTES`] uploaded and then forgotten.
+async fn ship_cost(client: &Client) -> Result<f64, JobError> {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let line = format!("mozen plan sample {nonce} of the cost of shipping input text\n");
+    let text = line.repeat(SHIP_SAMPLE_BYTES / line.len());
+    let t = Instant::now();
+    let hash = job::blob_hash(&text);
+    upload(
+        client,
+        &[(hash.clone(), Cow::Borrowed(text.as_str()))],
+        &mut |_| {},
+    )
+    .await?;
+    let secs = t.elapsed().as_secs_f64();
+    let key = job::blob_key(&hash).to_hex();
+    client
+        .rpc(|mut c| {
+            let k = key.clone();
+            async move {
+                c.forget(pb::ForgetRequest {
+                    key: k,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .await?;
+    Ok(secs / text.len() as f64)
 }
 
 /// Median round trip of a fresh `noop` request, and the rate of 64 concurrent ones.
@@ -299,7 +360,165 @@ pub async fn lines_per_slice(job: &Prepared, client: &Client) -> Result<u64, Job
     }
 }
 
-/// Runs a prepared job on the cluster; `progress` sees every change.
+/// Most bytes of blobs sent in one `PutBlobs` request (one log entry).
+const UPLOAD_BYTES: usize = crate::proposer::MAX_ENTRY_BYTES;
+/// How often a running job's progress is read from the cluster.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Shipped texts by hash.
+type Blobs<'a> = Vec<(String, Cow<'a, str>)>;
+
+/// The root request's arguments for `slices`, and (when the job ships its data) the texts they
+/// name by hash, each once. A shipped slice larger than [`job::MAX_BLOB_BYTES`] is refused.
+fn job_args<'a>(job: &'a Prepared, slices: &[SliceRef]) -> Result<(JobArgs, Blobs<'a>), String> {
+    let spec = &job.spec;
+    let mut blobs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut args = Vec::with_capacity(slices.len());
+    for s in slices {
+        let f = &job.files[s.file];
+        // Read in place: path, byte range and the hash of the bytes; a shipped slice is
+        // named by that hash instead.
+        let mut a = f.slice(s.lines, false, &spec.map_args);
+        if spec.ship {
+            let size = f.slice_bytes(s.lines);
+            if size > job::MAX_BLOB_BYTES as u64 {
+                let lines = (s.lines[1] - s.lines[0]).max(1);
+                let fit = (job::MAX_BLOB_BYTES as u64 * lines / size).max(1);
+                return Err(format!(
+                    "slice {} is {size} bytes, more than a shipped slice may be ({} bytes): set [slice] lines to {fit} or fewer, or to \"auto\"",
+                    a.label(),
+                    job::MAX_BLOB_BYTES
+                ));
+            }
+            a.bytes = None;
+            a.blob = a.slice_hash.take();
+            if let Some(h) = &a.blob
+                && seen.insert(h.clone())
+            {
+                blobs.push((h.clone(), f.text(s.lines)));
+            }
+        }
+        args.push(a);
+    }
+    let root = JobArgs {
+        name: spec.name.clone(),
+        map: spec.map.clone(),
+        reduce: spec.reduce.clone(),
+        fan_in: spec.fan_in.max(2),
+        policy: spec.policy,
+        slices: args,
+    };
+    Ok((root, blobs))
+}
+
+/// Stores the texts of `blobs` the cluster does not hold yet; `sent` sees the bytes uploaded
+/// so far. Returns the bytes uploaded.
+pub async fn upload(
+    client: &Client,
+    blobs: &[(String, Cow<'_, str>)],
+    sent: &mut (dyn FnMut(u64) + Send),
+) -> Result<u64, JobError> {
+    let mut missing = std::collections::HashSet::new();
+    for group in blobs.chunks(8192) {
+        let req = pb::PutBlobsRequest {
+            check: group.iter().map(|(h, _)| h.clone()).collect(),
+            blobs: Vec::new(),
+        };
+        let reply = client
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.put_blobs(r).await }
+            })
+            .await?;
+        missing.extend(reply.missing);
+    }
+    // Requests of about UPLOAD_BYTES, a few in flight: the leader batches them into few log
+    // entries.
+    let mut requests = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut size = 0;
+    for (_, text) in blobs.iter().filter(|(h, _)| missing.contains(h)) {
+        if size + text.len() > UPLOAD_BYTES && !current.is_empty() {
+            requests.push((std::mem::take(&mut current), size as u64));
+            size = 0;
+        }
+        size += text.len();
+        current.push(text.to_string());
+    }
+    if !current.is_empty() {
+        requests.push((current, size as u64));
+    }
+    let puts = requests.into_iter().map(|(blobs, bytes)| async move {
+        let req = pb::PutBlobsRequest {
+            check: Vec::new(),
+            blobs,
+        };
+        client
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.put_blobs(r).await }
+            })
+            .await
+            .map(|_| bytes)
+    });
+    let mut total = 0;
+    let mut puts = futures::stream::iter(puts).buffer_unordered(3);
+    while let Some(r) = puts.next().await {
+        total += r?;
+        sent(total);
+    }
+    Ok(total)
+}
+
+/// Reads how far the job whose root is `root` got: its map and reduce children that finished.
+async fn poll_progress(
+    client: &Client,
+    job: &JobArgs,
+    root: &str,
+    bytes_of: &HashMap<String, u64>,
+    p: &mut Progress,
+) {
+    let req = pb::TreeRequest {
+        key: root.to_string(),
+        max_nodes: (job.slices.len() * 2 + 64).min(u32::MAX as usize) as u32,
+        max_depth: 1,
+        omit_args: true,
+    };
+    let Ok(tree) = client
+        .rpc(|mut c| {
+            let r = req.clone();
+            async move { c.tree(r).await }
+        })
+        .await
+    else {
+        return; // not submitted yet, or between leaders: the next poll tells
+    };
+    let (mut done, mut failed, mut bytes, mut reduces) = (0, 0, 0, 0);
+    for e in tree.entries.iter().filter(|e| e.depth == 1) {
+        let Some(r) = &e.request else { continue };
+        let finished = match r.state.as_str() {
+            "done" => true,
+            "failed" | "cancelled" => false,
+            _ => continue,
+        };
+        if r.function == job.map && bytes_of.contains_key(&r.key) {
+            done += 1;
+            failed += u64::from(!finished);
+            bytes += bytes_of[&r.key];
+        } else if r.function == job.reduce && finished {
+            reduces += 1;
+        }
+    }
+    // A re-run root (after an agent's loss) starts with fewer finished children: never go back.
+    p.done = p.done.max(done);
+    p.failed = p.failed.max(failed);
+    p.bytes_done = p.bytes_done.max(bytes);
+    p.reduces = p.reduces.max(reduces);
+}
+
+/// Runs a prepared job on the cluster as one root request (see [`super::job`]); `progress`
+/// sees every change.
 pub async fn run(
     job: &Prepared,
     client: &Client,
@@ -309,139 +528,114 @@ pub async fn run(
     let spec = &job.spec;
     let per_slice = lines_per_slice(job, client).await?;
     let slices = cut(&job.files, per_slice);
-    let concurrency = free_workers(client).await?.max(1) * 2 + 2;
-    let retries = match spec.policy {
-        ErrorPolicy::Fail => 0,
-        _ => spec.retries,
-    };
-    let opts = CallOptions {
-        retries,
-        backoff_ms: 50,
-        ..Default::default()
-    };
+    let (root, blobs) = job_args(job, &slices).map_err(JobError::Input)?;
     let mut p = Progress {
         slices: slices.len() as u64,
         bytes_total: job.bytes(),
         ..Default::default()
     };
+    p.root = Some(root.key());
     progress(&p);
-    let call = |s: SliceRef| {
-        let f = &job.files[s.file];
-        let args = f.slice(s.lines, spec.ship, &spec.map_args);
-        let label = args.label();
-        let bytes = f.slice_bytes(s.lines);
-        let opts = opts.clone();
-        async move {
-            let v = serde_json::to_value(&args).unwrap_or(Value::Null);
-            let key = RequestKey::of(&spec.map, &canonical_args(&v)).to_hex();
-            let r = client.call_json(&spec.map, v, &opts).await;
-            (label, key, bytes, r)
-        }
+    let key = root.key().to_hex();
+    let bytes_of: HashMap<String, u64> = root
+        .slices
+        .iter()
+        .zip(&slices)
+        .map(|(a, s)| {
+            let v = serde_json::to_value(a).unwrap_or(Value::Null);
+            let k = RequestKey::of(&spec.map, &canonical_args(&v)).to_hex();
+            (k, job.files[s.file].slice_bytes(s.lines))
+        })
+        .collect();
+    // Already done as a whole: the blobs need not travel again.
+    let peek = client
+        .rpc(|mut c| {
+            let k = key.clone();
+            async move {
+                c.get(pb::GetRequest {
+                    key: k,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .await;
+    let done_before = peek.is_ok_and(|r| r.state == "done");
+    if !blobs.is_empty() && !done_before {
+        upload(client, &blobs, &mut |n| {
+            p.uploaded = n;
+            progress(&p);
+        })
+        .await?;
+    }
+    let mut opts = CallOptions {
+        retries: match spec.policy {
+            ErrorPolicy::Fail => 0,
+            _ => spec.retries,
+        },
+        backoff_ms: 50,
+        // The loss of agents is no reason to give a job up: its root and maps run again.
+        max_attempts: ROOT_ATTEMPTS,
+        ..Default::default()
     };
-    let mut results: Vec<Option<Value>> = vec![None; slices.len()];
-    let mut skipped = Vec::new();
-    let mut executed = 0;
-    let mut stream = futures::stream::iter(slices.iter().copied().map(call).enumerate())
-        .map(|(i, fut)| async move { (i, fut.await) })
-        .buffer_unordered(concurrency);
-    while let Some((i, (label, key, bytes, r))) = stream.next().await {
-        p.done += 1;
-        p.bytes_done += bytes;
-        match r {
-            Ok(reply) => {
-                if reply.cached {
-                    p.memo_hits += 1;
-                } else {
-                    executed += 1;
-                }
-                let text = reply.result_json.as_deref().unwrap_or("null");
-                results[i] = Some(serde_json::from_str(text).map_err(|e| {
-                    ClientError::Codec(format!(
-                        "{}: result of {label} does not decode: {e}",
-                        spec.map
-                    ))
-                })?);
-            }
-            Err(ClientError::Task(error)) => {
-                p.failed += 1;
-                if spec.policy == ErrorPolicy::Skip {
-                    skipped.push(Skipped {
-                        slice: label,
-                        key,
-                        error: show_chain(&error),
-                    });
-                } else {
-                    progress(&p);
-                    return Err(JobError::Slice {
-                        slice: label,
-                        policy: spec.policy.name(),
-                        error,
-                    });
+    let mut reply = None;
+    for _ in 0..2 {
+        let r = {
+            let call = client.call_json(job::ROOT, root.value(), &opts);
+            tokio::pin!(call);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    _ = tick.tick() => {
+                        poll_progress(client, &root, &key, &bytes_of, &mut p).await;
+                        progress(&p);
+                    }
                 }
             }
-            Err(e) => return Err(e.into()),
-        }
-        progress(&p);
-    }
-    drop(stream);
-    skipped.sort_by(|a, b| a.slice.cmp(&b.slice));
-    // The reduce tree: slice order is fixed, so each level's groups (and their keys) repeat
-    // from one run to the next.
-    let mut level: Vec<Value> = results.into_iter().flatten().collect();
-    let mut first = true;
-    while first || level.len() > 1 {
-        first = false;
-        let groups: Vec<Value> = level
-            .chunks(spec.fan_in.max(2))
-            .map(|c| Value::Array(c.to_vec()))
-            .collect();
-        let groups = if groups.is_empty() {
-            vec![json!([])]
-        } else {
-            groups
         };
-        let calls = groups
-            .into_iter()
-            .map(|g| client.call_json(&spec.reduce, g, &opts));
-        let mut next = Vec::new();
-        for r in futures::stream::iter(calls)
-            .buffered(concurrency)
-            .collect::<Vec<_>>()
-            .await
-        {
-            match r {
-                Ok(reply) => {
-                    p.reduces += 1;
-                    let text = reply.result_json.as_deref().unwrap_or("null");
-                    next.push(serde_json::from_str(text).map_err(|e| {
-                        ClientError::Codec(format!("{}: result does not decode: {e}", spec.reduce))
-                    })?);
-                }
-                Err(ClientError::Task(error)) => {
-                    return Err(JobError::Reduce {
-                        function: spec.reduce.clone(),
-                        error,
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let r = r.map_err(|e| match e {
+            ClientError::Task(e) => JobError::Failed(e),
+            e => e.into(),
+        })?;
+        let result: JobResult = serde_json::from_str(r.result_json.as_deref().unwrap_or("null"))
+            .map_err(|e| {
+                ClientError::Codec(format!("{}: result does not decode: {e}", job::ROOT))
+            })?;
+        // A memoized job that skipped slices runs again: their failures may have passed.
+        let again = r.cached && !result.skipped.is_empty() && !opts.no_cache;
+        reply = Some((r.cached, result));
+        if !again {
+            break;
         }
-        progress(&p);
-        level = next;
+        opts.no_cache = true;
     }
+    let (cached, result) = reply.expect("the loop ran");
+    let (executed, memo_hits) = if cached {
+        (0, p.slices)
+    } else {
+        (result.executed, result.memo_hits)
+    };
+    p.done = p.slices;
+    p.failed = result.skipped.len() as u64;
+    p.memo_hits = memo_hits;
+    p.bytes_done = p.bytes_total;
+    p.reduces = p.reduces.max(result.reduces);
+    progress(&p);
     let elapsed = start.elapsed();
     Ok(JobReport {
         name: spec.name.clone(),
-        result: level.pop().unwrap_or(Value::Null),
+        root: key,
+        result: result.result,
         files: job.files.len(),
         lines: job.lines(),
         bytes: job.bytes(),
         lines_per_slice: per_slice,
         slices: p.slices,
         executed,
-        memo_hits: p.memo_hits,
-        reduces: p.reduces,
-        skipped,
+        memo_hits,
+        reduces: result.reduces,
+        skipped: result.skipped,
         elapsed_ms: elapsed.as_millis() as u64,
         mb_per_s: mb_per_s(job.bytes(), elapsed),
     })

@@ -18,7 +18,8 @@ pub enum SliceLines {
 }
 
 /// What happens when a map fails after its retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorPolicy {
     /// Retry `retries` times, then fail the job.
     Retry,

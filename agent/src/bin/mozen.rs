@@ -551,7 +551,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
         }
         Cmd::Tree { key, json } => {
-            let req = pb::TreeRequest { key, max_nodes: 0 };
+            let req = pb::TreeRequest {
+                key,
+                ..Default::default()
+            };
             let r = client
                 .rpc(|mut c| {
                     let r = req.clone();

@@ -290,7 +290,7 @@ pub async fn verify(cluster: &LocalCluster, analysis: &Analysis) -> Verification
             let all = all.clone();
             let req = pb::TreeRequest {
                 key: key.clone(),
-                max_nodes: 0,
+                ..Default::default()
             };
             async move {
                 all.rpc(|mut c| {

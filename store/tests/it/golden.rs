@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use mozen_model::{ChainLink, NodeRole, NodeState, Outcome, RetryPolicy, TaskError, codes};
-use mozen_store::{Assignment, Command, Completion, ForgetSelector, NewRequest};
+use mozen_store::{Assignment, Command, Completion, ForgetSelector, Memo, NewRequest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -156,6 +156,18 @@ pub(crate) fn fixtures() -> Vec<(&'static str, Command)> {
                 attempt: 2,
                 parked: true,
                 at: 17,
+            },
+        ),
+        (
+            "memoize",
+            Command::Memoize {
+                memos: vec![Memo {
+                    key: key(3),
+                    function: "blob".into(),
+                    args: b"[\"ab\"]".to_vec(),
+                    value: b"\"text\"".to_vec(),
+                }],
+                at: 18,
             },
         ),
     ]

@@ -1,9 +1,8 @@
 //! Batch jobs on real agents: results equal an independent count, reruns hit the memo, an
 //! edited file reruns only its slices, error policies, bad job files, and SIGKILL mid-job.
 //!
-//! The default suite uses a corpus of a few MB. The 50 MB corpus (about 40 s alone in a debug
-//! build, much longer beside the other tests) runs with
-//! `cargo nextest run -p mozen-agent -E 'test(fifty_mb)' --run-ignored only`.
+//! Most tests use a corpus of a few MB. The 50 MB one runs alone (see .config/nextest.toml):
+//! about a minute in a debug build.
 
 use crate::harness::*;
 use mozen_agent::batch::{self, JobSpec, SliceLines};
@@ -398,7 +397,6 @@ async fn plan_estimates_and_auto_slicing_keep_the_result() {
 
 /// 50 MB in 200 files, shipped and read.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "50 MB corpus: run with --run-ignored only -E 'test(fifty_mb)'"]
 async fn fifty_mb_wordcount_equals_an_independent_count() {
     let corpus = corpus(200, 250_000);
     let c = Cluster::start(3, &[]);

@@ -7,8 +7,8 @@
 use crate::hub::Reservation;
 use crate::node::{Agent, now_ms};
 use crate::proposer::ProposeError;
-use mozen_model::{Millis, NodeId, NodeState, RequestKey, RequestState, max_assigned};
-use mozen_scheduler::{Candidate, NodeLoad, plan};
+use mozen_model::{Millis, NodeId, NodeState, RequestKey, RequestState};
+use mozen_scheduler::{Candidate, LoadIndex, NodeLoad, NodeView, Rank, plan_on};
 use mozen_store::{Assignment, ClusterState, Command, ForgetSelector};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -70,47 +70,64 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken) {
     tokio::spawn(liveness_loop(agent, token));
 }
 
-/// The nodes that may take work, as the scheduler sees them: registered, connected to this
-/// leader by a Work stream, and not shutting down.
-fn node_loads(
-    agent: &Agent,
-    state: &ClusterState,
-    reserved: &HashMap<NodeId, u32>,
-) -> Vec<NodeLoad> {
-    let (connected, leaving) = {
-        let streams = agent.hub.streams.lock().expect("streams");
-        let l = agent.hub.liveness.lock().expect("liveness");
-        (
-            streams.keys().copied().collect::<HashSet<_>>(),
-            l.leaving.clone(),
-        )
-    };
-    loads(
-        state,
-        |id| connected.contains(&id) && !leaving.contains(&id),
-        reserved,
-    )
+/// The nodes as this leader's scheduler sees them: the state's node loads, ranked as the
+/// planner prefers them, less the nodes `eligible` refuses (no Work stream to this leader, or
+/// shutting down), with the places `reserved` for assignments not applied yet. Without local
+/// queues (no function known to be short) queue places count for none.
+pub struct Nodes<'a, E> {
+    loads: &'a LoadIndex,
+    eligible: E,
+    reserved: &'a HashMap<NodeId, u32>,
+    queues: bool,
 }
 
-/// The load of every node `eligible` accepts, counting places `reserved` for assignments not
-/// applied yet.
-pub fn loads(
-    state: &ClusterState,
-    eligible: impl Fn(NodeId) -> bool,
-    reserved: &HashMap<NodeId, u32>,
-) -> Vec<NodeLoad> {
-    state
-        .nodes()
-        .filter(|n| eligible(n.id))
-        .map(|n| NodeLoad {
-            id: n.id,
-            state: n.state,
-            slots: n.slots,
-            busy: state.busy_slots(n.id) + reserved.get(&n.id).copied().unwrap_or(0),
-            queue: max_assigned(n.slots) - n.slots,
-            score: n.score(),
-        })
-        .collect()
+impl<'a, E: Fn(NodeId) -> bool> Nodes<'a, E> {
+    pub fn new(
+        state: &'a ClusterState,
+        eligible: E,
+        reserved: &'a HashMap<NodeId, u32>,
+        queues: bool,
+    ) -> Self {
+        Nodes {
+            loads: state.loads(),
+            eligible,
+            reserved,
+            queues,
+        }
+    }
+
+    /// The load of a node the state lists, as the plan sees it.
+    fn now(&self, l: &NodeLoad) -> NodeLoad {
+        let mut l = NodeLoad {
+            queue: if self.queues { l.queue } else { 0 },
+            ..l.clone()
+        };
+        if !self.reserved.is_empty() {
+            l.busy = l
+                .busy
+                .saturating_add(self.reserved.get(&l.id).copied().unwrap_or(0));
+        }
+        l
+    }
+}
+
+impl<E: Fn(NodeId) -> bool> NodeView for Nodes<'_, E> {
+    fn load(&self, id: NodeId) -> Option<NodeLoad> {
+        if !(self.eligible)(id) {
+            return None;
+        }
+        self.loads.get(id).map(|l| self.now(l))
+    }
+
+    // Ranked by the state's busy counts: a node with places reserved is listed at a better
+    // rank than its load now gives it, which the planner allows for. Without local queues the
+    // ranking for short requests is the one for the others.
+    fn ranked(&self, short: bool) -> impl Iterator<Item = (Rank, NodeLoad)> + '_ {
+        self.loads
+            .ranked(short && self.queues)
+            .filter(|(_, l)| (self.eligible)(l.id))
+            .map(|(r, l)| (*r, self.now(l)))
+    }
 }
 
 /// Builds one plan from the replicated state and the leader's liveness view.
@@ -118,47 +135,35 @@ fn make_plan(agent: &Agent) -> Vec<Assignment> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let reserved = agent.hub.reservations().clone();
-    let loads = node_loads(agent, &state, &reserved);
-    plan_pass(&state, &loads, &agent.hub.short_functions(), now_ms())
+    let short = agent.hub.short_functions();
+    // Held for the pass (same order as everywhere: state, streams, liveness), so that only
+    // the nodes the pass looks at are checked.
+    let streams = agent.hub.streams.lock().expect("streams");
+    let liveness = agent.hub.liveness.lock().expect("liveness");
+    let eligible = |id: NodeId| streams.contains_key(&id) && !liveness.leaving.contains(&id);
+    plan_pass(&state, eligible, &reserved, &short, now_ms())
 }
 
 /// One scheduling pass: the queue in order, each request with its parent's node as locality
-/// hint and whether its function is `short`, placed on `loads`. Also driven by the `scale`
-/// benchmark.
+/// hint and whether its function is `short`, placed on the nodes `eligible` accepts (counting
+/// places `reserved` for assignments not applied yet). Also driven by the `scale` benchmark.
 pub fn plan_pass(
     state: &ClusterState,
-    loads: &[NodeLoad],
+    eligible: impl Fn(NodeId) -> bool,
+    reserved: &HashMap<NodeId, u32>,
     short: &HashSet<String>,
     now: Millis,
 ) -> Vec<Assignment> {
-    if loads
-        .iter()
-        .all(|n| n.state != NodeState::Active || n.busy >= n.slots + n.queue)
-    {
-        return Vec::new();
-    }
     // With no short function known, local queues cannot be used: the pass ends at the last
     // free slot instead of looking further for short requests.
-    let no_queues: Vec<NodeLoad>;
-    let loads = if short.is_empty() {
-        no_queues = loads
-            .iter()
-            .map(|n| NodeLoad {
-                queue: 0,
-                ..n.clone()
-            })
-            .collect();
-        &no_queues
-    } else {
-        loads
-    };
+    let nodes = Nodes::new(state, eligible, reserved, !short.is_empty());
     let queue = state.queue().map(|r| Candidate {
         key: r.key,
         preferred: preferred_node(state, &r.parents),
         ready: r.not_before <= now,
         short: short.contains(&r.function),
     });
-    plan(loads, queue, PLAN_LIMIT)
+    plan_on(&nodes, queue, PLAN_LIMIT)
         .into_iter()
         .map(|p| Assignment {
             key: p.key,
@@ -190,15 +195,21 @@ pub fn place_now<'a>(
     if state.queue().next().is_some() || state.request(&key).is_some() {
         return None;
     }
+    let short = agent.hub.is_short(function);
     let mut reserved = agent.hub.reservations();
-    let loads = node_loads(agent, &state, &reserved);
     let candidate = Candidate {
         key,
         preferred: preferred_node(&state, parent.as_slice()),
         ready: true,
-        short: agent.hub.is_short(function),
+        short,
     };
-    let node = plan(&loads, [candidate], 1).first()?.node;
+    let node = {
+        let streams = agent.hub.streams.lock().expect("streams");
+        let liveness = agent.hub.liveness.lock().expect("liveness");
+        let eligible = |id: NodeId| streams.contains_key(&id) && !liveness.leaving.contains(&id);
+        let nodes = Nodes::new(&state, eligible, &reserved, true);
+        plan_on(&nodes, [candidate], 1).first()?.node
+    };
     let held = agent.hub.reserve(&mut reserved, node);
     Some((
         Assignment {

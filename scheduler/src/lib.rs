@@ -1,8 +1,8 @@
 //! mozen-scheduler: placement decisions, as pure functions.
 //!
-//! The Raft leader feeds [`plan`] the node table (state, slots, busy slots, capacity score) and
-//! the queue in scheduling order (priority, then submission order); it returns assignments that
-//! the leader commits in one batched log entry. The rules:
+//! The Raft leader feeds [`plan_on`] its view of the nodes (state, slots, busy slots, capacity
+//! score; see [`NodeView`]) and the queue in scheduling order (priority, then submission
+//! order); it returns assignments that the leader commits in one batched log entry. The rules:
 //!
 //! - never place on a node that is not Active (Draining, Drained and Down take no new work);
 //! - never exceed a node's free slots, except that requests of functions known to be short may
@@ -16,9 +16,16 @@
 //!   small machine still beats a busy big one;
 //! - requests still in retry backoff are skipped, not reordered.
 //!
+//! The cost of a pass does not grow with the number of nodes: the nodes with room are kept
+//! ranked in that order ([`LoadIndex`], maintained by the state machine as loads change), and a
+//! pass reads the ranking from its head and re-ranks only the nodes it places on.
+//!
 //! Dependency rule: depends on mozen-model only; no tokio, sled, openraft or tonic.
 
 use mozen_model::{NodeId, NodeState, RequestKey};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::iter::Peekable;
 
 /// What the scheduler needs to know about one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,25 +44,157 @@ pub struct NodeLoad {
 
 impl NodeLoad {
     /// Places left for a request: free slots, plus the local queue when it is short.
-    fn free(&self, short: bool) -> u32 {
+    pub fn free(&self, short: bool) -> u32 {
         if self.state != NodeState::Active {
             return 0;
         }
-        let room = if short {
+        self.room(short).saturating_sub(self.busy)
+    }
+
+    fn room(&self, short: bool) -> u32 {
+        if short {
             self.slots.saturating_add(self.queue)
         } else {
             self.slots
-        };
-        room.saturating_sub(self.busy)
+        }
     }
 
     fn weight(&self, short: bool) -> f64 {
-        let room = if short {
-            self.slots.saturating_add(self.queue)
-        } else {
-            self.slots
-        };
-        f64::from(self.free(short)) / f64::from(room.max(1)) * self.score.max(f64::MIN_POSITIVE)
+        f64::from(self.free(short)) / f64::from(self.room(short).max(1))
+            * self.score.max(f64::MIN_POSITIVE)
+    }
+
+    /// The node's place in the order of preference for a request of this kind, or None when
+    /// it has no room for one.
+    pub fn rank(&self, short: bool) -> Option<Rank> {
+        if self.free(short) == 0 {
+            return None;
+        }
+        // With room the weight is positive (and never NaN: `max` drops a NaN score), and the
+        // bits of positive floats order as the floats do.
+        Some(Rank {
+            weight: Reverse(self.weight(short).to_bits()),
+            id: self.id,
+        })
+    }
+}
+
+/// Order of preference among nodes with room: greatest weighted free capacity first, then the
+/// lowest id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    weight: Reverse<u64>,
+    id: NodeId,
+}
+
+impl Rank {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+/// The nodes a plan may use, as the planner reads them.
+pub trait NodeView {
+    /// The load of node `id`, or None if the plan may not use it.
+    fn load(&self, id: NodeId) -> Option<NodeLoad>;
+
+    /// The usable nodes that have room for a request of this kind (short or not), in order of
+    /// their [`Rank`], each with that rank and its [`load`](Self::load). Every usable node
+    /// with such room must be listed. A node may be listed at a better rank than its load now
+    /// gives it (places taken since it was ranked, e.g. reservations), never a worse one: the
+    /// plan re-ranks it.
+    fn ranked(&self, short: bool) -> impl Iterator<Item = (Rank, NodeLoad)> + '_;
+}
+
+/// Node loads kept ranked for the planner, updated one node at a time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadIndex {
+    loads: BTreeMap<NodeId, NodeLoad>,
+    /// Nodes with a free slot, by rank for requests that are not short.
+    long: BTreeMap<Rank, NodeLoad>,
+    /// Nodes with a free slot or local queue place, by rank for short requests.
+    short: BTreeMap<Rank, NodeLoad>,
+}
+
+impl LoadIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the load of `load.id`, replacing the one it had.
+    pub fn set(&mut self, load: NodeLoad) {
+        if let Some(old) = self.loads.get(&load.id) {
+            if *old == load {
+                return;
+            }
+            let old = old.clone();
+            self.unrank(&old);
+        }
+        if let Some(r) = load.rank(false) {
+            self.long.insert(r, load.clone());
+        }
+        if let Some(r) = load.rank(true) {
+            self.short.insert(r, load.clone());
+        }
+        self.loads.insert(load.id, load);
+    }
+
+    /// Forgets node `id`.
+    pub fn remove(&mut self, id: NodeId) {
+        if let Some(old) = self.loads.remove(&id) {
+            self.unrank(&old);
+        }
+    }
+
+    fn unrank(&mut self, old: &NodeLoad) {
+        if let Some(r) = old.rank(false) {
+            self.long.remove(&r);
+        }
+        if let Some(r) = old.rank(true) {
+            self.short.remove(&r);
+        }
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&NodeLoad> {
+        self.loads.get(&id)
+    }
+
+    /// Every node's load, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &NodeLoad> {
+        self.loads.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.loads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.loads.is_empty()
+    }
+
+    /// The nodes with room for a request of this kind, best first, with their rank.
+    pub fn ranked(&self, short: bool) -> impl Iterator<Item = (&Rank, &NodeLoad)> + '_ {
+        if short { &self.short } else { &self.long }.iter()
+    }
+}
+
+impl FromIterator<NodeLoad> for LoadIndex {
+    fn from_iter<T: IntoIterator<Item = NodeLoad>>(iter: T) -> Self {
+        let mut index = LoadIndex::new();
+        for l in iter {
+            index.set(l);
+        }
+        index
+    }
+}
+
+impl NodeView for LoadIndex {
+    fn load(&self, id: NodeId) -> Option<NodeLoad> {
+        self.get(id).cloned()
+    }
+
+    fn ranked(&self, short: bool) -> impl Iterator<Item = (Rank, NodeLoad)> + '_ {
+        LoadIndex::ranked(self, short).map(|(r, l)| (*r, l.clone()))
     }
 }
 
@@ -81,70 +220,154 @@ pub struct Placement {
 /// Requests examined for short ones after the last free slot was taken.
 pub const SHORT_LOOKAHEAD: usize = 1024;
 
-/// Places queued requests on free slots (and short ones in local queues). At most `limit`
-/// placements; stops early when the cluster has no room left.
+/// [`plan_on`] the given node loads (one per node id).
 pub fn plan<I>(nodes: &[NodeLoad], queue: I, limit: usize) -> Vec<Placement>
 where
     I: IntoIterator<Item = Candidate>,
 {
-    let mut loads: Vec<NodeLoad> = nodes.to_vec();
-    loads.sort_by_key(|n| n.id);
-    let total = |loads: &[NodeLoad], short: bool| -> u64 {
-        loads.iter().map(|n| u64::from(n.free(short))).sum()
+    let index: LoadIndex = nodes.iter().cloned().collect();
+    plan_on(&index, queue, limit)
+}
+
+/// Places queued requests on free slots (and short ones in local queues). At most `limit`
+/// placements; stops early when the cluster has no room left. Reads the nodes' ranking from
+/// its head and looks up only the nodes it considers, so its cost follows the placements
+/// made, not the number of nodes.
+pub fn plan_on<V, I>(nodes: &V, queue: I, limit: usize) -> Vec<Placement>
+where
+    V: NodeView,
+    I: IntoIterator<Item = Candidate>,
+{
+    let mut pass = Pass {
+        view: nodes,
+        placed: BTreeMap::new(),
     };
-    let mut room_long = total(&loads, false);
-    let mut room_short = total(&loads, true);
+    let mut long = Ranking::new(nodes.ranked(false), false);
+    let mut short = Ranking::new(nodes.ranked(true), true);
+    let mut queue = queue.into_iter();
     let mut out = Vec::new();
     // Once every slot is taken only short requests can still be placed: look for them among
     // the next SHORT_LOOKAHEAD requests at most, so a long queue of long requests costs a
     // bounded pass.
     let mut looked = 0usize;
-    for c in queue {
-        if out.len() >= limit || room_short == 0 {
+    loop {
+        if out.len() >= limit || short.best(&pass).is_none() {
             break;
         }
-        if room_long == 0 {
+        let Some(c) = queue.next() else { break };
+        let slot_left = long.best(&pass).is_some();
+        if !slot_left {
             looked += 1;
             if looked > SHORT_LOOKAHEAD {
                 break;
             }
         }
-        if !c.ready || (!c.short && room_long == 0) {
+        if !c.ready || (!c.short && !slot_left) {
             continue;
         }
         let local = c
             .preferred
-            .and_then(|p| loads.iter().position(|n| n.id == p && n.free(c.short) > 0));
-        let chosen = local.or_else(|| best(&loads, c.short));
-        let Some(i) = chosen else { continue };
-        // A placement always takes one place of the short room; it takes a slot too while
-        // the node still has one free.
-        if loads[i].free(false) > 0 {
-            room_long -= 1;
-        }
-        room_short -= 1;
-        loads[i].busy += 1;
+            .and_then(|p| pass.load(p))
+            .filter(|n| n.free(c.short) > 0)
+            .map(|n| n.id);
+        let chosen = local.or_else(|| {
+            if c.short {
+                short.best(&pass)
+            } else {
+                long.best(&pass)
+            }
+        });
+        let Some(id) = chosen else { continue };
+        let Some(before) = pass.load(id) else {
+            continue;
+        };
+        let mut after = before.clone();
+        after.busy += 1;
+        long.moved(&before, &after);
+        short.moved(&before, &after);
+        pass.placed.insert(id, after);
         out.push(Placement {
             key: c.key,
-            node: loads[i].id,
+            node: id,
         });
     }
     out
 }
 
-/// Index of the node with the greatest weighted free room (lowest id on ties).
-fn best(loads: &[NodeLoad], short: bool) -> Option<usize> {
-    let mut best: Option<(usize, f64)> = None;
-    for (i, n) in loads.iter().enumerate() {
-        if n.free(short) == 0 {
-            continue;
-        }
-        let w = n.weight(short);
-        if best.is_none_or(|(_, bw)| w > bw) {
-            best = Some((i, w));
+/// The nodes during a pass: the view, with the places this pass has taken.
+struct Pass<'a, V> {
+    view: &'a V,
+    placed: BTreeMap<NodeId, NodeLoad>,
+}
+
+impl<V: NodeView> Pass<'_, V> {
+    fn load(&self, id: NodeId) -> Option<NodeLoad> {
+        match self.placed.get(&id) {
+            Some(l) => Some(l.clone()),
+            None => self.view.load(id),
         }
     }
-    best.map(|(i, _)| i)
+}
+
+/// The order of preference during a pass, for one kind of request: the view's ranking, read
+/// from its head, and the nodes whose load changed since it was ranked, by their rank now. A
+/// node's load only grows, so its rank only gets worse: a node met at the head of the ranking
+/// with an outdated rank moves to `moved`, and the best node is the better of the two heads.
+struct Ranking<I: Iterator<Item = (Rank, NodeLoad)>> {
+    short: bool,
+    base: Peekable<I>,
+    /// The rank of the ranking's head, once checked against the node's load now.
+    checked: Option<Rank>,
+    moved: BTreeSet<Rank>,
+}
+
+impl<I: Iterator<Item = (Rank, NodeLoad)>> Ranking<I> {
+    fn new(base: I, short: bool) -> Self {
+        Ranking {
+            short,
+            base: base.peekable(),
+            checked: None,
+            moved: BTreeSet::new(),
+        }
+    }
+
+    /// The best node with room for this kind of request, if any.
+    fn best<V: NodeView>(&mut self, pass: &Pass<'_, V>) -> Option<NodeId> {
+        let head = loop {
+            if self.checked.is_some() {
+                break self.checked;
+            }
+            let Some((ranked, load)) = self.base.peek() else {
+                break None;
+            };
+            let now = pass.placed.get(&load.id).unwrap_or(load).rank(self.short);
+            if now == Some(*ranked) {
+                self.checked = now;
+            } else {
+                if let Some(r) = now {
+                    self.moved.insert(r);
+                }
+                self.base.next();
+            }
+        };
+        match (head, self.moved.first()) {
+            (Some(h), Some(m)) => Some(h.min(*m).id),
+            (h, m) => h.or(m.copied()).map(|r| r.id),
+        }
+    }
+
+    /// A placement changed a node's load from `before` to `after`.
+    fn moved(&mut self, before: &NodeLoad, after: &NodeLoad) {
+        if self.checked.is_some_and(|r| r.id == after.id) {
+            self.checked = None;
+        }
+        if let Some(r) = before.rank(self.short) {
+            self.moved.remove(&r);
+        }
+        if let Some(r) = after.rank(self.short) {
+            self.moved.insert(r);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +545,80 @@ mod tests {
         assert_eq!(plan(&[busy, idle], [c], 10)[0].node, 2);
     }
 
+    /// The planner as it was before the ranking: every node scanned for every request.
+    fn full_scan(nodes: &[NodeLoad], queue: Vec<Candidate>, limit: usize) -> Vec<Placement> {
+        let mut loads: Vec<NodeLoad> = nodes.to_vec();
+        loads.sort_by_key(|n| n.id);
+        let total = |loads: &[NodeLoad], short: bool| -> u64 {
+            loads.iter().map(|n| u64::from(n.free(short))).sum()
+        };
+        let mut room_long = total(&loads, false);
+        let mut room_short = total(&loads, true);
+        let mut out = Vec::new();
+        let mut looked = 0usize;
+        for c in queue {
+            if out.len() >= limit || room_short == 0 {
+                break;
+            }
+            if room_long == 0 {
+                looked += 1;
+                if looked > SHORT_LOOKAHEAD {
+                    break;
+                }
+            }
+            if !c.ready || (!c.short && room_long == 0) {
+                continue;
+            }
+            let local = c
+                .preferred
+                .and_then(|p| loads.iter().position(|n| n.id == p && n.free(c.short) > 0));
+            let best = || {
+                let mut best: Option<(usize, f64)> = None;
+                for (i, n) in loads.iter().enumerate() {
+                    if n.free(c.short) == 0 {
+                        continue;
+                    }
+                    let w = n.weight(c.short);
+                    if best.is_none_or(|(_, bw)| w > bw) {
+                        best = Some((i, w));
+                    }
+                }
+                best.map(|(i, _)| i)
+            };
+            let Some(i) = local.or_else(best) else {
+                continue;
+            };
+            if loads[i].free(false) > 0 {
+                room_long -= 1;
+            }
+            room_short -= 1;
+            loads[i].busy += 1;
+            out.push(Placement {
+                key: c.key,
+                node: loads[i].id,
+            });
+        }
+        out
+    }
+
+    /// A view ranked by older loads than it reports.
+    struct Stale {
+        ranked: LoadIndex,
+        now: LoadIndex,
+    }
+
+    impl NodeView for Stale {
+        fn load(&self, id: NodeId) -> Option<NodeLoad> {
+            self.now.load(id)
+        }
+
+        fn ranked(&self, short: bool) -> impl Iterator<Item = (Rank, NodeLoad)> + '_ {
+            self.ranked
+                .ranked(short)
+                .filter_map(|(r, l)| Some((*r, self.now.load(l.id)?)))
+        }
+    }
+
     fn state() -> impl Strategy<Value = NodeState> {
         prop_oneof![
             Just(NodeState::Active),
@@ -372,6 +669,54 @@ mod tests {
             // Each key at most once, in queue order.
             let order: Vec<usize> = p.iter().map(|pl| q.iter().position(|c| c.key == pl.key).unwrap()).collect();
             prop_assert!(order.windows(2).all(|w| w[0] < w[1]));
+        }
+
+        #[test]
+        fn plan_matches_the_full_scan(
+            nodes in proptest::collection::vec((state(), 0u32..8, 0u32..10, 0u32..6, 0.1f64..100.0, 0u32..3), 0..12),
+            queue in proptest::collection::vec((proptest::option::of(0u64..14), any::<bool>(), any::<bool>()), 0..80),
+            limit in 0usize..100,
+        ) {
+            let loads: Vec<NodeLoad> = nodes.iter().enumerate()
+                .map(|(i, (s, slots, busy, extra, score, _))| NodeLoad { queue: *extra, ..node(i as u64, *s, *slots, *busy, *score) }).collect();
+            let q: Vec<Candidate> = queue.iter().enumerate()
+                .map(|(i, (pref, ready, short))| Candidate { key: key(i as u64), preferred: *pref, ready: *ready, short: *short }).collect();
+            let expected = full_scan(&loads, q.clone(), limit);
+            prop_assert_eq!(&plan(&loads, q.clone(), limit), &expected);
+            // Ranked by loads older than the ones it reads (places reserved since): the same plan.
+            let stale = Stale {
+                ranked: loads.iter().zip(&nodes).map(|(l, n)| NodeLoad { busy: l.busy.saturating_sub(n.5), ..l.clone() }).collect(),
+                now: loads.iter().cloned().collect(),
+            };
+            prop_assert_eq!(&plan_on(&stale, q, limit), &expected);
+        }
+
+        #[test]
+        fn index_updated_in_place_equals_one_built_at_once(
+            ops in proptest::collection::vec((0u64..10, proptest::option::of((state(), 0u32..6, 0u32..9, 0u32..4, 0.1f64..8.0))), 0..60),
+        ) {
+            let mut index = LoadIndex::new();
+            let mut plain: BTreeMap<NodeId, NodeLoad> = BTreeMap::new();
+            for (id, op) in ops {
+                match op {
+                    Some((s, slots, busy, extra, score)) => {
+                        let l = NodeLoad { queue: extra, ..node(id, s, slots, busy, score) };
+                        plain.insert(id, l.clone());
+                        index.set(l);
+                    }
+                    None => {
+                        plain.remove(&id);
+                        index.remove(id);
+                    }
+                }
+            }
+            let rebuilt: LoadIndex = plain.values().cloned().collect();
+            prop_assert_eq!(&index, &rebuilt);
+            for short in [false, true] {
+                let mut by_scan: Vec<&NodeLoad> = plain.values().filter(|n| n.free(short) > 0).collect();
+                by_scan.sort_by(|a, b| b.weight(short).total_cmp(&a.weight(short)).then(a.id.cmp(&b.id)));
+                prop_assert_eq!(index.ranked(short).map(|(_, l)| l).collect::<Vec<_>>(), by_scan);
+            }
         }
     }
 }

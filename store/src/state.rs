@@ -11,7 +11,8 @@ use mozen_model::{
     Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, Request, RequestKey, RequestState,
     RetryPolicy, TaskError, codes,
 };
-use serde::{Deserialize, Serialize};
+use mozen_scheduler::{LoadIndex, NodeLoad};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -54,7 +55,11 @@ pub enum Effect {
 type QueueKey = (Reverse<i32>, u64, RequestKey);
 
 /// The whole replicated state but result payloads.
+///
+/// Encoded field by field as derived (`remote = "Self"`); the trait impls below add the
+/// rebuild of the derived `loads` on decoding.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct ClusterState {
     nodes: BTreeMap<NodeId, NodeInfo>,
     /// Queued and running requests.
@@ -83,6 +88,24 @@ pub struct ClusterState {
     next_seq: u64,
     #[serde(skip)]
     effects: Vec<Effect>,
+    /// Every node's load, ranked for the scheduler: derived from `nodes` and `busy`, kept up
+    /// to date by the transitions that change them, not encoded, rebuilt on decoding.
+    #[serde(skip)]
+    loads: LoadIndex,
+}
+
+impl Serialize for ClusterState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ClusterState::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut state = ClusterState::deserialize(d)?;
+        state.loads = state.rebuilt_loads();
+        Ok(state)
+    }
 }
 
 impl ClusterState {
@@ -178,6 +201,7 @@ impl ClusterState {
                 *existing = node.clone();
                 existing.state = state;
                 existing.role = role;
+                self.refresh_load(node.id);
                 self.event(
                     at,
                     "rejoined",
@@ -189,6 +213,7 @@ impl ClusterState {
                 let mut n = node.clone();
                 n.state = NodeState::Active;
                 self.nodes.insert(n.id, n);
+                self.refresh_load(node.id);
                 self.event(
                     at,
                     "joined",
@@ -226,6 +251,7 @@ impl ClusterState {
             }
         };
         self.nodes.get_mut(&id).expect("checked above").state = next;
+        self.refresh_load(id);
         let kind = match next {
             NodeState::Active if from == NodeState::Down => "up",
             NodeState::Active => "undrained",
@@ -253,6 +279,7 @@ impl ClusterState {
         self.nodes.remove(&id);
         self.running_by_node.remove(&id);
         self.busy.remove(&id);
+        self.loads.remove(id);
         self.event(at, "removed", Some(id), format!("node {id} was removed"));
         Response::Ok
     }
@@ -265,6 +292,7 @@ impl ClusterState {
             && idle
         {
             n.state = NodeState::Drained;
+            self.refresh_load(id);
             self.event(at, "drained", Some(id), format!("node {id} is drained"));
         }
     }
@@ -352,6 +380,7 @@ impl ClusterState {
         } else if before > 0 && after == 0 {
             *busy += 1;
         }
+        self.refresh_load(node);
     }
 
     fn assign(&mut self, a: &Assignment, at: Millis) -> AssignReply {
@@ -431,6 +460,7 @@ impl ClusterState {
             .or_default()
             .insert(a.key);
         *self.busy.entry(a.node).or_default() += 1;
+        self.refresh_load(a.node);
         AssignReply::Started
     }
 
@@ -510,6 +540,7 @@ impl ClusterState {
         }
         if held_slot && let Some(b) = self.busy.get_mut(&node) {
             *b = b.saturating_sub(1);
+            self.refresh_load(node);
         }
         Some(node)
     }
@@ -811,7 +842,44 @@ impl ClusterState {
         });
     }
 
+    // ----- scheduler loads -----
+
+    /// The scheduler's view of node `id`, from the node table and the busy count.
+    fn load_of(&self, n: &NodeInfo) -> NodeLoad {
+        NodeLoad {
+            id: n.id,
+            state: n.state,
+            slots: n.slots,
+            busy: self.busy_slots(n.id),
+            queue: mozen_model::max_assigned(n.slots) - n.slots,
+            score: n.score(),
+        }
+    }
+
+    /// Brings node `id`'s entry in `loads` up to date after its record or busy count changed.
+    fn refresh_load(&mut self, id: NodeId) {
+        match self.nodes.get(&id) {
+            Some(n) => {
+                let load = self.load_of(n);
+                self.loads.set(load);
+            }
+            None => self.loads.remove(id),
+        }
+    }
+
+    /// `loads` computed from scratch.
+    fn rebuilt_loads(&self) -> LoadIndex {
+        self.nodes.values().map(|n| self.load_of(n)).collect()
+    }
+
     // ----- read API -----
+
+    /// Every registered node's load (state, slots, busy slots, local queue places, score),
+    /// with the nodes that have room ranked as the scheduler prefers them. Kept up to date by
+    /// `apply`, so a scheduling pass need not visit every node.
+    pub fn loads(&self) -> &LoadIndex {
+        &self.loads
+    }
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.values()
@@ -1002,6 +1070,9 @@ impl ClusterState {
             }
             // busy may exceed slots for a moment: a parent whose children finished resumes
             // at once, even if its slot was lent to other work meanwhile (it never waits twice).
+        }
+        if self.loads != self.rebuilt_loads() {
+            return Err("the scheduler's node loads disagree with the node table".into());
         }
         Ok(())
     }

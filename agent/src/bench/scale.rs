@@ -1,13 +1,14 @@
-//! scale: the real scheduler (`mozen_scheduler::plan`) and the real state machine
+//! scale: the real scheduler (`mozen_scheduler::plan_on`) and the real state machine
 //! (`ClusterState::apply`) driven in one process with 3, 50 and 500 registered nodes, without
 //! Raft, sled or the network (their costs are in W1 and the store's benchmarks).
 //!
 //! Every node is full and the queue is long; each round is what the leader does when a batch of
 //! completions arrives: one `Complete` of [`ROUND`] running requests, one `Submit` of as many
 //! new ones (the queue keeps its length), one pass of the leader's own scheduling code
-//! ([`crate::leader::loads`] and [`crate::leader::plan_pass`]: every node's load, the queue in
-//! order with each request's parent node as locality hint, `plan`), and one `Assign` of its placements. Reported per node count: assignments per second
-//! of the whole loop, and the CPU time of the scheduling pass per assignment.
+//! ([`crate::leader::plan_pass`]: the state's ranked node loads, the queue in order with each
+//! request's parent node as locality hint, `plan_on`), and one `Assign` of its placements.
+//! Reported per node count: assignments per second of the whole loop, and the CPU time of the
+//! scheduling pass per assignment.
 
 use super::BenchConfig;
 use super::report::Outcome;
@@ -108,8 +109,13 @@ impl Sim {
 
     /// The leader's scheduling pass, every node eligible (all have an open stream here).
     fn schedule(&self) -> Vec<Assignment> {
-        let loads = crate::leader::loads(&self.state, |_| true, &Default::default());
-        crate::leader::plan_pass(&self.state, &loads, &Default::default(), self.at)
+        crate::leader::plan_pass(
+            &self.state,
+            |_| true,
+            &Default::default(),
+            &Default::default(),
+            self.at,
+        )
     }
 
     fn assign(&mut self, assignments: Vec<Assignment>) {
@@ -229,7 +235,7 @@ pub async fn run(cfg: &BenchConfig) -> Outcome {
             .map_or(f64::NAN, |p| p.sched_cpu_us_per_assignment);
     metrics.push(("sched_cpu_ratio_500_vs_3", ratio));
     let detail = json!({
-        "harness": "in-process: the leader's plan_pass (mozen_scheduler::plan) + ClusterState::apply, no Raft/sled/network",
+        "harness": "in-process: the leader's plan_pass (mozen_scheduler::plan_on) + ClusterState::apply, no Raft/sled/network",
         "round": ROUND, "queued": QUEUED, "slots_per_node": SLOTS,
         "points": points.iter().map(|p| json!({"nodes": p.nodes, "assignments": p.assignments, "rounds": p.rounds,
             "assignments_per_s": p.assignments_per_s, "sched_cpu_us_per_assignment": p.sched_cpu_us_per_assignment})).collect::<Vec<_>>(),

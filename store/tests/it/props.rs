@@ -6,6 +6,7 @@
 use crate::common::*;
 use mozen_model::NodeState;
 use mozen_model::{Outcome, RequestKey, RequestState, RetryPolicy, TaskError, codes};
+use mozen_scheduler::{Candidate, LoadIndex, NodeLoad, plan, plan_on};
 use mozen_store::{
     Assignment, ClusterState, Command, CompleteReply, Completion, Effect, ForgetSelector,
     FunctionCounters, NewRequest, Response, StateMachineStore, SubmitReply, open,
@@ -349,6 +350,43 @@ proptest! {
             st.apply(c);
             st.take_effects();
             check_running(&st)?;
+        }
+    }
+
+    #[test]
+    fn node_loads_kept_in_place_equal_loads_computed_afresh(
+        ops in prop::collection::vec(op(), 1..60),
+        short in any::<bool>(),
+    ) {
+        let cmds = commands(&ops);
+        let mut st = ClusterState::new();
+        for c in &cmds {
+            st.apply(c);
+            st.take_effects();
+            // What a scheduling pass used to compute from the node table on every pass.
+            let afresh: Vec<NodeLoad> = st
+                .nodes()
+                .map(|n| NodeLoad {
+                    id: n.id,
+                    state: n.state,
+                    slots: n.slots,
+                    busy: st.busy_slots(n.id),
+                    queue: mozen_model::max_assigned(n.slots) - n.slots,
+                    score: n.score(),
+                })
+                .collect();
+            prop_assert_eq!(st.loads(), &afresh.iter().cloned().collect::<LoadIndex>());
+            prop_assert_eq!(st.loads().iter().cloned().collect::<Vec<_>>(), afresh.clone());
+            // And the plan over the kept ranking is the plan over the loads computed afresh.
+            let queue = || {
+                st.queue().map(|r| Candidate {
+                    key: r.key,
+                    preferred: r.parents.iter().find_map(|p| st.request_state(p).and_then(|s| s.node())),
+                    ready: true,
+                    short,
+                })
+            };
+            prop_assert_eq!(plan_on(st.loads(), queue(), 64), plan(&afresh, queue(), 64));
         }
     }
 

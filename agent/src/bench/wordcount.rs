@@ -81,13 +81,17 @@ impl Corpus {
     }
 }
 
-/// One cluster run of the job plus the local reference.
+/// One cluster run of the job, what `mozen plan` predicted for it, and the local reference.
 pub async fn run(corpus: &Corpus, client: &Client) -> Outcome {
     let cluster = async {
         let job = corpus.prepare(client).await?;
-        corpus.run_cluster(&job, client).await
+        let plan = batch::plan::plan(&job, client)
+            .await
+            .map_err(|e| format!("plan: {e}"))?;
+        let report = corpus.run_cluster(&job, client).await?;
+        Ok::<_, String>((report, plan))
     };
-    let report = match cluster.await {
+    let (report, plan) = match cluster.await {
         Ok(r) => r,
         Err(e) => return Outcome::failed(format!("cluster run: {e}"), json!({})),
     };
@@ -95,13 +99,21 @@ pub async fn run(corpus: &Corpus, client: &Client) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::failed(format!("local run: {e}"), json!({})),
     };
+    let predicted = plan.cluster[0].1.seconds;
+    let plan_mbs = report.bytes as f64 / 1e6 / predicted.max(1e-9);
     Outcome::ok(
-        vec![("mb_per_s", report.mb_per_s), ("local_mb_per_s", local_mbs)],
+        vec![
+            ("mb_per_s", report.mb_per_s),
+            ("plan_mb_per_s", plan_mbs),
+            ("local_mb_per_s", local_mbs),
+        ],
         json!({
             "bytes": report.bytes, "lines": report.lines, "files": report.files,
             "slices": report.slices, "lines_per_slice": report.lines_per_slice,
             "executed": report.executed, "memo_hits": report.memo_hits,
             "cluster_s": report.elapsed_ms as f64 / 1e3, "local_s": local_s,
+            "plan_s": predicted, "plan_local_s": plan.local_seconds,
+            "ship_mb_per_s": plan.ship_mb_per_s, "workers": plan.workers,
         }),
     )
 }

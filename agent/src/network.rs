@@ -23,7 +23,8 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// Envelope version of [`RaftPayload::data`].
@@ -163,9 +164,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// When this agent last received an `AppendEntries` (entries or heartbeat), and from which
+/// leader; read by [`crate::failover::watch`].
+pub type LeaderContact = Arc<Mutex<Option<(u64, Instant)>>>;
+
 /// Server side of the peer transport: hands each RPC to the local Raft.
 pub struct RaftService {
     pub raft: mozen_store::Raft,
+    pub contact: LeaderContact,
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
@@ -182,7 +188,16 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append_entries", req.get_ref()).map_err(Status::invalid_argument)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let leader = rpc.vote.leader_id().voted_for();
+        let r = self.raft.append_entries(rpc).await;
+        // Anything but a refusal of its term means the leader is alive and this agent's Raft
+        // took it as its leader (and renewed the leader's lease).
+        if let (Some(leader), Ok(resp)) = (leader, &r)
+            && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+        {
+            *self.contact.lock().expect("contact") = Some((leader, Instant::now()));
+        }
+        reply(&r)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -199,7 +199,9 @@ enum Probe {
     Names(String),
     /// It answered with something else than its role (refused, older agent).
     Answers(Status),
-    /// Unreachable, or no leader known there yet.
+    /// It answered but knows no leader yet (an election runs).
+    NoLeader,
+    /// Unreachable.
     Silent(String),
 }
 
@@ -394,10 +396,12 @@ impl Client {
                     }
                 }
                 Err(status) if is_transport(&status) => {
+                    // The agent is gone: any agent of the list that answers will do (the
+                    // leader if one leads); one that does not lead redirects as above.
                     tracing::debug!(addr, "rpc: {}", status.message());
                     attempt += 1;
                     hops = 0;
-                    self.find_leader(epoch, None, deadline).await?;
+                    self.find_agent(epoch, None, deadline, false).await?;
                 }
                 Err(status) => return Err(rejected(&status)),
             }
@@ -416,6 +420,18 @@ impl Client {
         hint: Option<String>,
         deadline: Instant,
     ) -> Result<(), ClientError> {
+        self.find_agent(seen, hint, deadline, true).await
+    }
+
+    /// [`find_leader`](Self::find_leader), or with `leader_only` false, the leader if one
+    /// leads, else the first agent of the client's own list that answers.
+    async fn find_agent(
+        &self,
+        seen: u64,
+        hint: Option<String>,
+        deadline: Instant,
+        leader_only: bool,
+    ) -> Result<(), ClientError> {
         let _search = self.inner.search.lock().await;
         if self.epoch() != seen {
             return Ok(());
@@ -433,7 +449,11 @@ impl Client {
             let probes = candidates.iter().map(|addr| self.probe(addr));
             let answers = futures::future::join_all(probes).await;
             let mut answering = None;
+            let mut reachable = None;
             for (addr, answer) in candidates.iter().zip(answers) {
+                if !matches!(answer, Probe::Silent(_)) && self.inner.addrs.contains(addr) {
+                    reachable.get_or_insert(addr.clone());
+                }
                 match answer {
                     Probe::Leads => {
                         tracing::debug!(
@@ -453,8 +473,13 @@ impl Client {
                         last = format!("{addr}: {}", status.message());
                         answering.get_or_insert(addr.clone());
                     }
+                    Probe::NoLeader => last = format!("{addr}: no leader yet"),
                     Probe::Silent(why) => last = format!("{addr}: {why}"),
                 }
+            }
+            if !leader_only && let Some(addr) = reachable {
+                self.settle_on(&addr);
+                return Ok(());
             }
             // An agent that answers but does not say whether it leads (e.g. an older one, or
             // one that refuses `Status`): let the operation itself meet its answer.
@@ -497,12 +522,12 @@ impl Client {
                 } else if !r.leader_addr.is_empty() && r.leader_addr != addr {
                     Probe::Names(r.leader_addr)
                 } else {
-                    Probe::Silent("no leader yet".into())
+                    Probe::NoLeader
                 }
             }
             Ok(Err(s)) if is_not_leader(&s) => match leader_hint(&s) {
                 Some(l) if l != addr => Probe::Names(l),
-                _ => Probe::Silent(s.message().to_string()),
+                _ => Probe::NoLeader,
             },
             Ok(Err(s)) if is_transport(&s) => Probe::Silent(s.message().to_string()),
             Ok(Err(s)) => Probe::Answers(s),

@@ -57,9 +57,20 @@ pub async fn watch(agent: Arc<Agent>) {
         else {
             continue;
         };
-        let heard = *agent.leader_contact.lock().expect("contact");
-        let Some((from, at)) = heard else { continue };
-        if from != leader || at.elapsed() < stand_after(rank) {
+        let (heard, handling) = {
+            let c = agent.leader_contact.lock().expect("contact");
+            (c.last, c.handling)
+        };
+        let Some((from, term, at)) = heard else {
+            continue;
+        };
+        // Heard from another leader or term (a stale one), or an AppendEntries is still being
+        // handled (the leader is alive): leave it to openraft's own timer.
+        if from != leader
+            || term != m.current_term
+            || handling > 0
+            || at.elapsed() < stand_after(rank)
+        {
             continue;
         }
         info!(

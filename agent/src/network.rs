@@ -164,9 +164,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// When this agent last received an `AppendEntries` (entries or heartbeat), and from which
-/// leader; read by [`crate::failover::watch`].
-pub type LeaderContact = Arc<Mutex<Option<(u64, Instant)>>>;
+/// What this agent last heard from a leader through `AppendEntries` (entries or heartbeat);
+/// read by [`crate::failover::watch`].
+#[derive(Debug, Default)]
+pub struct Contact {
+    /// The leader (node id, term) and when its last `AppendEntries` arrived or was answered.
+    pub last: Option<(u64, u64, Instant)>,
+    /// `AppendEntries` being handled now: while one is (a large entry being written), the
+    /// leader is alive whatever the clock says.
+    pub handling: usize,
+}
+
+pub type LeaderContact = Arc<Mutex<Contact>>;
 
 /// Server side of the peer transport: hands each RPC to the local Raft.
 pub struct RaftService {
@@ -188,15 +197,29 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append_entries", req.get_ref()).map_err(Status::invalid_argument)?;
-        let leader = rpc.vote.leader_id().voted_for();
+        let leader = rpc
+            .vote
+            .leader_id()
+            .voted_for()
+            .map(|l| (l, rpc.vote.leader_id().get_term()));
+        {
+            let mut c = self.contact.lock().expect("contact");
+            c.handling += 1;
+            if let Some((l, term)) = leader {
+                c.last = Some((l, term, Instant::now()));
+            }
+        }
         let r = self.raft.append_entries(rpc).await;
+        let mut c = self.contact.lock().expect("contact");
+        c.handling -= 1;
         // Anything but a refusal of its term means the leader is alive and this agent's Raft
         // took it as its leader (and renewed the leader's lease).
-        if let (Some(leader), Ok(resp)) = (leader, &r)
+        if let (Some((l, term)), Ok(resp)) = (leader, &r)
             && !matches!(resp, AppendEntriesResponse::HigherVote(_))
         {
-            *self.contact.lock().expect("contact") = Some((leader, Instant::now()));
+            c.last = Some((l, term, Instant::now()));
         }
+        drop(c);
         reply(&r)
     }
 

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -84,7 +85,21 @@ struct Inner {
     transport: ClientTransport,
     /// The open Calls stream to the current agent, if any (see [`Client::call_json`]).
     pipe: Mutex<Option<PipeTx>>,
+    /// Counts the agents the client settled on after a search for the leader.
+    epoch: AtomicU64,
+    /// One search for the leader at a time ([`Client::find_leader`]): the calls that lost the
+    /// leader together wait for one search instead of each hunting on its own.
+    search: tokio::sync::Mutex<()>,
+    /// Channels the searches probe with, by address (one connection per agent).
+    probes: Mutex<HashMap<String, MozenClient<AuthChannel>>>,
 }
+
+/// How long one probe of an agent may take during a search for the leader.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between two rounds of probes while no agent says it leads (an election runs).
+const PROBE_EVERY: Duration = Duration::from_millis(25);
+/// A call whose Calls stream broke this many times in a row falls back to a unary `Call`.
+const PIPE_TRIES: usize = 4;
 
 /// A call waiting for its reply on the Calls stream.
 type PipeTx = mpsc::UnboundedSender<(
@@ -168,11 +183,26 @@ async fn run_pipe(
             },
         }
     }
+    tracing::debug!(waiting = pending.len(), "call stream ended");
     for (_, reply) in pending {
         let _ = reply.send(Err(Status::unavailable(
             "MZ-UNREACHABLE: the call stream closed",
         )));
     }
+}
+
+/// What a probe learnt of one agent during a search for the leader.
+enum Probe {
+    /// It leads.
+    Leads,
+    /// It names another agent as the leader.
+    Names(String),
+    /// It answered with something else than its role (refused, older agent).
+    Answers(Status),
+    /// It answered but knows no leader yet (an election runs).
+    NoLeader,
+    /// Unreachable.
+    Silent(String),
 }
 
 /// A Calls stream reply as the result of an ordinary call.
@@ -262,6 +292,9 @@ impl Client {
                 patience,
                 transport,
                 pipe: Mutex::new(None),
+                epoch: AtomicU64::new(0),
+                search: tokio::sync::Mutex::new(()),
+                probes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -312,56 +345,205 @@ impl Client {
     }
 
     /// Runs `op` against the leader, following redirects and skipping unreachable agents until
-    /// the client's patience runs out.
+    /// the client's patience runs out. When the agent is gone or names no reachable leader (an
+    /// election runs), the call waits for the client's one search for the leader
+    /// ([`find_leader`](Self::find_leader)) instead of hunting on its own.
     pub async fn rpc<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where
         F: Fn(MozenClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let start = Instant::now();
+        let deadline = start + self.inner.patience;
         let mut attempt = 0usize;
-        let mut last;
-        let mut delay = Duration::from_millis(20);
+        // Redirects followed since the last search: a hint can name a leader that just died.
+        let mut hops = 0usize;
         loop {
+            let epoch = self.epoch();
             let result = match self.current(attempt) {
                 Ok((addr, client)) => (addr, op(client).await),
                 Err(s) => (String::new(), Err(s)),
             };
             let (addr, result) = result;
             match result {
-                Ok(r) => return Ok(r.into_inner()),
+                Ok(r) => {
+                    if attempt > 0 {
+                        tracing::debug!(
+                            addr,
+                            attempt,
+                            waited_ms = start.elapsed().as_millis() as u64,
+                            "rpc reached an agent after retries"
+                        );
+                    }
+                    return Ok(r.into_inner());
+                }
                 Err(status) if is_not_leader(&status) => {
-                    last = format!("{addr}: {}", status.message());
                     match leader_hint(&status) {
-                        Some(leader) if leader != addr => {
-                            self.switch(Some(leader));
+                        Some(leader) if leader != addr && hops < 2 => {
+                            hops += 1;
+                            if self.current_addr().as_deref() != Some(leader.as_str()) {
+                                self.switch(Some(leader));
+                            }
                             continue;
                         }
-                        _ => {
-                            // No leader known yet (election in progress): try elsewhere.
+                        hint => {
+                            // No leader known here (election in progress), or the hints lead
+                            // in a circle: search.
                             attempt += 1;
-                            self.switch(None);
+                            hops = 0;
+                            self.find_leader(epoch, hint, deadline).await?;
                         }
                     }
                 }
                 Err(status) if is_transport(&status) => {
-                    last = format!("{addr}: {}", status.message());
+                    // The agent is gone: any agent of the list that answers will do (the
+                    // leader if one leads); one that does not lead redirects as above.
+                    tracing::debug!(addr, "rpc: {}", status.message());
                     attempt += 1;
-                    self.switch(None);
+                    hops = 0;
+                    self.find_agent(epoch, None, deadline, false).await?;
                 }
                 Err(status) => return Err(rejected(&status)),
             }
-            if start.elapsed() > self.inner.patience {
+        }
+    }
+
+    /// Settles the client on the agent that leads, after a call found its agent gone or not
+    /// leading: one search at a time; a caller whose `seen` epoch is already outdated returns
+    /// at once (another search found the leader meanwhile). Each round probes every known
+    /// address (and any leader an agent names) with `Status` at once, so a dead address costs
+    /// no more than its refused connection or [`PROBE_TIMEOUT`], and is repeated every
+    /// [`PROBE_EVERY`] while no agent leads, until `deadline`.
+    async fn find_leader(
+        &self,
+        seen: u64,
+        hint: Option<String>,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        self.find_agent(seen, hint, deadline, true).await
+    }
+
+    /// [`find_leader`](Self::find_leader), or with `leader_only` false, the leader if one
+    /// leads, else the first agent of the client's own list that answers.
+    async fn find_agent(
+        &self,
+        seen: u64,
+        hint: Option<String>,
+        deadline: Instant,
+        leader_only: bool,
+    ) -> Result<(), ClientError> {
+        let _search = self.inner.search.lock().await;
+        if self.epoch() != seen {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut hints: Vec<String> = hint.into_iter().collect();
+        let mut last = String::from("no agent answered");
+        loop {
+            let mut candidates = hints.clone();
+            for a in &self.inner.addrs {
+                if !candidates.contains(a) {
+                    candidates.push(a.clone());
+                }
+            }
+            let probes = candidates.iter().map(|addr| self.probe(addr));
+            let answers = futures::future::join_all(probes).await;
+            let mut answering = None;
+            let mut reachable = None;
+            for (addr, answer) in candidates.iter().zip(answers) {
+                if !matches!(answer, Probe::Silent(_)) && self.inner.addrs.contains(addr) {
+                    reachable.get_or_insert(addr.clone());
+                }
+                match answer {
+                    Probe::Leads => {
+                        tracing::debug!(
+                            addr,
+                            searched_ms = started.elapsed().as_millis() as u64,
+                            "leader found"
+                        );
+                        self.settle_on(addr);
+                        return Ok(());
+                    }
+                    Probe::Names(leader) => {
+                        if !hints.contains(&leader) {
+                            hints.insert(0, leader);
+                        }
+                    }
+                    Probe::Answers(status) => {
+                        last = format!("{addr}: {}", status.message());
+                        answering.get_or_insert(addr.clone());
+                    }
+                    Probe::NoLeader => last = format!("{addr}: no leader yet"),
+                    Probe::Silent(why) => last = format!("{addr}: {why}"),
+                }
+            }
+            if !leader_only && let Some(addr) = reachable {
+                self.settle_on(&addr);
+                return Ok(());
+            }
+            // An agent that answers but does not say whether it leads (e.g. an older one, or
+            // one that refuses `Status`): let the operation itself meet its answer.
+            if let Some(addr) = answering {
+                self.settle_on(&addr);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
                 return Err(ClientError::Unreachable {
                     addrs: self.inner.addrs.join(","),
                     last,
                 });
             }
-            if attempt.is_multiple_of(self.inner.addrs.len().max(1)) {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
+            tokio::time::sleep(PROBE_EVERY).await;
         }
+    }
+
+    /// Asks the agent at `addr` whether it leads.
+    async fn probe(&self, addr: &str) -> Probe {
+        let client = {
+            let mut probes = self.inner.probes.lock().expect("probe lock");
+            match probes.get(addr) {
+                Some(c) => c.clone(),
+                None => match self.make(addr) {
+                    Ok(c) => {
+                        probes.insert(addr.to_string(), c.clone());
+                        c
+                    }
+                    Err(s) => return Probe::Silent(s.message().to_string()),
+                },
+            }
+        };
+        let mut client = client;
+        match tokio::time::timeout(PROBE_TIMEOUT, client.status(pb::StatusRequest {})).await {
+            Err(_) => Probe::Silent(format!("no answer within {PROBE_TIMEOUT:?}")),
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if r.leader_id == Some(r.node_id) {
+                    Probe::Leads
+                } else if !r.leader_addr.is_empty() && r.leader_addr != addr {
+                    Probe::Names(r.leader_addr)
+                } else {
+                    Probe::NoLeader
+                }
+            }
+            Ok(Err(s)) if is_not_leader(&s) => match leader_hint(&s) {
+                Some(l) if l != addr => Probe::Names(l),
+                _ => Probe::NoLeader,
+            },
+            Ok(Err(s)) if is_transport(&s) => Probe::Silent(s.message().to_string()),
+            Ok(Err(s)) => Probe::Answers(s),
+        }
+    }
+
+    /// Makes `addr` the current agent (a fresh channel, and no Calls stream yet) and counts a
+    /// new epoch.
+    fn settle_on(&self, addr: &str) {
+        self.switch(Some(addr.to_string()));
+        *self.inner.pipe.lock().expect("pipe lock") = None;
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
     }
 
     /// Calls `function(args)` and decodes its result.
@@ -386,21 +568,7 @@ impl Client {
         let key = RequestKey::of(function, &canonical_args(&args));
         let req = call_request(function, &args, opts);
         let deadline = opts.timeout.map(|t| Instant::now() + t);
-        let first = match self.call_piped(&req).await {
-            Some(Ok(r)) => Ok(r),
-            Some(Err(status)) if !is_not_leader(&status) && !is_transport(&status) => {
-                Err(rejected(&status))
-            }
-            // No stream yet, or it broke, or it reached a follower: the ordinary call finds
-            // the leader (and the next call opens a stream there).
-            _ => {
-                self.rpc(|mut c| {
-                    let r = req.clone();
-                    async move { c.call(r).await }
-                })
-                .await
-            }
-        };
+        let first = self.first_reply(&req).await;
         let reply = match first {
             Ok(r) => r,
             // The agent we talked to died mid-call: the request lives on in the cluster.
@@ -414,13 +582,40 @@ impl Client {
         self.settle(key, reply, deadline, opts.timeout).await
     }
 
+    /// The first reply to a call: sent on the Calls stream to the leader; when the stream
+    /// breaks (the agent died) or reached a follower, the call waits for the client's search
+    /// for the leader and is sent again on the stream to the new one, at once. Resending is
+    /// safe: the same call has the same key, and the cluster joins it to the request it
+    /// already knows. With no stream to be had (no agent known yet, or it kept breaking) the
+    /// ordinary unary call finds the leader.
+    async fn first_reply(&self, req: &pb::CallRequest) -> Result<pb::CallReply, ClientError> {
+        let deadline = Instant::now() + self.inner.patience;
+        for _ in 0..PIPE_TRIES {
+            let epoch = self.epoch();
+            match self.call_piped(req).await {
+                Some(Ok(r)) => return Ok(r),
+                Some(Err(status)) if is_not_leader(&status) || is_transport(&status) => {
+                    self.find_leader(epoch, leader_hint(&status), deadline)
+                        .await?;
+                }
+                Some(Err(status)) => return Err(rejected(&status)),
+                None => break,
+            }
+        }
+        self.rpc(|mut c| {
+            let r = req.clone();
+            async move { c.call(r).await }
+        })
+        .await
+    }
+
     /// Sends `req` on the Calls stream to the current agent, opening the stream if needed.
     /// `None` when there is no current agent yet or the stream went away before answering.
     async fn call_piped(&self, req: &pb::CallRequest) -> Option<Result<pb::CallReply, Status>> {
         let tx = self.pipe()?;
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send((req.clone(), reply_tx)).is_err() {
-            self.drop_pipe();
+            self.drop_pipe(&tx);
             return None;
         }
         let result = reply_rx.await.ok();
@@ -428,7 +623,7 @@ impl Client {
             r.as_ref()
                 .is_err_and(|s| is_not_leader(s) || is_transport(s))
         }) {
-            self.drop_pipe();
+            self.drop_pipe(&tx);
         }
         result
     }
@@ -446,8 +641,12 @@ impl Client {
         Some(tx)
     }
 
-    fn drop_pipe(&self) {
-        *self.inner.pipe.lock().expect("pipe lock") = None;
+    /// Forgets the Calls stream `tx` feeds, unless another one replaced it already.
+    fn drop_pipe(&self, tx: &PipeTx) {
+        let mut pipe = self.inner.pipe.lock().expect("pipe lock");
+        if pipe.as_ref().is_some_and(|p| p.same_channel(tx)) {
+            *pipe = None;
+        }
     }
 
     /// Follows a request until it finishes (re-attaching by key after leader changes).

@@ -22,8 +22,32 @@ pub const PLAN_LIMIT: usize = 4096;
 pub async fn watch_leadership(agent: Arc<Agent>) {
     let mut metrics = agent.raft.metrics();
     let mut session: Option<CancellationToken> = None;
+    let mut known: Option<(u64, Option<u64>, bool)> = None;
+    // The last other agent seen leading: when this one takes over, that one is likely gone.
+    let mut previous: Option<NodeId> = None;
     loop {
-        let leading = crate::node::leads(&metrics.borrow_and_update(), agent.me());
+        let (leading, term, leader, applied_term) = {
+            let m = metrics.borrow_and_update();
+            (
+                crate::node::leads(&m, agent.me()),
+                m.current_term,
+                m.current_leader,
+                m.last_applied.map(|l| l.leader_id.term),
+            )
+        };
+        if known.is_none_or(|(t, l, _)| (t, l) != (term, leader)) {
+            info!(term, leader = ?leader, "raft leader view changed");
+            known = Some((term, leader, false));
+            if let Some(l) = leader.filter(|l| *l != agent.me()) {
+                previous = Some(l);
+            }
+        }
+        if let Some((t, l, false)) = known
+            && applied_term == Some(t)
+        {
+            info!(term, "first entry of this term applied");
+            known = Some((t, l, true));
+        }
         match (leading, session.is_some()) {
             (true, false) => {
                 info!(
@@ -31,7 +55,7 @@ pub async fn watch_leadership(agent: Arc<Agent>) {
                     "became leader: scheduling"
                 );
                 let token = agent.shutdown.child_token();
-                start_session(agent.clone(), token.clone());
+                start_session(agent.clone(), token.clone(), previous.take());
                 session = Some(token);
             }
             (false, true) => {
@@ -54,7 +78,11 @@ pub async fn watch_leadership(agent: Arc<Agent>) {
     }
 }
 
-fn start_session(agent: Arc<Agent>, token: CancellationToken) {
+/// How long a new leader waits for the previous leader's agent to reconnect before marking it
+/// Down (which re-queues what ran there). Every other node gets the whole lease.
+pub const PREVIOUS_LEADER_GRACE: Duration = Duration::from_secs(1);
+
+fn start_session(agent: Arc<Agent>, token: CancellationToken, previous: Option<NodeId>) {
     {
         let now = Instant::now();
         let state = agent.sm.shared();
@@ -63,6 +91,19 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken) {
         l.last_seen.clear();
         for n in state.nodes() {
             l.last_seen.insert(n.id, now);
+        }
+        // The previous leader has been silent for at least its lease already (or it gave up
+        // leading): if it does not reconnect within the grace, what it ran is re-queued then
+        // rather than after a whole lease. Re-running is safe: functions are pure and a
+        // completion of an older attempt changes nothing.
+        if let Some(p) = previous.filter(|p| *p != agent.me())
+            && let Some(seen) = agent
+                .cfg
+                .lease
+                .checked_sub(PREVIOUS_LEADER_GRACE)
+                .and_then(|back| now.checked_sub(back))
+        {
+            l.last_seen.insert(p, seen);
         }
     }
     tokio::spawn(scheduler_loop(agent.clone(), token.clone()));

@@ -9,6 +9,7 @@
 //! - [`proposer`]: batches many facts into one log entry.
 //! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
 //! - [`leader`]: the leader's scheduler and liveness loops.
+//! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
 //! - [`worker`]: runs assigned requests and reports outcomes.
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
@@ -35,6 +36,7 @@ pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod elastic;
+pub mod failover;
 pub mod faults;
 pub mod functions;
 pub mod hosts;

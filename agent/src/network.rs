@@ -24,7 +24,8 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// Envelope version of [`RaftPayload::data`].
@@ -203,9 +204,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// What this agent last heard from a leader through `AppendEntries` (entries or heartbeat);
+/// read by [`crate::failover::watch`].
+#[derive(Debug, Default)]
+pub struct Contact {
+    /// The leader (node id, term) and when its last `AppendEntries` arrived or was answered.
+    pub last: Option<(u64, u64, Instant)>,
+    /// `AppendEntries` being handled now: while one is (a large entry being written), the
+    /// leader is alive whatever the clock says.
+    pub handling: usize,
+}
+
+pub type LeaderContact = Arc<Mutex<Contact>>;
+
 /// Server side of the peer transport: hands each RPC to the local Raft.
 pub struct RaftService {
     pub raft: mozen_store::Raft,
+    pub contact: LeaderContact,
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
@@ -222,7 +237,30 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append_entries", req.get_ref()).map_err(Status::invalid_argument)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let leader = rpc
+            .vote
+            .leader_id()
+            .voted_for()
+            .map(|l| (l, rpc.vote.leader_id().get_term()));
+        {
+            let mut c = self.contact.lock().expect("contact");
+            c.handling += 1;
+            if let Some((l, term)) = leader {
+                c.last = Some((l, term, Instant::now()));
+            }
+        }
+        let r = self.raft.append_entries(rpc).await;
+        let mut c = self.contact.lock().expect("contact");
+        c.handling -= 1;
+        // Anything but a refusal of its term means the leader is alive and this agent's Raft
+        // took it as its leader (and renewed the leader's lease).
+        if let (Some((l, term)), Ok(resp)) = (leader, &r)
+            && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+        {
+            c.last = Some((l, term, Instant::now()));
+        }
+        drop(c);
+        reply(&r)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -44,6 +44,7 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     .max_encoding_message_size(max);
     let raft = RaftServer::new(crate::network::RaftService {
         raft: agent.raft.clone(),
+        contact: agent.leader_contact.clone(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);

@@ -146,7 +146,8 @@ pub async fn run(agent: Arc<Agent>) {
             node_id: agent.me(),
             running: keys(&running),
         };
-        let stream = if agent.is_leader() {
+        let in_process = agent.is_leader();
+        let stream = if in_process {
             // The leader's own worker takes its assignments without a gRPC round trip.
             crate::service::open_work(&agent, agent.me()).map_err(|s| crate::client::rejected(&s))
         } else {
@@ -155,6 +156,9 @@ pub async fn run(agent: Arc<Agent>) {
                     let r = req.clone();
                     async move { c.work(r).await }
                 }) => s.map(|s| -> WorkStream { Box::pin(s) }),
+                // This agent won the election while looking for the leader: take the
+                // assignments in process at once.
+                _ = until_leading(&agent) => continue,
                 _ = agent.stopping.cancelled() => break,
                 _ = agent.removed.cancelled() => break,
             }
@@ -173,6 +177,11 @@ pub async fn run(agent: Arc<Agent>) {
         };
         delay = Duration::from_millis(50);
         *agent.known_leader.lock().expect("leader lock") = agent.client.current_addr();
+        if in_process {
+            info!("work stream open (in process: this agent leads)");
+        } else {
+            info!(leader = ?agent.client.current_addr(), "work stream open");
+        }
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m.transpose(),
@@ -198,6 +207,7 @@ pub async fn run(agent: Arc<Agent>) {
             }
         }
         // The stream ended: the leader changed or went away. Reconnect (running work goes on).
+        info!("work stream ended");
         agent.client.rpc_reset();
     }
     // Shutting down: tell the leader (no new work), let running requests finish until the
@@ -249,6 +259,19 @@ pub async fn run(agent: Arc<Agent>) {
     heartbeat.abort();
     drop(done_tx);
     let _ = tokio::time::timeout(Duration::from_secs(3), reporter).await;
+}
+
+/// Returns once this agent leads (never if it is not a voter).
+async fn until_leading(agent: &Agent) {
+    let mut metrics = agent.raft.metrics();
+    loop {
+        if crate::node::leads(&metrics.borrow_and_update(), agent.me()) {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 fn keys(running: &Running) -> Vec<Vec<u8>> {

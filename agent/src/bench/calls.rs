@@ -286,11 +286,15 @@ pub async fn failover(
     };
     let start = Instant::now();
     let mut kill_at: Option<Duration> = None;
+    let mut kill_unix_ms = 0u128;
     let (done, failed, err) =
         concurrent_noops(client, nonce, "failover", n, in_flight, start, |count| {
             if kill_at.is_none() && count >= n / 4 {
                 cluster.kill(leader);
                 kill_at = Some(start.elapsed());
+                kill_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
             }
         })
         .await;
@@ -309,7 +313,8 @@ pub async fn failover(
     };
     let detail = json!({
         "calls": n, "in_flight": in_flight, "killed_leader": leader, "new_leader": new_leader,
-        "kill_at_ms": kill.as_secs_f64() * 1e3, "before_per_s": r.before_per_s,
+        "kill_at_ms": kill.as_secs_f64() * 1e3, "kill_unix_ms": kill_unix_ms as u64,
+        "before_per_s": r.before_per_s,
         "recovered_before_end": r.recovered, "failed": failed,
         "completions_per_100ms": timeline,
     });

@@ -60,7 +60,11 @@ impl LocalCluster {
                 .args(["--id", &id.to_string(), "--listen", addr, "--data-dir"])
                 .arg(dir.join(format!("n{id}")))
                 .args(["--peers", &peers, "--voters", &voters(n).to_string()])
-                .env("MOZEN_LOG", "warn,openraft=error")
+                .env(
+                    "MOZEN_LOG",
+                    std::env::var("MOZEN_BENCH_AGENT_LOG")
+                        .unwrap_or_else(|_| "warn,openraft=error".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(log_file)
                 .spawn()

@@ -249,10 +249,19 @@ pub async fn cli(args: BenchArgs) -> Result<(), BenchError> {
 
 /// Runs every configured workload `runs` times, each run on a fresh cluster.
 pub async fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
-    let dir = tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("mozen-bench-")
         .tempdir()
         .map_err(|e| BenchError::Runtime(format!("cannot create a temp dir: {e}")))?;
+    // MOZEN_BENCH_KEEP=1 keeps the agents' data dirs and logs (agent-N.log in each run's dir;
+    // MOZEN_BENCH_AGENT_LOG sets the agents' log filter) for a look afterwards.
+    if std::env::var_os("MOZEN_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!(
+            "keeping the clusters' data dirs and logs in {}",
+            dir.path().display()
+        );
+    }
     let corpus = if cfg.workloads.contains(&Workload::Batch) {
         Some(wordcount::Corpus::generate(
             &dir.path().join("corpus"),

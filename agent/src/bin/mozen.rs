@@ -232,6 +232,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Diagnostics of the client library (leader changes, broken streams) when asked for.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("MOZEN_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

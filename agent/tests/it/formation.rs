@@ -49,6 +49,57 @@ async fn leader_sigkill_elects_new_leader_and_restart_catches_up() {
     .await;
 }
 
+/// Calls waiting on the client's Calls stream when the leader is SIGKILLed are sent again to
+/// the new leader and every one is answered with its value: none lost, none failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_sigkill_with_calls_in_flight_answers_every_call() {
+    let mut c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let client = c.client();
+    // One call first, so that the client has found the leader and the rest share its stream.
+    let v: serde_json::Value = client.call("echo", json!("first")).await.unwrap();
+    assert_eq!(v, json!("first"));
+    let n = 150u64;
+    let handles: Vec<_> = (0..n)
+        .map(|i| client.submit::<u64, serde_json::Value>("sleep", 1500 + i))
+        .collect();
+    // Every call reached the cluster (its request is known) before the kill.
+    let probe = c.client();
+    let keys: Vec<String> = (0..n)
+        .map(|i| {
+            mozen_model::RequestKey::of("sleep", &mozen_model::canonical_args(&json!(1500 + i)))
+                .to_hex()
+        })
+        .collect();
+    eventually(Duration::from_secs(30), "every call submitted", || async {
+        for key in &keys {
+            let get = mozen_proto::GetRequest {
+                key: key.clone(),
+                wait: false,
+                timeout_ms: 0,
+            };
+            let known = probe
+                .rpc(|mut c| {
+                    let g = get.clone();
+                    async move { c.get(g).await }
+                })
+                .await;
+            if known.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let old = c.leader().await;
+    c.agent(old).kill();
+    for (i, h) in handles.into_iter().enumerate() {
+        let v = h.await.unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+        assert_eq!(v, serde_json::Value::Null, "call {i}");
+    }
+    assert_ne!(c.new_leader(old).await, old);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_all_and_restart_keeps_nodes_requests_and_results() {
     let mut c = Cluster::start(3, &[]);

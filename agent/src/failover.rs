@@ -1,0 +1,106 @@
+//! Fast election after the leader's death.
+//!
+//! openraft lets a follower elect itself only once the leader's lease (the longest election
+//! timeout) *and* a random election timeout have passed since it last heard from the leader,
+//! and a voter grants no vote before that lease has run out. A dead leader therefore cost
+//! lease + timeout (up to twice the longest timeout) before anyone stood. [`watch`] starts
+//! the election as soon as the lease is over on every voter: a follower that has heard
+//! nothing from its leader for longer than the lease (plus a margin) asks for votes at once.
+//! To keep the followers from splitting the vote, they stand in turn: the surviving voters by
+//! id, each [`STAGGER`] after the one before. openraft's own timer stays in place behind it.
+//!
+//! Raft's safety does not depend on when an election starts; this only shortens the silence
+//! a follower waits out, and never below the lease the other voters enforce.
+
+use crate::node::{Agent, ELECTION_TIMEOUT_MAX_MS};
+use openraft::ServerState;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+/// How often the watch looks at the time since the leader was last heard.
+const TICK: Duration = Duration::from_millis(20);
+/// Past the lease before the first follower stands (timer and RPC jitter).
+const MARGIN: Duration = Duration::from_millis(40);
+/// Between two followers standing.
+pub const STAGGER: Duration = Duration::from_millis(150);
+
+/// How long follower number `rank` (0 = lowest id among the voters other than the leader)
+/// waits after last hearing from its leader before it stands for election.
+pub fn stand_after(rank: usize) -> Duration {
+    Duration::from_millis(ELECTION_TIMEOUT_MAX_MS) + MARGIN + STAGGER * rank as u32
+}
+
+pub async fn watch(agent: Arc<Agent>) {
+    let mut stood_in: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = agent.shutdown.cancelled() => return,
+        }
+        let m = agent.raft.metrics().borrow().clone();
+        let me = agent.me();
+        if m.state != ServerState::Follower || stood_in == Some(m.current_term) {
+            continue;
+        }
+        let Some(leader) = m.current_leader.filter(|l| *l != me) else {
+            continue;
+        };
+        let membership = m.membership_config.membership();
+        if !membership.voter_ids().any(|v| v == me) {
+            continue;
+        }
+        let Some(rank) = membership
+            .voter_ids()
+            .filter(|v| *v != leader)
+            .position(|v| v == me)
+        else {
+            continue;
+        };
+        let (heard, handling) = {
+            let c = agent.leader_contact.lock().expect("contact");
+            (c.last, c.handling)
+        };
+        let Some((from, term, at)) = heard else {
+            continue;
+        };
+        // Heard from another leader or term (a stale one), or an AppendEntries is still being
+        // handled (the leader is alive): leave it to openraft's own timer.
+        if from != leader
+            || term != m.current_term
+            || handling > 0
+            || at.elapsed() < stand_after(rank)
+        {
+            continue;
+        }
+        info!(
+            leader,
+            term = m.current_term,
+            silent_ms = at.elapsed().as_millis() as u64,
+            "leader silent past its lease: standing for election"
+        );
+        stood_in = Some(m.current_term);
+        if agent.raft.trigger().elect().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_stand_in_turn_after_the_lease_and_before_the_raft_timer() {
+        let lease = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS);
+        let cfg = crate::node::raft_config();
+        assert_eq!(cfg.election_timeout_max, ELECTION_TIMEOUT_MAX_MS);
+        // Never before a voter would grant its vote.
+        assert!(stand_after(0) > lease);
+        assert!(stand_after(1) >= stand_after(0) + STAGGER);
+        // The first follower stands before openraft's own timer would (lease + timeout).
+        assert!(stand_after(0) < lease + Duration::from_millis(cfg.election_timeout_min));
+        // A heartbeat lost now and then does not make anyone stand.
+        assert!(stand_after(0) > Duration::from_millis(cfg.heartbeat_interval * 4));
+    }
+}

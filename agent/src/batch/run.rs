@@ -262,16 +262,22 @@ pub async fn measure(job: &Prepared, client: &Client) -> Result<CostModel, JobEr
     })
 }
 
+/// A value no earlier measurement used, so that its requests are not memo hits.
+fn fresh_nonce() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+        .to_string()
+}
+
 /// Bytes of the text shipped to measure the cost of shipping.
 const SHIP_SAMPLE_BYTES: usize = 1 << 20;
 
 /// Seconds per byte to store shipped text in the cluster: a fresh sample of
 /// [`SHIP_SAMPLE_BYTES`] uploaded and then forgotten.
 async fn ship_cost(client: &Client) -> Result<f64, JobError> {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
+    let nonce = fresh_nonce();
     let line = format!("mozen plan sample {nonce} of the cost of shipping input text\n");
     let text = line.repeat(SHIP_SAMPLE_BYTES / line.len());
     let t = Instant::now();
@@ -301,11 +307,7 @@ async fn ship_cost(client: &Client) -> Result<f64, JobError> {
 
 /// Median round trip of a fresh `noop` request, and the rate of 64 concurrent ones.
 async fn request_costs(client: &Client) -> Result<(f64, f64), JobError> {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
-        .to_string();
+    let nonce = fresh_nonce();
     let mut times = Vec::new();
     for i in 0..5 {
         let t = Instant::now();

@@ -75,6 +75,11 @@ pub struct AgentArgs {
     /// Allow the built-in `exec` function to run programs on this machine.
     #[arg(long)]
     pub allow_exec: bool,
+    /// Write every call down in the log before it runs. By default a short call whose caller
+    /// waits runs at once and is written down with its value in one fact (or when it takes
+    /// long): see docs/architecture.md, "Express calls".
+    #[arg(long)]
+    pub no_express: bool,
     /// Serve Prometheus metrics on HOST:PORT.
     #[arg(long)]
     pub metrics: Option<String>,
@@ -131,6 +136,8 @@ pub struct AgentConfig {
     /// Argument, result, queue and stream limits of the public API.
     pub limits: crate::limits::Limits,
     pub allow_exec: bool,
+    /// Short calls with a waiting caller run before they are written down.
+    pub express: bool,
     pub metrics: Option<SocketAddr>,
     /// Token and TLS material (see [`crate::security`]).
     pub security: Security,
@@ -419,6 +426,7 @@ impl AgentArgs {
             memo_limit,
             limits,
             allow_exec: self.allow_exec,
+            express: !self.no_express,
             metrics,
             security,
             fault_file: self.fault_file.clone(),

@@ -75,6 +75,12 @@ pub struct Hub {
     pub schedule: Notify,
     /// Wakes the leader's liveness and housekeeping loop (node table changed).
     pub nodes_changed: Notify,
+    /// Express calls running before they are written down (leader memory).
+    pub flights: Mutex<crate::express::Flights>,
+    /// Express calls whose worker's stream ended, to submit to the queue.
+    pub orphans: Mutex<Vec<mozen_store::NewRequest>>,
+    /// Wakes the leader's express housekeeping.
+    pub express: Notify,
 }
 
 impl Hub {
@@ -88,6 +94,9 @@ impl Hub {
             liveness: Mutex::new(Liveness::default()),
             schedule: Notify::new(),
             nodes_changed: Notify::new(),
+            flights: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
+            express: Notify::new(),
         }
     }
 
@@ -112,7 +121,19 @@ impl Hub {
         }
     }
 
-    fn wake_all(&self) {
+    /// A request finished in the log: an express flight of it is over.
+    fn landed(&self, key: &RequestKey) {
+        let mut flights = self.flights.lock().expect("flights");
+        if let Some(f) = flights.remove(key)
+            && f.holds_place()
+        {
+            drop(flights);
+            self.release(f.node);
+        }
+    }
+
+    /// Wakes every caller waiting on a request.
+    pub fn wake_all(&self) {
         let all: Vec<_> = self.waiters.lock().expect("waiters").drain().collect();
         for (_, ws) in all {
             for w in ws {
@@ -135,6 +156,14 @@ impl Hub {
     ) -> Reservation<'a> {
         *held.entry(node).or_default() += 1;
         Reservation { hub: self, node }
+    }
+
+    /// Gives back a place held on `node` (see [`Reservation::keep`]).
+    pub fn release(&self, node: NodeId) {
+        let mut r = self.reserved.lock().expect("reserved");
+        if let Some(n) = r.get_mut(&node) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// Learns run times from completions: (function, milliseconds).
@@ -199,8 +228,10 @@ impl Hub {
                     return;
                 }
                 let state = self.state.read().expect("state lock");
+                let flights = self.flights.lock().expect("flights");
                 for (a, r) in assignments.iter().zip(replies) {
-                    if *r != AssignReply::Started {
+                    // An express call written down runs already (as attempt 0).
+                    if *r != AssignReply::Started || flights.contains_key(&a.key) {
                         continue;
                     }
                     let Some(req) = state.request(&a.key) else {
@@ -228,13 +259,21 @@ impl Hub {
                 }
                 for (c, r) in completions.iter().zip(replies) {
                     if *r == CompleteReply::Finished {
+                        self.landed(&c.key);
                         self.wake(&c.key);
                     }
                 }
                 self.schedule.notify_one();
             }
+            (Command::Ran { runs, .. }, _) => {
+                for r in runs {
+                    self.landed(&r.request.key);
+                    self.wake(&r.request.key);
+                }
+            }
             (Command::Cancel { .. }, Response::Cancelled(keys)) => {
                 for k in keys {
+                    self.landed(k);
                     self.wake(k);
                     self.broadcast(pb::WorkItem {
                         item: Some(pb::work_item::Item::Cancel(k.0.to_vec())),
@@ -267,12 +306,18 @@ pub struct Reservation<'a> {
     node: NodeId,
 }
 
+impl Reservation<'_> {
+    /// Keeps the place held past the guard: the holder gives it back with [`Hub::release`].
+    pub fn keep(self) -> NodeId {
+        let node = self.node;
+        std::mem::forget(self);
+        node
+    }
+}
+
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut r = self.hub.reserved.lock().expect("reserved");
-        if let Some(n) = r.get_mut(&self.node) {
-            *n = n.saturating_sub(1);
-        }
+        self.hub.release(self.node);
     }
 }
 

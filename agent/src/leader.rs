@@ -65,6 +65,9 @@ pub async fn watch_leadership(agent: Arc<Agent>) {
                 }
                 // Workers reconnect to the new leader.
                 agent.hub.streams.lock().expect("streams").clear();
+                // Express calls not written down are their callers' to send again.
+                crate::express::drop_all(&agent.hub);
+                agent.hub.wake_all();
             }
             _ => {}
         }
@@ -108,6 +111,7 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken, previous: Option<N
     }
     tokio::spawn(scheduler_loop(agent.clone(), token.clone()));
     tokio::spawn(crate::autoscale::run(agent.clone(), token.clone()));
+    tokio::spawn(crate::express::run(agent.clone(), token.clone()));
     tokio::spawn(liveness_loop(agent, token));
 }
 

@@ -36,6 +36,7 @@ pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod elastic;
+pub mod express;
 pub mod failover;
 pub mod faults;
 pub mod functions;

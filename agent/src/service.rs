@@ -155,6 +155,19 @@ impl Service {
         Ok(reply)
     }
 
+    /// Waits for a wake-up `rx` until `deadline`; false once the time is up or the agent stops.
+    async fn woken(&self, rx: tokio::sync::oneshot::Receiver<()>, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::select! {
+            _ = rx => true,
+            _ = tokio::time::sleep(left) => true,
+            _ = self.agent.shutdown.cancelled() => false,
+        }
+    }
+
     /// Waits until `key` is terminal or `limit` passes; answers its reply either way.
     async fn wait_reply(
         &self,
@@ -169,14 +182,47 @@ impl Service {
             if matches!(reply.state.as_str(), "done" | "failed" | "cancelled") {
                 return Ok(reply);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !self.woken(rx, deadline).await {
                 return Ok(reply);
             }
-            tokio::select! {
-                _ = rx => {}
-                _ = tokio::time::sleep(left) => {}
-                _ = self.agent.shutdown.cancelled() => return Ok(reply),
+        }
+    }
+
+    /// Waits for an express call (see `express`): answered once its value is committed. A
+    /// call whose flight ended without a value in the log (it failed, or its worker went away)
+    /// takes the usual way; on an agent that stopped leading it is refused, so that its
+    /// caller sends it to the new leader.
+    async fn wait_express(
+        &self,
+        new: NewRequest,
+        limit: Duration,
+    ) -> Result<pb::CallReply, Status> {
+        let key = new.key;
+        let deadline = Instant::now() + limit;
+        loop {
+            let rx = self.agent.hub.wait_for(key);
+            let reply = self.reply_for(&key, false)?;
+            if reply.state != "unknown" {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.wait_reply(key, left, false).await;
+            }
+            if !crate::express::flies(&self.agent, &key) {
+                self.require_leader()?;
+                if let SmResponse::Submitted(r) = self
+                    .propose(Command::Submit {
+                        requests: vec![new],
+                        at: now_ms(),
+                    })
+                    .await?
+                    && r.first() == Some(&SubmitReply::ParentGone)
+                {
+                    return Err(parent_gone());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.wait_reply(key, left, false).await;
+            }
+            if !self.woken(rx, deadline).await {
+                return Ok(reply);
             }
         }
     }
@@ -275,6 +321,18 @@ impl Service {
         } else {
             Duration::from_millis(c.timeout_ms).min(MAX_WAIT)
         };
+        crate::express::write_parent(&self.agent, new.parent).await;
+        let mut start = crate::express::start(&self.agent, &new);
+        if let crate::express::Start::WriteParent(p) = start {
+            crate::express::write_down(&self.agent, Some(&[p])).await;
+            start = crate::express::start(&self.agent, &new);
+        }
+        match start {
+            crate::express::Start::Flying | crate::express::Start::Joined => {
+                return self.wait_express(new, limit).await;
+            }
+            _ => {}
+        }
         let at = now_ms();
         let placed = crate::leader::place_now(&self.agent, key, &new.function, new.parent);
         let submit = Command::Submit {
@@ -303,9 +361,7 @@ impl Service {
                 self.reply_for(&key, true)
             }
             SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::ParentGone) => {
-                Err(Status::failed_precondition(
-                    "MZ-PARENT-GONE: the calling request is no longer running (cancelled or re-queued)",
-                ))
+                Err(parent_gone())
             }
             _ => self.wait_reply(key, limit, false).await,
         }
@@ -612,6 +668,7 @@ impl Mozen for Service {
             &key,
             !r.get_ref().parent.is_empty(),
         )?;
+        crate::express::write_parent(&self.agent, new.parent).await;
         let resp = self
             .propose(Command::Submit {
                 requests: vec![new],
@@ -646,13 +703,19 @@ impl Mozen for Service {
             .expect("state")
             .request(&key)
             .is_none()
+            && !crate::express::flies(&self.agent, &key)
         {
             return Err(Status::not_found(format!(
                 "MZ-UNKNOWN-REQUEST: no request {key} (never submitted, or forgotten)"
             )));
         }
         if !r.wait {
-            return Ok(Response::new(self.reply_for(&key, false)?));
+            let mut reply = self.reply_for(&key, false)?;
+            if reply.state == "unknown" {
+                // An express call, not written down yet.
+                reply.state = "running".into();
+            }
+            return Ok(Response::new(reply));
         }
         let limit = if r.timeout_ms == 0 {
             MAX_WAIT
@@ -665,6 +728,10 @@ impl Mozen for Service {
     async fn cancel(&self, r: Request<pb::CancelRequest>) -> Res<pb::CancelReply> {
         let key = parse_key(&r.get_ref().key)?;
         self.require_leader()?;
+        // An express call is written down first, so that the log can cancel it.
+        if crate::express::flies(&self.agent, &key) {
+            crate::express::write_down(&self.agent, Some(&[key])).await;
+        }
         match self.propose(Command::Cancel { key, at: now_ms() }).await? {
             SmResponse::Cancelled(keys) => Ok(Response::new(pb::CancelReply {
                 cancelled: keys.iter().map(|k| k.to_hex()).collect(),
@@ -838,6 +905,8 @@ impl Drop for StreamGuard {
         let mut s = self.hub.streams.lock().expect("streams");
         if s.get(&self.node).is_some_and(|st| st.conn == self.conn) {
             s.remove(&self.node);
+            drop(s);
+            crate::express::orphan(&self.hub, self.node);
         }
     }
 }
@@ -966,23 +1035,44 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
             duration_ms: c.duration_ms,
         });
     }
+    let (express, completions): (Vec<_>, Vec<_>) =
+        completions.into_iter().partition(|c| c.attempt == 0);
+    let mut cmds = Vec::new();
+    if !express.is_empty() {
+        let (landed, durations) = crate::express::land(agent, express);
+        agent
+            .hub
+            .record_durations(durations.iter().map(|(f, ms)| (f.as_str(), *ms)));
+        cmds = landed;
+    }
     {
         let state = agent.sm.shared();
         let state = state.read().expect("state");
         let runs: Vec<_> = completions
             .iter()
             .filter(|c| matches!(c.outcome, mozen_model::Outcome::Value(_)))
+            // A parent's run time is mostly waiting on its children (its slot lent): it says
+            // nothing about how short its function is.
+            .filter(|c| state.children(&c.key).is_empty())
             .filter_map(|c| Some((state.request(&c.key)?, c.duration_ms)))
             .collect();
         agent
             .hub
             .record_durations(runs.iter().map(|(r, ms)| (r.function.as_str(), *ms)));
     }
-    agent
-        .propose(Command::Complete {
+    if !completions.is_empty() {
+        cmds.push(Command::Complete {
             completions,
             at: now_ms(),
-        })
+        });
+    }
+    let cmd = match cmds.len() {
+        0 => return Ok(()),
+        1 => cmds.pop().expect("one"),
+        _ => Command::Batch(cmds),
+    };
+    agent
+        .propose(cmd)
         .await
         .map_err(|e| propose_status(agent, e))?;
     Ok(())
@@ -1007,6 +1097,12 @@ pub(crate) async fn park(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status
         .await
         .map_err(|e| propose_status(agent, e))?;
     Ok(())
+}
+
+fn parent_gone() -> Status {
+    Status::failed_precondition(
+        "MZ-PARENT-GONE: the calling request is no longer running (cancelled or re-queued)",
+    )
 }
 
 /// A call's outcome as a Calls stream message.

@@ -122,6 +122,20 @@ pub enum Command {
     /// Records results known without running anything (content-addressed data such as the
     /// slices a batch job ships): each request becomes `Done` with its value.
     Memoize { memos: Vec<Memo>, at: Millis },
+    /// Requests the leader ran before writing them down (short calls whose callers wait):
+    /// each is recorded as submitted, run on `node` and done with its value, in one fact.
+    Ran { runs: Vec<Run>, at: Millis },
+}
+
+/// A request that ran to a value, as carried by [`Command::Ran`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub request: NewRequest,
+    pub node: NodeId,
+    pub duration_ms: u64,
+    /// JSON bytes of the result.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 /// A request and its value, as carried by [`Command::Memoize`].
@@ -145,6 +159,7 @@ impl Command {
             Command::Assign { assignments, .. } => assignments.len(),
             Command::Complete { completions, .. } => completions.len(),
             Command::Memoize { memos, .. } => memos.len(),
+            Command::Ran { runs, .. } => runs.len(),
             Command::Batch(cs) => cs.iter().map(Command::fact_count).sum(),
             _ => 1,
         }
@@ -179,6 +194,10 @@ impl Command {
             Command::Memoize { memos, .. } => memos
                 .iter()
                 .map(|m| FIXED + m.function.len() + m.args.len() + m.value.len())
+                .sum(),
+            Command::Ran { runs, .. } => runs
+                .iter()
+                .map(|r| FIXED + r.request.function.len() + r.request.args.len() + r.value.len())
                 .sum(),
             Command::Batch(cs) => cs.iter().map(Command::approx_bytes).sum(),
             _ => FIXED,
@@ -254,6 +273,8 @@ pub enum Response {
     Batch(Vec<Response>),
     /// Per memo: true when it was stored, false when the result was already there.
     Memoized(Vec<bool>),
+    /// Per run: true when it was recorded, false when the request was already done.
+    Ran(Vec<bool>),
 }
 
 /// Stable codes of state-machine rejections.

@@ -185,6 +185,9 @@ impl ClusterState {
             Command::Memoize { memos, at } => {
                 Response::Memoized(memos.iter().map(|m| self.memoize(m, *at)).collect())
             }
+            Command::Ran { runs, at } => {
+                Response::Ran(runs.iter().map(|r| self.ran(r, *at)).collect())
+            }
         }
     }
 
@@ -525,6 +528,56 @@ impl ClusterState {
         let record = self.new_record(&new, RequestState::Done, at);
         self.requests.insert(m.key, record);
         self.finish(m.key, Outcome::Value(m.value.clone()), at);
+        true
+    }
+
+    /// Records a request the leader ran before writing it down: submitted, run on `run.node`
+    /// and done, linked to its parent (which may be recorded later, or be gone). False when
+    /// it was already done. A queued or running record of it (written down because it took
+    /// long, or submitted meanwhile) finishes with the value, as with `memoize`.
+    fn ran(&mut self, run: &Run, at: Millis) -> bool {
+        let new = &run.request;
+        let key = new.key;
+        match self.request_state(&key) {
+            Some(RequestState::Done) => return false,
+            Some(RequestState::Queued | RequestState::Running { .. }) => {
+                let r = &self.requests[&key];
+                self.queue.remove(&(Reverse(r.priority), r.seq, key));
+                let node = self.stop_running(key);
+                let r = self.requests.get_mut(&key).expect("live");
+                r.state = RequestState::Done;
+                r.updated = at;
+                r.duration_ms = run.duration_ms;
+                r.last_node = Some(run.node);
+                r.attempts = r.attempts.max(1);
+                let function = r.function.clone();
+                self.counter(&function).executions += 1;
+                if let Some(p) = new.parent {
+                    self.link(p, key);
+                }
+                self.finish(key, Outcome::Value(run.value.clone()), at);
+                if let Some(n) = node {
+                    self.settle_drain(n, at);
+                }
+                return true;
+            }
+            Some(_) => {
+                self.unfinish(key);
+            }
+            None => {}
+        }
+        let mut record = self.new_record(new, RequestState::Done, at);
+        record.attempts = 1;
+        record.last_node = Some(run.node);
+        record.duration_ms = run.duration_ms;
+        self.requests.insert(key, record);
+        let c = self.counter(&new.function);
+        c.submitted += 1;
+        c.executions += 1;
+        if let Some(p) = new.parent {
+            self.link(p, key);
+        }
+        self.finish(key, Outcome::Value(run.value.clone()), at);
         true
     }
 
@@ -1216,6 +1269,81 @@ mod tests {
         assert_eq!(st.queue().count(), 1);
         st.apply(&memo(2, b"1"));
         assert_eq!(st.queue().count(), 0);
+    }
+
+    fn ran(n: u8, parent: Option<RequestKey>, value: &[u8]) -> Command {
+        let Command::Submit { mut requests, .. } = submit(n, parent, 0) else {
+            unreachable!()
+        };
+        Command::Ran {
+            runs: vec![Run {
+                request: requests.remove(0),
+                node: 1,
+                duration_ms: 2,
+                value: value.to_vec(),
+            }],
+            at: 5,
+        }
+    }
+
+    #[test]
+    fn a_run_recorded_afterwards_is_done_linked_and_counted_once() {
+        let mut st = cluster(2);
+        st.apply(&submit(9, None, 0));
+        st.apply(&assign(9, 1, 1));
+        assert_eq!(
+            st.apply(&ran(1, Some(key(9)), b"7")),
+            Response::Ran(vec![true])
+        );
+        assert_eq!(
+            st.take_effects(),
+            vec![Effect::PutOutcome(key(1), Outcome::Value(b"7".to_vec()))]
+        );
+        let r = st.request(&key(1)).expect("recorded");
+        assert_eq!(r.state, RequestState::Done);
+        assert_eq!((r.attempts, r.last_node, r.duration_ms), (1, Some(1), 2));
+        assert_eq!(r.parents, vec![key(9)]);
+        assert_eq!(st.children(&key(9)), &[key(1)]);
+        // The parent never lent its slot: it did not wait on a written-down child.
+        assert_eq!(st.busy_slots(1), 1);
+        let c = &st.counters()["f"];
+        assert_eq!(
+            (c.submitted, c.executions),
+            (2, 1),
+            "the parent and the run"
+        );
+        // Recorded again (a completion repeated after a leader change): nothing changes.
+        assert_eq!(st.apply(&ran(1, None, b"7")), Response::Ran(vec![false]));
+        assert!(st.take_effects().is_empty());
+        assert_eq!(st.counters()["f"].executions, 1);
+        assert_eq!(
+            st.apply(&submit(1, None, 0)),
+            Response::Submitted(vec![SubmitReply::MemoHit])
+        );
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_run_finishes_the_written_down_attempt_and_frees_its_slot() {
+        let mut st = cluster(1);
+        // Written down while it ran (it took long): submitted and assigned.
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        assert_eq!(st.busy_slots(1), 1);
+        assert_eq!(st.apply(&ran(1, None, b"7")), Response::Ran(vec![true]));
+        assert_eq!(st.busy_slots(1), 0);
+        assert_eq!(st.request_state(&key(1)), Some(RequestState::Done));
+        assert_eq!(st.counters()["f"].executions, 1);
+        let late = st.apply(&complete(1, 1, 1, Outcome::Value(b"7".to_vec())));
+        assert_eq!(late, Response::Completed(vec![CompleteReply::Stale]));
+        // A parent recorded after its child keeps the link.
+        assert_eq!(
+            st.apply(&ran(2, Some(key(3)), b"1")),
+            Response::Ran(vec![true])
+        );
+        assert_eq!(st.apply(&ran(3, None, b"2")), Response::Ran(vec![true]));
+        assert_eq!(st.children(&key(3)), &[key(2)]);
+        st.check_invariants().expect("invariants");
     }
 
     #[test]

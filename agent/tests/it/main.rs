@@ -8,6 +8,7 @@ mod chaos;
 mod cluster;
 mod elastic;
 mod execution;
+mod express;
 mod formation;
 mod harness;
 mod limits;

@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use mozen_model::{ChainLink, NodeRole, NodeState, Outcome, RetryPolicy, TaskError, codes};
-use mozen_store::{Assignment, Command, Completion, ForgetSelector, Memo, NewRequest};
+use mozen_store::{Assignment, Command, Completion, ForgetSelector, Memo, NewRequest, Run};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -168,6 +168,26 @@ pub(crate) fn fixtures() -> Vec<(&'static str, Command)> {
                     value: b"\"text\"".to_vec(),
                 }],
                 at: 18,
+            },
+        ),
+        (
+            "ran",
+            Command::Ran {
+                runs: vec![Run {
+                    request: NewRequest {
+                        key: key(4),
+                        function: "noop".into(),
+                        args: b"[1]".to_vec(),
+                        parent: Some(key(5)),
+                        priority: 0,
+                        retry: RetryPolicy::default(),
+                        no_cache: false,
+                    },
+                    node: 2,
+                    duration_ms: 0,
+                    value: b"[1]".to_vec(),
+                }],
+                at: 19,
             },
         ),
     ]

@@ -60,14 +60,12 @@ pub enum Start {
     Joined,
     /// Not express: take the usual way.
     No,
-    /// Its parent flies: write the parent down first (so that the log knows whom the child
-    /// belongs to, whatever becomes of it), then start again.
-    WriteParent(RequestKey),
 }
 
 /// Starts `new` as an express call when it may be one: express is on, the function is known
 /// to be short, the request is unknown to the state and the queue is empty (first come, first
-/// served), its parent (if any) runs or flies, and a worker has a place for it now.
+/// served), its parent (if any) runs or flies (written down first with [`write_parent`]), and
+/// a worker has a place for it now.
 pub fn start(agent: &Agent, new: &NewRequest) -> Start {
     let hub = &agent.hub;
     if !agent.cfg.express || new.no_cache || !hub.is_short(&new.function) {
@@ -78,8 +76,8 @@ pub fn start(agent: &Agent, new: &NewRequest) -> Start {
         if flights.contains_key(&new.key) {
             return Start::Joined;
         }
+        // The caller wrote a flying parent down first (`write_parent`).
         match new.parent.and_then(|p| flights.get_mut(&p)) {
-            Some(p) if !p.written => return Start::WriteParent(p.request.key),
             Some(p) => {
                 p.calls = true;
                 true
@@ -286,18 +284,17 @@ pub async fn write_down(agent: &Agent, keys: Option<&[RequestKey]>) {
     }
 }
 
-/// Flights on `node`, whose Work stream ended, that were not written down: their places are
-/// given back and they are submitted to the queue (the node may be gone).
+/// Flights on `node`, whose Work stream ended, end: those not written down give their places
+/// back and are submitted to the queue (the node may be gone).
 pub fn orphan(hub: &crate::hub::Hub, node: NodeId) {
     let mut lost = Vec::new();
     {
         let mut flights = hub.flights.lock().expect("flights");
+        // Written-down ones are the log's now: it re-queues them when the node is marked down.
         flights.retain(|_, f| {
-            let keep = f.node != node || f.written || f.landing;
-            if !keep {
-                if f.holds_place() {
-                    hub.release(node);
-                }
+            let keep = f.node != node || f.landing;
+            if !keep && !f.written {
+                hub.release(node);
                 lost.push(f.request.clone());
             }
             keep

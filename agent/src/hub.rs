@@ -230,8 +230,9 @@ impl Hub {
                 let state = self.state.read().expect("state lock");
                 let flights = self.flights.lock().expect("flights");
                 for (a, r) in assignments.iter().zip(replies) {
-                    // An express call written down runs already (as attempt 0).
-                    if *r != AssignReply::Started || flights.contains_key(&a.key) {
+                    // An express call written down runs there already (as attempt 0).
+                    let flies_there = flights.get(&a.key).is_some_and(|f| f.node == a.node);
+                    if *r != AssignReply::Started || flies_there {
                         continue;
                     }
                     let Some(req) = state.request(&a.key) else {

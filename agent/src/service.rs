@@ -322,12 +322,7 @@ impl Service {
             Duration::from_millis(c.timeout_ms).min(MAX_WAIT)
         };
         crate::express::write_parent(&self.agent, new.parent).await;
-        let mut start = crate::express::start(&self.agent, &new);
-        if let crate::express::Start::WriteParent(p) = start {
-            crate::express::write_down(&self.agent, Some(&[p])).await;
-            start = crate::express::start(&self.agent, &new);
-        }
-        match start {
+        match crate::express::start(&self.agent, &new) {
             crate::express::Start::Flying | crate::express::Start::Joined => {
                 return self.wait_express(new, limit).await;
             }

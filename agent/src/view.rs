@@ -75,6 +75,13 @@ pub fn nodes(agent: &Agent) -> Vec<pb::Node> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let leader = agent.raft.metrics().borrow().current_leader;
+    // Express calls running before they are written down (only the leader has any).
+    let mut flying: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    for f in agent.hub.flights.lock().expect("flights").values() {
+        if !f.written && !f.landing {
+            *flying.entry(f.node).or_default() += 1;
+        }
+    }
     let l = agent.hub.liveness.lock().expect("liveness");
     let now = Instant::now();
     state
@@ -83,7 +90,7 @@ pub fn nodes(agent: &Agent) -> Vec<pb::Node> {
             let mut p = pb::Node::from_info(n);
             p.is_leader = leader == Some(n.id);
             p.busy_slots = state.busy_slots(n.id);
-            p.running = state.running_count(n.id) as u32;
+            p.running = state.running_count(n.id) as u32 + flying.get(&n.id).copied().unwrap_or(0);
             p.heartbeat_age_ms = l
                 .last_seen
                 .get(&n.id)

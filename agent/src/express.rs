@@ -17,18 +17,82 @@
 //! as for any request, with its error chain; a flight that calls another is written down
 //! before its child starts, so that the log always knows a child's parent. A detached
 //! submission (`Submit`) is never express.
+//!
+//! A call that may be express but finds no place free (and nothing queued in the log) is
+//! *held*: it waits in leader memory, in queue order (priority, then arrival), and flies as
+//! soon as a place frees ([`fly_held`], run before each scheduling pass, so held calls go
+//! before anything queued in the log after them). While calls are held, new calls of any kind
+//! queue behind them. Like a flight, a held call is its caller's until it lands: on a leader
+//! change the caller sends it again. At most [`HELD_LIMIT`] calls are held; past that calls
+//! take the usual way. A held call that is cancelled is written down (submitted) first.
 
 use crate::node::{Agent, now_ms};
 use mozen_model::{NodeId, Outcome, RequestKey, RequestState};
 use mozen_proto as pb;
+use mozen_scheduler::{Candidate, plan_on};
 use mozen_store::{Assignment, Command, Completion, NewRequest, Run};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// A flight running longer than this is written down (submitted and assigned).
 pub const WRITE_DOWN_AFTER: Duration = Duration::from_millis(20);
+
+/// Most calls held in leader memory at once; past that calls are queued in the log.
+pub const HELD_LIMIT: usize = 100_000;
+
+/// Held calls placed per planning pass of [`fly_held`].
+const FLY_BATCH: usize = 1024;
+
+/// Express calls waiting in leader memory for a place, in queue order.
+#[derive(Default)]
+pub struct Held {
+    order: BTreeMap<(Reverse<i32>, u64), NewRequest>,
+    keys: HashMap<RequestKey, (Reverse<i32>, u64)>,
+    seq: u64,
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn contains(&self, key: &RequestKey) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    fn push(&mut self, new: NewRequest) {
+        self.seq += 1;
+        let at = (Reverse(new.priority), self.seq);
+        self.keys.insert(new.key, at);
+        self.order.insert(at, new);
+    }
+
+    fn remove(&mut self, key: &RequestKey) -> Option<NewRequest> {
+        let at = self.keys.remove(key)?;
+        self.order.remove(&at)
+    }
+
+    /// The first `n` in queue order: (key, parent).
+    fn heads(&self, n: usize) -> Vec<(RequestKey, Option<RequestKey>)> {
+        self.order
+            .values()
+            .take(n)
+            .map(|r| (r.key, r.parent))
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.keys.clear();
+    }
+}
 
 /// A call running before it is written down.
 pub struct Flight {
@@ -58,14 +122,16 @@ pub enum Start {
     Flying,
     /// The same call is already flying; wait for the key.
     Joined,
+    /// Held in leader memory until a place frees; wait for the key.
+    Held,
     /// Not express: take the usual way.
     No,
 }
 
 /// Starts `new` as an express call when it may be one: express is on, the function is known
 /// to be short, the request is unknown to the state and the queue is empty (first come, first
-/// served), its parent (if any) runs or flies (written down first with [`write_parent`]), and
-/// a worker has a place for it now.
+/// served), its parent (if any) runs or flies (written down first with [`write_parent`]). It
+/// flies when a worker has a place for it now, else it is held (see [`Held`]).
 pub fn start(agent: &Agent, new: &NewRequest) -> Start {
     let hub = &agent.hub;
     if !agent.cfg.express || new.no_cache || !hub.is_short(&new.function) {
@@ -97,7 +163,7 @@ pub fn start(agent: &Agent, new: &NewRequest) -> Start {
     }
     let Some((_, held)) = crate::leader::place_now(agent, new.key, &new.function, new.parent)
     else {
-        return Start::No;
+        return hold(agent, new);
     };
     let node = held.keep();
     {
@@ -119,20 +185,117 @@ pub fn start(agent: &Agent, new: &NewRequest) -> Start {
             },
         );
     }
-    let item = pb::WorkItem {
+    if !hub.send_work(node, assign_item(new)) {
+        hub.flights.lock().expect("flights").remove(&new.key);
+        hub.release(node);
+        return Start::No;
+    }
+    Start::Flying
+}
+
+/// The express assignment (attempt 0) of `new`.
+fn assign_item(new: &NewRequest) -> pb::WorkItem {
+    pb::WorkItem {
         item: Some(pb::work_item::Item::Assign(pb::Assignment {
             key: new.key.0.to_vec(),
             function: new.function.clone(),
             args: new.args.clone(),
             attempt: 0,
         })),
-    };
-    if !hub.send_work(node, item) {
-        hub.flights.lock().expect("flights").remove(&new.key);
-        hub.release(node);
-        return Start::No;
     }
-    Start::Flying
+}
+
+/// Holds `new` until a place frees, when nothing is queued in the log and it is unknown to
+/// the state (the usual way joins or answers known requests).
+fn hold(agent: &Agent, new: &NewRequest) -> Start {
+    let hub = &agent.hub;
+    {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        if state.queue().next().is_some() || state.request(&new.key).is_some() {
+            return Start::No;
+        }
+        let flights = hub.flights.lock().expect("flights");
+        let mut held = hub.held.lock().expect("held");
+        if flights.contains_key(&new.key) || held.contains(&new.key) {
+            return Start::Joined;
+        }
+        if held.len() >= HELD_LIMIT {
+            return Start::No;
+        }
+        held.push(new.clone());
+    }
+    // A place may have freed since this call found none.
+    hub.schedule.notify_one();
+    Start::Held
+}
+
+/// Flies held calls, in queue order, into the places free now (run by the leader's scheduler
+/// before it plans the log's queue). A call whose worker cannot be reached is submitted to the
+/// queue.
+pub fn fly_held(agent: &Agent) {
+    let hub = &agent.hub;
+    loop {
+        let heads = hub.held.lock().expect("held").heads(FLY_BATCH);
+        if heads.is_empty() {
+            return;
+        }
+        let placed = {
+            let state = agent.sm.shared();
+            let state = state.read().expect("state");
+            let mut reserved = hub.reservations();
+            let placed = {
+                let streams = hub.streams.lock().expect("streams");
+                let liveness = hub.liveness.lock().expect("liveness");
+                let eligible =
+                    |id: NodeId| streams.contains_key(&id) && !liveness.leaving.contains(&id);
+                let nodes = crate::leader::Nodes::new(&state, eligible, &reserved, true);
+                let candidates = heads.iter().map(|(key, parent)| Candidate {
+                    key: *key,
+                    preferred: crate::leader::preferred_node(&state, parent.as_slice()),
+                    ready: true,
+                    short: true,
+                });
+                plan_on(&nodes, candidates, heads.len())
+            };
+            for p in &placed {
+                hub.reserve(&mut reserved, p.node).keep();
+            }
+            placed
+        };
+        let mut lost = Vec::new();
+        for p in &placed {
+            let Some(new) = hub.held.lock().expect("held").remove(&p.key) else {
+                // Cancelled or dropped meanwhile.
+                hub.release(p.node);
+                continue;
+            };
+            let item = assign_item(&new);
+            hub.flights.lock().expect("flights").insert(
+                new.key,
+                Flight {
+                    request: new,
+                    node: p.node,
+                    started: Instant::now(),
+                    written: false,
+                    landing: false,
+                    calls: false,
+                },
+            );
+            if !hub.send_work(p.node, item) {
+                let f = hub.flights.lock().expect("flights").remove(&p.key);
+                hub.release(p.node);
+                lost.extend(f.map(|f| f.request));
+            }
+        }
+        if !lost.is_empty() {
+            hub.orphans.lock().expect("orphans").extend(lost);
+            hub.express.notify_one();
+        }
+        if placed.len() < heads.len() {
+            return;
+        }
+    }
 }
 
 /// Writes `parent` down if it flies and is not yet: a child call, express or not, needs its
@@ -151,28 +314,36 @@ pub async fn write_parent(agent: &Agent, parent: Option<RequestKey>) {
     }
 }
 
-/// Whether `key` flies (runs here before being written down).
+/// Whether `key` flies (runs here before being written down) or is held to fly.
 pub fn flies(agent: &Agent, key: &RequestKey) -> bool {
-    agent.hub.flights.lock().expect("flights").contains_key(key)
+    agent.hub.flights.lock().expect("flights").contains_key(key) || is_held(agent, key)
+}
+
+/// Whether `key` is held in leader memory, waiting for a place.
+pub fn is_held(agent: &Agent, key: &RequestKey) -> bool {
+    agent.hub.held.lock().expect("held").contains(key)
 }
 
 /// Turns completions of express runs (attempt 0) into the facts that record them: a value
 /// becomes a `Ran`; a failure is recorded as an attempt 1 of the request on that node, written
 /// down with it if it was not yet, so that it fails or is retried as any attempt (with its
-/// error chain). Completions of flights this leader does not hold (an earlier leader's) are
-/// dropped: their callers sent the calls again. Also returns (function, milliseconds) of each
-/// value of a request that called none.
+/// error chain). A completion of a flight this leader does not hold (an earlier leader's)
+/// counts for the attempt the log shows running on that node, if an earlier leader wrote it
+/// down; else it is dropped: its caller sent the call again. Also returns (function,
+/// milliseconds) of each value of a request that called none.
 pub fn land(agent: &Agent, done: Vec<Completion>) -> (Vec<Command>, Vec<(String, u64)>) {
     let hub = &agent.hub;
     let mut runs = Vec::new();
     let mut submits = Vec::new();
     let mut assignments = Vec::new();
-    let mut failed = Vec::new();
+    let mut complete = Vec::new();
     let mut durations = Vec::new();
+    let mut strays = Vec::new();
     {
         let mut flights = hub.flights.lock().expect("flights");
         for c in done {
             let Some(f) = flights.get_mut(&c.key) else {
+                strays.push(c);
                 continue;
             };
             if f.landing {
@@ -204,13 +375,25 @@ pub fn land(agent: &Agent, done: Vec<Completion>) -> (Vec<Command>, Vec<(String,
                             attempt: 1,
                         });
                     }
-                    failed.push(Completion {
+                    complete.push(Completion {
                         attempt: 1,
                         node: f.node,
                         outcome,
                         ..c
                     });
                 }
+            }
+        }
+    }
+    if !strays.is_empty() {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        for c in strays {
+            if let Some(RequestState::Running { node, attempt, .. }) =
+                state.request(&c.key).map(|r| r.state)
+                && node == c.node
+            {
+                complete.push(Completion { attempt, ..c });
             }
         }
     }
@@ -226,9 +409,9 @@ pub fn land(agent: &Agent, done: Vec<Completion>) -> (Vec<Command>, Vec<(String,
         });
         cmds.push(Command::Assign { assignments, at });
     }
-    if !failed.is_empty() {
+    if !complete.is_empty() {
         cmds.push(Command::Complete {
-            completions: failed,
+            completions: complete,
             at,
         });
     }
@@ -239,12 +422,17 @@ pub fn land(agent: &Agent, done: Vec<Completion>) -> (Vec<Command>, Vec<(String,
 /// Writes flights down: submitted and assigned to the node they run on (attempt 1), so that
 /// the log holds them from now on. `keys` None: every flight running longer than
 /// [`WRITE_DOWN_AFTER`]. The worker goes on with its run; its value is recorded by `Ran`.
+/// Held calls among `keys` are submitted to the queue.
 pub async fn write_down(agent: &Agent, keys: Option<&[RequestKey]>) {
     let hub = &agent.hub;
     let now = Instant::now();
     let mut requests = Vec::new();
     let mut assignments = Vec::new();
     let mut held = Vec::new();
+    if let Some(ks) = keys {
+        let mut waiting = hub.held.lock().expect("held");
+        requests.extend(ks.iter().filter_map(|k| waiting.remove(k)));
+    }
     {
         let mut flights = hub.flights.lock().expect("flights");
         for (key, f) in flights.iter_mut() {
@@ -271,11 +459,11 @@ pub async fn write_down(agent: &Agent, keys: Option<&[RequestKey]>) {
         return;
     }
     let at = now_ms();
-    let cmd = Command::Batch(vec![
-        Command::Submit { requests, at },
-        Command::Assign { assignments, at },
-    ]);
-    if let Err(e) = agent.propose(cmd).await {
+    let mut cmds = vec![Command::Submit { requests, at }];
+    if !assignments.is_empty() {
+        cmds.push(Command::Assign { assignments, at });
+    }
+    if let Err(e) = agent.propose(Command::Batch(cmds)).await {
         warn!("writing express calls down: {e}");
     }
     // The state counts their places now (or they went back to the queue).
@@ -319,6 +507,7 @@ pub fn drop_all(hub: &crate::hub::Hub) {
     for f in gone.into_iter().filter(Flight::holds_place) {
         hub.release(f.node);
     }
+    hub.held.lock().expect("held").clear();
     hub.orphans.lock().expect("orphans").clear();
 }
 

@@ -77,6 +77,8 @@ pub struct Hub {
     pub nodes_changed: Notify,
     /// Express calls running before they are written down (leader memory).
     pub flights: Mutex<crate::express::Flights>,
+    /// Express calls waiting for a place (leader memory).
+    pub held: Mutex<crate::express::Held>,
     /// Express calls whose worker's stream ended, to submit to the queue.
     pub orphans: Mutex<Vec<mozen_store::NewRequest>>,
     /// Wakes the leader's express housekeeping.
@@ -95,6 +97,7 @@ impl Hub {
             schedule: Notify::new(),
             nodes_changed: Notify::new(),
             flights: Mutex::new(HashMap::new()),
+            held: Mutex::new(Default::default()),
             orphans: Mutex::new(Vec::new()),
             express: Notify::new(),
         }

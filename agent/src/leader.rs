@@ -219,7 +219,7 @@ pub fn plan_pass(
 }
 
 /// The node running one of `parents`, if any (locality hint).
-fn preferred_node(state: &ClusterState, parents: &[RequestKey]) -> Option<u64> {
+pub(crate) fn preferred_node(state: &ClusterState, parents: &[RequestKey]) -> Option<u64> {
     parents
         .iter()
         .find_map(|p| state.request(p).and_then(|pr| pr.state.node()))
@@ -227,7 +227,7 @@ fn preferred_node(state: &ClusterState, parents: &[RequestKey]) -> Option<u64> {
 
 /// Where a request about to be submitted can start at once, so that its submission and its
 /// assignment ride in one log entry: only when nothing else is queued (first come, first
-/// served) and a slot is free. The state machine rejects the assignment harmlessly if the
+/// served: no call held in leader memory either) and a slot is free. The state machine rejects the assignment harmlessly if the
 /// submission turns out to join or hit an existing request, or the slot was taken meanwhile.
 pub fn place_now<'a>(
     agent: &'a Agent,
@@ -237,7 +237,10 @@ pub fn place_now<'a>(
 ) -> Option<(Assignment, Reservation<'a>)> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
-    if state.queue().next().is_some() || state.request(&key).is_some() {
+    if state.queue().next().is_some()
+        || state.request(&key).is_some()
+        || !agent.hub.held.lock().expect("held").is_empty()
+    {
         return None;
     }
     let short = agent.hub.is_short(function);
@@ -276,6 +279,8 @@ async fn scheduler_loop(agent: Arc<Agent>, token: CancellationToken) {
         if agent.stopping.is_cancelled() {
             return;
         }
+        // Calls held in leader memory came before anything queued in the log meanwhile.
+        crate::express::fly_held(&agent);
         let assignments = make_plan(&agent);
         if assignments.is_empty() {
             continue;

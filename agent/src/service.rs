@@ -323,7 +323,9 @@ impl Service {
         };
         crate::express::write_parent(&self.agent, new.parent).await;
         match crate::express::start(&self.agent, &new) {
-            crate::express::Start::Flying | crate::express::Start::Joined => {
+            crate::express::Start::Flying
+            | crate::express::Start::Joined
+            | crate::express::Start::Held => {
                 return self.wait_express(new, limit).await;
             }
             _ => {}
@@ -707,8 +709,13 @@ impl Mozen for Service {
         if !r.wait {
             let mut reply = self.reply_for(&key, false)?;
             if reply.state == "unknown" {
-                // An express call, not written down yet.
-                reply.state = "running".into();
+                // An express call, not written down yet: held for a place, or running.
+                reply.state = if crate::express::is_held(&self.agent, &key) {
+                    "queued"
+                } else {
+                    "running"
+                }
+                .into();
             }
             return Ok(Response::new(reply));
         }

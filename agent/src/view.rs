@@ -223,7 +223,8 @@ pub fn queue(agent: &Agent, limit: usize) -> (pb::QueueSummary, Vec<pb::RequestI
         .values()
         .sum();
     let summary = pb::QueueSummary {
-        queued: state.queue_len() as u64,
+        // With the express calls the leader holds for a place.
+        queued: (state.queue_len() + agent.hub.held.lock().expect("held").len()) as u64,
         running: counts.get("running").copied().unwrap_or(0),
         groups: groups
             .into_iter()

@@ -3,6 +3,7 @@
 use crate::harness::*;
 use mozen_agent::client::{CallOptions, ClientError};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 fn applied(c: &Cluster) -> u64 {
     c.cli_json(&["status", "--json"])["applied_index"]
@@ -98,4 +99,117 @@ async fn an_express_call_that_fails_is_retried_and_fails_with_its_chain() {
     let failures = c.function_stats("divide")["failures"].as_u64().unwrap() - before;
     assert!(failures >= 3, "divide failed {failures} times");
     assert_eq!(c.function_stats("ratio")["failures"], 3);
+}
+
+/// `get` of `key` answered by agent `id` alone: its state there, None when it does not know it.
+async fn state_at(c: &Cluster, id: u64, key: &str) -> Option<String> {
+    let get = mozen_proto::v1::GetRequest {
+        key: key.to_string(),
+        wait: false,
+        timeout_ms: 0,
+    };
+    let client = c.client_of(&[id]);
+    client
+        .rpc(|mut rpc| {
+            let g = get.clone();
+            async move { rpc.get(g).await }
+        })
+        .await
+        .ok()
+        .map(|r| r.state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_written_down_express_call_whose_leader_dies_counts_its_first_run() {
+    let mut c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // Nothing runs on the leader, so the long call runs on a node that survives it.
+    let out = c.cli(&["node", "drain", &leader.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = c.client();
+    for _ in 0..5 {
+        let _: Value = client.call("sleep", json!(1)).await.unwrap();
+    }
+    let runs = c.function_stats("sleep")["executions"].as_u64().unwrap();
+    let key =
+        mozen_model::RequestKey::of("sleep", &mozen_model::canonical_args(&json!(1500))).to_hex();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<_, Value>("sleep", json!(1500)).await }
+    });
+    // It flies, then runs long enough to be written down: the followers' logs know it.
+    eventually(
+        Duration::from_secs(10),
+        "the long call written down",
+        || async { state_at(&c, follower, &key).await.as_deref() == Some("running") },
+    )
+    .await;
+    c.agent(leader).kill();
+    assert_eq!(call.await.unwrap().unwrap(), Value::Null);
+    // The run that started under the dead leader is the one that counted: not run again.
+    let got = c.cli_json(&["get", &key, "--json"]);
+    assert_eq!(got["state"], "done", "{got}");
+    assert_eq!(c.function_stats("sleep")["executions"], runs + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_with_no_place_free_wait_in_leader_memory_then_fly() {
+    let c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let client = c.client();
+    for i in 0..5 {
+        let _: Value = client.call("echo", json!(["warm", i])).await.unwrap();
+    }
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    for id in ["1", "2", "3"] {
+        let out = c.cli(&["node", "drain", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let n = 200u64;
+    let calls = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let calls = (0..n).map(|i| {
+                let client = client.clone();
+                async move { client.call::<_, Value>("echo", json!(["held", i])).await }
+            });
+            futures::future::join_all(calls).await
+        }
+    });
+    // No place anywhere: every call is held by the leader, none is in the log.
+    eventually(Duration::from_secs(20), "every call held", || async {
+        c.cli_json(&["queue", "--json"])["queued"] == n
+    })
+    .await;
+    let key =
+        mozen_model::RequestKey::of("echo", &mozen_model::canonical_args(&json!(["held", 7])))
+            .to_hex();
+    assert_eq!(state_at(&c, leader, &key).await.as_deref(), Some("queued"));
+    assert_eq!(state_at(&c, follower, &key).await, None);
+    for id in ["1", "2", "3"] {
+        let out = c.cli(&["node", "undrain", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (i, r) in calls.await.unwrap().into_iter().enumerate() {
+        assert_eq!(r.unwrap(), json!(["held", i]));
+    }
+    assert_eq!(c.function_stats("echo")["executions"], n + 5);
+    let got = c.cli_json(&["get", &key, "--json"]);
+    assert_eq!(got["state"], "done", "{got}");
+    assert_eq!(c.cli_json(&["queue", "--json"])["queued"], 0);
 }

@@ -43,9 +43,6 @@ pub const WRITE_DOWN_AFTER: Duration = Duration::from_millis(20);
 /// Most calls held in leader memory at once; past that calls are queued in the log.
 pub const HELD_LIMIT: usize = 100_000;
 
-/// Held calls placed per planning pass of [`fly_held`].
-const FLY_BATCH: usize = 1024;
-
 /// Express calls waiting in leader memory for a place, in queue order.
 #[derive(Default)]
 pub struct Held {
@@ -77,15 +74,6 @@ impl Held {
     fn remove(&mut self, key: &RequestKey) -> Option<NewRequest> {
         let at = self.keys.remove(key)?;
         self.order.remove(&at)
-    }
-
-    /// The first `n` in queue order: (key, parent).
-    fn heads(&self, n: usize) -> Vec<(RequestKey, Option<RequestKey>)> {
-        self.order
-            .values()
-            .take(n)
-            .map(|r| (r.key, r.parent))
-            .collect()
     }
 
     fn clear(&mut self) {
@@ -235,43 +223,38 @@ fn hold(agent: &Agent, new: &NewRequest) -> Start {
 /// queue.
 pub fn fly_held(agent: &Agent) {
     let hub = &agent.hub;
-    loop {
-        let heads = hub.held.lock().expect("held").heads(FLY_BATCH);
-        if heads.is_empty() {
-            return;
-        }
+    if hub.held.lock().expect("held").is_empty() {
+        return;
+    }
+    let mut sends = Vec::new();
+    {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        let mut flights = hub.flights.lock().expect("flights");
+        let mut held = hub.held.lock().expect("held");
+        let mut reserved = hub.reservations();
         let placed = {
-            let state = agent.sm.shared();
-            let state = state.read().expect("state");
-            let mut reserved = hub.reservations();
-            let placed = {
-                let streams = hub.streams.lock().expect("streams");
-                let liveness = hub.liveness.lock().expect("liveness");
-                let eligible =
-                    |id: NodeId| streams.contains_key(&id) && !liveness.leaving.contains(&id);
-                let nodes = crate::leader::Nodes::new(&state, eligible, &reserved, true);
-                let candidates = heads.iter().map(|(key, parent)| Candidate {
-                    key: *key,
-                    preferred: crate::leader::preferred_node(&state, parent.as_slice()),
-                    ready: true,
-                    short: true,
-                });
-                plan_on(&nodes, candidates, heads.len())
-            };
-            for p in &placed {
-                hub.reserve(&mut reserved, p.node).keep();
-            }
-            placed
+            let streams = hub.streams.lock().expect("streams");
+            let liveness = hub.liveness.lock().expect("liveness");
+            let eligible =
+                |id: NodeId| streams.contains_key(&id) && !liveness.leaving.contains(&id);
+            let nodes = crate::leader::Nodes::new(&state, eligible, &reserved, true);
+            // Planned as the queue is read: a pass costs what it places, not the held count.
+            let candidates = held.order.values().map(|r| Candidate {
+                key: r.key,
+                preferred: crate::leader::preferred_node(&state, r.parent.as_slice()),
+                ready: true,
+                short: true,
+            });
+            plan_on(&nodes, candidates, crate::leader::PLAN_LIMIT)
         };
-        let mut lost = Vec::new();
-        for p in &placed {
-            let Some(new) = hub.held.lock().expect("held").remove(&p.key) else {
-                // Cancelled or dropped meanwhile.
-                hub.release(p.node);
+        for p in placed {
+            let Some(new) = held.remove(&p.key) else {
                 continue;
             };
-            let item = assign_item(&new);
-            hub.flights.lock().expect("flights").insert(
+            hub.reserve(&mut reserved, p.node).keep();
+            sends.push((p.node, p.key, assign_item(&new)));
+            flights.insert(
                 new.key,
                 Flight {
                     request: new,
@@ -282,19 +265,20 @@ pub fn fly_held(agent: &Agent) {
                     calls: false,
                 },
             );
-            if !hub.send_work(p.node, item) {
-                let f = hub.flights.lock().expect("flights").remove(&p.key);
-                hub.release(p.node);
-                lost.extend(f.map(|f| f.request));
-            }
         }
-        if !lost.is_empty() {
-            hub.orphans.lock().expect("orphans").extend(lost);
-            hub.express.notify_one();
+    }
+    let mut lost = Vec::new();
+    for (node, key, item) in sends {
+        if !hub.send_work(node, item)
+            && let Some(f) = hub.flights.lock().expect("flights").remove(&key)
+        {
+            hub.release(node);
+            lost.push(f.request);
         }
-        if placed.len() < heads.len() {
-            return;
-        }
+    }
+    if !lost.is_empty() {
+        hub.orphans.lock().expect("orphans").extend(lost);
+        hub.express.notify_one();
     }
 }
 

@@ -7,13 +7,17 @@
 //! Liveness (last heartbeat per node) and throughput rates live here too: they are leader
 //! memory, never log entries, and a new leader starts them afresh.
 
-use mozen_model::{NodeId, RequestKey};
+use mozen_model::{NodeId, Outcome, RequestKey};
 use mozen_proto as pb;
 use mozen_store::{ApplyObserver, AssignReply, Command, CompleteReply, Response, SharedState};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc, oneshot};
+
+/// What a waiter on a request is woken with: the request's value when the command that
+/// finished it carried one.
+pub type Woken = Option<Arc<[u8]>>;
 
 /// A worker's open Work stream.
 pub struct Stream {
@@ -68,7 +72,7 @@ pub struct Hub {
     durations: Mutex<HashMap<String, f64>>,
     /// Places the leader handed out whose assignment is not applied yet, per node.
     reserved: Mutex<HashMap<NodeId, u32>>,
-    waiters: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<()>>>>,
+    waiters: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<Woken>>>>,
     pub streams: Mutex<HashMap<NodeId, Stream>>,
     pub liveness: Mutex<Liveness>,
     /// Wakes the leader's scheduler loop.
@@ -105,7 +109,7 @@ impl Hub {
 
     /// Registers interest in `key` finishing. Register before checking the state, then check,
     /// then await: a finish applied in between still wakes the receiver.
-    pub fn wait_for(&self, key: RequestKey) -> oneshot::Receiver<()> {
+    pub fn wait_for(&self, key: RequestKey) -> oneshot::Receiver<Woken> {
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()
@@ -116,10 +120,13 @@ impl Hub {
         rx
     }
 
-    fn wake(&self, key: &RequestKey) {
+    /// Wakes the callers waiting on `key`, handing them its value when the applied command
+    /// carries it (so that they need not read it back from the store).
+    fn wake(&self, key: &RequestKey, value: Option<&[u8]>) {
         if let Some(ws) = self.waiters.lock().expect("waiters").remove(key) {
+            let value: Woken = value.map(Arc::from);
             for w in ws {
-                let _ = w.send(());
+                let _ = w.send(value.clone());
             }
         }
     }
@@ -140,7 +147,7 @@ impl Hub {
         let all: Vec<_> = self.waiters.lock().expect("waiters").drain().collect();
         for (_, ws) in all {
             for w in ws {
-                let _ = w.send(());
+                let _ = w.send(None);
             }
         }
     }
@@ -264,21 +271,25 @@ impl Hub {
                 for (c, r) in completions.iter().zip(replies) {
                     if *r == CompleteReply::Finished {
                         self.landed(&c.key);
-                        self.wake(&c.key);
+                        let value = match &c.outcome {
+                            Outcome::Value(v) => Some(v.as_slice()),
+                            Outcome::Error(_) => None,
+                        };
+                        self.wake(&c.key, value);
                     }
                 }
                 self.schedule.notify_one();
             }
-            (Command::Ran { runs, .. }, _) => {
-                for r in runs {
+            (Command::Ran { runs, .. }, Response::Ran(ran)) => {
+                for (r, counted) in runs.iter().zip(ran) {
                     self.landed(&r.request.key);
-                    self.wake(&r.request.key);
+                    self.wake(&r.request.key, counted.then_some(r.value.as_slice()));
                 }
             }
             (Command::Cancel { .. }, Response::Cancelled(keys)) => {
                 for k in keys {
                     self.landed(k);
-                    self.wake(k);
+                    self.wake(k, None);
                     self.broadcast(pb::WorkItem {
                         item: Some(pb::work_item::Item::Cancel(k.0.to_vec())),
                     });

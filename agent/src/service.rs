@@ -6,6 +6,7 @@
 //! that is only a worker redirects reads too. Memo hits are answered by any member without
 //! touching the log.
 
+use crate::hub::Woken;
 use crate::node::{Agent, node_op, now_ms};
 use crate::proposer::ProposeError;
 use crate::view;
@@ -118,8 +119,14 @@ impl Service {
             .map_err(|e| self.propose_err(e))
     }
 
-    /// The reply for `key` as the applied state knows it.
-    fn reply_for(&self, key: &RequestKey, cached: bool) -> Result<pb::CallReply, Status> {
+    /// The reply for `key` as the applied state knows it; `known` is its value when the
+    /// caller was handed it on waking (else a finished request's outcome is read back).
+    fn reply_for(
+        &self,
+        key: &RequestKey,
+        cached: bool,
+        known: Woken,
+    ) -> Result<pb::CallReply, Status> {
         let state = self.agent.sm.shared();
         let state = state.read().expect("state");
         let Some(r) = state.request(key) else {
@@ -137,14 +144,18 @@ impl Service {
             state: r.state.name().into(),
             ..Default::default()
         };
+        let done = r.state == RequestState::Done;
         if r.state.is_terminal() {
             drop(state);
-            match self
-                .agent
-                .sm
-                .outcome(key)
-                .map_err(|e| Status::internal(e.to_string()))?
-            {
+            let outcome = match known.filter(|_| done) {
+                Some(v) => Some(mozen_model::Outcome::Value(v.to_vec())),
+                None => self
+                    .agent
+                    .sm
+                    .outcome(key)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            };
+            match outcome {
                 Some(mozen_model::Outcome::Value(v)) => {
                     reply.result_json = Some(String::from_utf8_lossy(&v).into_owned())
                 }
@@ -155,16 +166,21 @@ impl Service {
         Ok(reply)
     }
 
-    /// Waits for a wake-up `rx` until `deadline`; false once the time is up or the agent stops.
-    async fn woken(&self, rx: tokio::sync::oneshot::Receiver<()>, deadline: Instant) -> bool {
+    /// Waits for a wake-up `rx` until `deadline`: what it was woken with, None once the time
+    /// is up or the agent stops.
+    async fn woken(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<Woken>,
+        deadline: Instant,
+    ) -> Option<Woken> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return None;
         }
         tokio::select! {
-            _ = rx => true,
-            _ = tokio::time::sleep(left) => true,
-            _ = self.agent.shutdown.cancelled() => false,
+            w = rx => Some(w.unwrap_or_default()),
+            _ = tokio::time::sleep(left) => Some(None),
+            _ = self.agent.shutdown.cancelled() => None,
         }
     }
 
@@ -176,14 +192,16 @@ impl Service {
         cached: bool,
     ) -> Result<pb::CallReply, Status> {
         let deadline = Instant::now() + limit;
+        let mut known = None;
         loop {
             let rx = self.agent.hub.wait_for(key);
-            let reply = self.reply_for(&key, cached)?;
-            if matches!(reply.state.as_str(), "done" | "failed" | "cancelled") {
+            let reply = self.reply_for(&key, cached, known.take())?;
+            if is_final(&reply) {
                 return Ok(reply);
             }
-            if !self.woken(rx, deadline).await {
-                return Ok(reply);
+            match self.woken(rx, deadline).await {
+                Some(w) => known = w,
+                None => return Ok(reply),
             }
         }
     }
@@ -199,9 +217,13 @@ impl Service {
     ) -> Result<pb::CallReply, Status> {
         let key = new.key;
         let deadline = Instant::now() + limit;
+        let mut known = None;
         loop {
             let rx = self.agent.hub.wait_for(key);
-            let reply = self.reply_for(&key, false)?;
+            let reply = self.reply_for(&key, false, known.take())?;
+            if is_final(&reply) {
+                return Ok(reply);
+            }
             if reply.state != "unknown" {
                 let left = deadline.saturating_duration_since(Instant::now());
                 return self.wait_reply(key, left, false).await;
@@ -221,8 +243,9 @@ impl Service {
                 let left = deadline.saturating_duration_since(Instant::now());
                 return self.wait_reply(key, left, false).await;
             }
-            if !self.woken(rx, deadline).await {
-                return Ok(reply);
+            match self.woken(rx, deadline).await {
+                Some(w) => known = w,
+                None => return Ok(reply),
             }
         }
     }
@@ -307,7 +330,7 @@ impl Service {
     async fn do_call(&self, c: pb::CallRequest) -> Result<pb::CallReply, Status> {
         let (key, new) = self.parse_call(&c)?;
         if !c.no_cache && self.memo_hit(&key) {
-            return self.reply_for(&key, true);
+            return self.reply_for(&key, true, None);
         }
         self.require_leader()?;
         let admitted = self.agent.sm.shared();
@@ -355,7 +378,7 @@ impl Service {
         };
         match resp {
             SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::MemoHit) => {
-                self.reply_for(&key, true)
+                self.reply_for(&key, true, None)
             }
             SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::ParentGone) => {
                 Err(parent_gone())
@@ -363,6 +386,11 @@ impl Service {
             _ => self.wait_reply(key, limit, false).await,
         }
     }
+}
+
+/// Whether a reply is the last word on its request (done, failed or cancelled).
+fn is_final(reply: &pb::CallReply) -> bool {
+    matches!(reply.state.as_str(), "done" | "failed" | "cancelled")
 }
 
 pub(crate) type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
@@ -707,7 +735,7 @@ impl Mozen for Service {
             )));
         }
         if !r.wait {
-            let mut reply = self.reply_for(&key, false)?;
+            let mut reply = self.reply_for(&key, false, None)?;
             if reply.state == "unknown" {
                 // An express call, not written down yet: held for a place, or running.
                 reply.state = if crate::express::is_held(&self.agent, &key) {

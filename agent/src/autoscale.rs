@@ -408,6 +408,11 @@ fn observe(agent: &Agent, file: &HostsFile, mem: &mut Memory) -> Observed {
     for r in state.queue() {
         *by_function.entry(r.function.as_str()).or_default() += 1;
     }
+    // Calls the leader holds for a place wait as much as queued ones.
+    let held = agent.hub.held.lock().expect("held");
+    for function in held.functions() {
+        *by_function.entry(function).or_default() += 1;
+    }
     let queued: u64 = by_function.values().sum();
     let work: f64 = by_function
         .iter()

@@ -76,6 +76,11 @@ impl Held {
         self.order.remove(&at)
     }
 
+    /// The function of each held call.
+    pub fn functions(&self) -> impl Iterator<Item = &str> {
+        self.order.values().map(|r| r.function.as_str())
+    }
+
     fn clear(&mut self) {
         self.order.clear();
         self.keys.clear();

@@ -76,15 +76,18 @@ pub async fn warm_up(client: &Client, cfg: &BenchConfig, nonce: &str) -> Result<
 pub async fn w1(client: &Client, cfg: &BenchConfig, nonce: &str, cpu: impl Fn() -> f64) -> Outcome {
     let n = cfg.count(10_000, 10);
     let in_flight = cfg.in_flight.unwrap_or(n);
+    let index0 = applied_index(client).await;
     let (cpu0, client_cpu0) = (cpu(), own_cpu_s());
     let start = Instant::now();
     let (done, failed, err) =
         concurrent_noops(client, nonce, "w1", n, in_flight, start, |_| {}).await;
     let wall = done.last().copied().unwrap_or_default().as_secs_f64();
     let (agent_cpu, client_cpu) = (cpu() - cpu0, own_cpu_s() - client_cpu0);
+    // Log entries the calls took (the leader's applied index moved by them).
+    let entries = applied_index(client).await.saturating_sub(index0);
     let detail = json!({
         "calls": n, "in_flight": in_flight, "wall_s": wall, "failed": failed,
-        "agents_cpu_s": agent_cpu, "client_cpu_s": client_cpu,
+        "agents_cpu_s": agent_cpu, "client_cpu_s": client_cpu, "log_entries": entries,
     });
     if let Some(e) = err {
         return Outcome::failed(format!("{failed} of {n} calls failed, first: {e}"), detail);
@@ -94,9 +97,18 @@ pub async fn w1(client: &Client, cfg: &BenchConfig, nonce: &str, cpu: impl Fn() 
             ("calls_per_s", n as f64 / wall.max(1e-9)),
             ("agents_cpu_us_per_call", agent_cpu / n as f64 * 1e6),
             ("client_cpu_us_per_call", client_cpu / n as f64 * 1e6),
+            ("calls_per_log_entry", n as f64 / entries.max(1) as f64),
         ],
         detail,
     )
+}
+
+/// The applied log index of the agent the client talks to (0 when it cannot say).
+async fn applied_index(client: &Client) -> u64 {
+    client
+        .rpc(|mut c| async move { c.status(mozen_proto::StatusRequest {}).await })
+        .await
+        .map_or(0, |s| s.applied_index)
 }
 
 /// CPU seconds this process has used.

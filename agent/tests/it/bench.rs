@@ -59,6 +59,14 @@ fn smoke_run_of_every_workload_reports_sane_figures() {
     let w = &r["runs"][0]["workloads"];
     assert_eq!(w["W1"]["detail"]["calls"], 100);
     assert_eq!(w["W1"]["detail"]["failed"], 0);
+    // The calls took log entries; the ratio is computed from them.
+    let entries = w["W1"]["detail"]["log_entries"].as_u64().unwrap();
+    assert!(entries >= 1, "{entries} log entries for 100 calls");
+    let per_entry = metric(&r, "W1", "calls_per_log_entry");
+    assert!(
+        (per_entry - 100.0 / entries as f64).abs() < 1e-9,
+        "{per_entry}"
+    );
     for l in ["W2", "memo"] {
         let (p50, p99) = (metric(&r, l, "p50_ms"), metric(&r, l, "p99_ms"));
         assert!(0.0 < p50 && p50 <= p99, "{l}: p50 {p50} p99 {p99}");

@@ -303,6 +303,19 @@ pub async fn write_parent(agent: &Agent, parent: Option<RequestKey>) {
     }
 }
 
+/// The attempt of `key` the log shows running on `node`: what an express run there (attempt
+/// 0) stands for once it was written down.
+pub fn written_attempt(agent: &Agent, key: &RequestKey, node: NodeId) -> Option<u32> {
+    let state = agent.sm.shared();
+    let state = state.read().expect("state");
+    match state.request(key).map(|r| r.state) {
+        Some(RequestState::Running {
+            node: n, attempt, ..
+        }) if n == node => Some(attempt),
+        _ => None,
+    }
+}
+
 /// Whether `key` flies (runs here before being written down) or is held to fly.
 pub fn flies(agent: &Agent, key: &RequestKey) -> bool {
     agent.hub.flights.lock().expect("flights").contains_key(key) || is_held(agent, key)
@@ -374,16 +387,9 @@ pub fn land(agent: &Agent, done: Vec<Completion>) -> (Vec<Command>, Vec<(String,
             }
         }
     }
-    if !strays.is_empty() {
-        let state = agent.sm.shared();
-        let state = state.read().expect("state");
-        for c in strays {
-            if let Some(RequestState::Running { node, attempt, .. }) =
-                state.request(&c.key).map(|r| r.state)
-                && node == c.node
-            {
-                complete.push(Completion { attempt, ..c });
-            }
+    for c in strays {
+        if let Some(attempt) = written_attempt(agent, &c.key, c.node) {
+            complete.push(Completion { attempt, ..c });
         }
     }
     let at = now_ms();

@@ -61,7 +61,14 @@ async fn a_sleeping_request_holds_no_slot() {
     let client = c.client();
     let sleep = client.submit::<_, Value>("sleep", 60_000);
     let key = mozen_model::RequestKey::of("sleep", &mozen_model::canonical_args(&json!(60_000)));
-    let state = || c.cli_json(&["get", &key.to_hex(), "--json"])["state"].clone();
+    // "unknown" until the submission reached the cluster (the call is sent in the background).
+    let state = || {
+        let out = c.cli(&["get", &key.to_hex(), "--json"]);
+        if !out.status.success() {
+            return json!("unknown");
+        }
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["state"].clone()
+    };
     eventually(Duration::from_secs(10), "sleep running", || async {
         state() == "running"
     })

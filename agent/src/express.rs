@@ -102,6 +102,18 @@ pub struct Flight {
 }
 
 impl Flight {
+    /// `request` starting now on `node`, its place reserved.
+    fn new(request: NewRequest, node: NodeId) -> Self {
+        Flight {
+            request,
+            node,
+            started: Instant::now(),
+            written: false,
+            landing: false,
+            calls: false,
+        }
+    }
+
     /// Whether a place on its node is reserved for it.
     pub fn holds_place(&self) -> bool {
         !self.written && !self.landing
@@ -166,17 +178,7 @@ pub fn start(agent: &Agent, new: &NewRequest) -> Start {
             hub.release(node);
             return Start::Joined;
         }
-        flights.insert(
-            new.key,
-            Flight {
-                request: new.clone(),
-                node,
-                started: Instant::now(),
-                written: false,
-                landing: false,
-                calls: false,
-            },
-        );
+        flights.insert(new.key, Flight::new(new.clone(), node));
     }
     if !hub.send_work(node, assign_item(new)) {
         hub.flights.lock().expect("flights").remove(&new.key);
@@ -259,17 +261,7 @@ pub fn fly_held(agent: &Agent) {
             };
             hub.reserve(&mut reserved, p.node).keep();
             sends.push((p.node, p.key, assign_item(&new)));
-            flights.insert(
-                new.key,
-                Flight {
-                    request: new,
-                    node: p.node,
-                    started: Instant::now(),
-                    written: false,
-                    landing: false,
-                    calls: false,
-                },
-            );
+            flights.insert(new.key, Flight::new(new, p.node));
         }
     }
     let mut lost = Vec::new();

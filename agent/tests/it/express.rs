@@ -11,12 +11,22 @@ fn applied(c: &Cluster) -> u64 {
         .expect("applied index")
 }
 
-/// Log entries taken by `n` sequential distinct `echo` calls, once `echo` is known short.
-async fn entries_per_call(c: &Cluster, n: u64) -> f64 {
-    let client = c.client();
+/// Runs `echo` a few times, so that the leader knows it is short.
+async fn warm_echo(client: &mozen_agent::client::Client) {
     for i in 0..5 {
         let _: Value = client.call("echo", json!(["warm", i])).await.unwrap();
     }
+}
+
+/// An agent other than `leader` (of three).
+fn follower_of(leader: u64) -> u64 {
+    (1..=3).find(|id| *id != leader).unwrap()
+}
+
+/// Log entries taken by `n` sequential distinct `echo` calls, once `echo` is known short.
+async fn entries_per_call(c: &Cluster, n: u64) -> f64 {
+    let client = c.client();
+    warm_echo(&client).await;
     let before = applied(c);
     for i in 0..n {
         let v: Value = client.call("echo", json!(["seq", i])).await.unwrap();
@@ -124,7 +134,7 @@ async fn a_written_down_express_call_whose_leader_dies_counts_its_first_run() {
     let mut c = Cluster::start(3, &[]);
     c.ready(3).await;
     let leader = c.leader().await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let follower = follower_of(leader);
     // Nothing runs on the leader, so the long call runs on a node that survives it.
     let out = c.cli(&["node", "drain", &leader.to_string()]);
     assert!(
@@ -163,11 +173,9 @@ async fn calls_with_no_place_free_wait_in_leader_memory_then_fly() {
     let c = Cluster::start(3, &[]);
     c.ready(3).await;
     let client = c.client();
-    for i in 0..5 {
-        let _: Value = client.call("echo", json!(["warm", i])).await.unwrap();
-    }
+    warm_echo(&client).await;
     let leader = c.leader().await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let follower = follower_of(leader);
     for id in ["1", "2", "3"] {
         let out = c.cli(&["node", "drain", id]);
         assert!(

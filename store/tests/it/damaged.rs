@@ -94,10 +94,11 @@ fn missing_version_on_a_dir_with_data_is_a_version_error() -> anyhow::Result<()>
         db.open_tree("raft_meta")?.remove("format_version")?;
         db.flush()?;
     }
-    assert!(matches!(
-        open(dir.path(), &test_options()),
-        Err(StoreError::Version { .. })
-    ));
+    match open(dir.path(), &test_options()) {
+        Err(StoreError::Version { .. }) => {}
+        Err(e) => panic!("expected a version error, got {e}"),
+        Ok(_) => panic!("expected a version error, the store opened"),
+    }
     Ok(())
 }
 

@@ -186,15 +186,18 @@ fn open_db(config: &sled::Config) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.kind() == io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if lock_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r.map_err(sled_err("db")),
         }
     }
+}
+
+/// Whether sled's open failed on its file lock being held. sled reports it as an `Other` error
+/// whose text names the lock (the `WouldBlock` inside is only in the message).
+pub fn lock_busy(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 fn check_version(
@@ -1840,6 +1843,19 @@ mod tests {
         // sm_outcomes was not touched.
         assert!(sm.outcome(&k(1))?.is_some());
         Ok(())
+    }
+
+    #[test]
+    fn a_held_sled_lock_is_recognised_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sled::Config::new().path(dir.path().join("db"));
+        let _held = config.open().unwrap();
+        match sled::Config::new().path(dir.path().join("db")).open() {
+            Err(sled::Error::Io(e)) => assert!(lock_busy(&e), "{e}"),
+            Err(e) => panic!("expected an I/O error for the held lock, got {e}"),
+            Ok(_) => panic!("a second open of a held sled dir succeeded"),
+        }
+        assert!(!lock_busy(&io::Error::other("disk on fire")));
     }
 
     #[test]

@@ -46,8 +46,7 @@ fn raw_db(dir: &Path) -> anyhow::Result<sled::Db> {
     loop {
         match sled::open(dir.join("db")) {
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
+                if mozen_store::storage::lock_busy(&e) && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

@@ -75,6 +75,7 @@ impl AgentBuilder {
             }
         };
         init_tracing();
+        crate::memory::no_huge_pages();
         let mut functions = Functions::with_builtins(cfg.allow_exec);
         for f in self.extra {
             f(&mut functions);

@@ -45,6 +45,7 @@ pub mod hub;
 pub mod launch;
 pub mod leader;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -398,13 +398,16 @@ impl LogInner {
         Ok(())
     }
 
+    /// Blocks this task's thread for the flush (about 100-150 us here): handing it to a
+    /// blocking thread and being woken back cost about 70 us more per flush and as much CPU
+    /// (docs/benchmarks.md). On a multi-thread runtime the thread's other tasks move to
+    /// another worker meanwhile.
     async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(join_err)?
-            .map_err(sled_err("db"))?;
-        Ok(())
+        let flush = || self.db.flush().map(|_| ()).map_err(sled_err("db"));
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(flush),
+            _ => flush(),
+        }
     }
 }
 

@@ -229,6 +229,7 @@ impl From<ClientError> for Fail {
 }
 
 fn main() -> ExitCode {
+    mozen_agent::memory::no_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -59,7 +59,7 @@
 //! # Durability
 //!
 //! Log and vote writes reach disk through `Db::flush` (sled's `pwrite` + `sync_file_range`),
-//! run with `spawn_blocking` (never `flush_async`, which can deadlock in sled 0.34):
+//! run in place with `block_in_place` (never `flush_async`, which can deadlock in sled 0.34):
 //! `save_vote` returns after the flush; `append` inserts the entries, flushes, and only then
 //! reports `log_io_completed`; `truncate` and `purge` flush before returning, and `purge`
 //! writes `last_purged` before it removes entries. Between flushes, the ordering arguments

@@ -357,13 +357,41 @@ fn start(
     });
 }
 
-/// Reports completions in batches; retries until the leader acknowledges.
-async fn report(
-    agent: Arc<Agent>,
+/// `Complete` calls of one worker in flight at once. Each waits for its commit (about a
+/// millisecond); with one at a time, a completion that came just after a batch left waited for
+/// that batch's commit and then its own, which on a call tree's way up doubled each level's
+/// wait. The proposer still gathers concurrent batches into one log entry.
+const REPORTS_IN_FLIGHT: usize = 4;
+
+/// Reports completions in batches, up to [`REPORTS_IN_FLIGHT`] at once; each is retried
+/// until the leader acknowledges. Returns once the channel closed and every batch is done.
+async fn report(agent: Arc<Agent>, rx: mpsc::UnboundedReceiver<pb::Completion>, running: Running) {
+    report_batches(rx, REPORTS_IN_FLIGHT, move |completions| {
+        let agent = agent.clone();
+        let running = running.clone();
+        async move { send_report(&agent, pb::CompleteRequest { completions }, &running).await }
+    })
+    .await
+}
+
+/// Gathers what `rx` holds into batches (at most 1,024 completions) and hands each to `send`,
+/// with at most `at_once` sends running. Returns once `rx` closed and every send is done.
+async fn report_batches<F, Fut>(
     mut rx: mpsc::UnboundedReceiver<pb::Completion>,
-    running: Running,
-) {
+    at_once: usize,
+    send: F,
+) where
+    F: Fn(Vec<pb::Completion>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let in_flight = Arc::new(Semaphore::new(at_once));
+    let mut sending = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
+        // Completions keep arriving while every send is in flight: the next batch is
+        // gathered once one of them is done.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
@@ -371,37 +399,47 @@ async fn report(
                 Err(_) => break,
             }
         }
-        let req = pb::CompleteRequest { completions: batch };
-        let give_up = Instant::now() + Duration::from_secs(60);
-        loop {
-            let local = crate::service::complete(&agent, req.completions.clone());
-            let r = on_leader(&agent, local, |mut c| {
-                let r = req.clone();
-                async move { c.complete(r).await }
-            })
-            .await;
-            match r {
-                Ok(_) => break,
-                Err(e) if Instant::now() > give_up => {
-                    warn!(
-                        "dropping {} completions after retrying for a minute: {e}",
-                        req.completions.len()
-                    );
-                    break;
-                }
-                Err(e) => {
-                    debug!("complete: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        while sending.try_join_next().is_some() {}
+        let sent = send(batch);
+        sending.spawn(async move {
+            sent.await;
+            drop(permit);
+        });
+    }
+    while sending.join_next().await.is_some() {}
+}
+
+/// Sends one batch of completions, retrying for a minute, then forgets the runs it reported.
+async fn send_report(agent: &Agent, req: pb::CompleteRequest, running: &Running) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let local = crate::service::complete(agent, req.completions.clone());
+        let r = on_leader(agent, local, |mut c| {
+            let r = req.clone();
+            async move { c.complete(r).await }
+        })
+        .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if Instant::now() > give_up => {
+                warn!(
+                    "dropping {} completions after retrying for a minute: {e}",
+                    req.completions.len()
+                );
+                break;
+            }
+            Err(e) => {
+                debug!("complete: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let mut r = running.lock().expect("running");
-        for c in &req.completions {
-            if let Some(key) = pb::convert::key_from_bytes(&c.key)
-                && r.get(&key).is_some_and(|(att, _)| *att == c.attempt)
-            {
-                r.remove(&key);
-            }
+    }
+    let mut r = running.lock().expect("running");
+    for c in &req.completions {
+        if let Some(key) = pb::convert::key_from_bytes(&c.key)
+            && r.get(&key).is_some_and(|(att, _)| *att == c.attempt)
+        {
+            r.remove(&key);
         }
     }
 }
@@ -432,5 +470,61 @@ async fn heartbeat(agent: Arc<Agent>, running: Running) {
             return;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn completion(i: u8) -> pb::Completion {
+        pb::Completion {
+            key: vec![i; 32],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_completion_is_reported_while_an_earlier_report_awaits_its_commit() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(Vec<u8>, oneshot::Sender<()>)>();
+        let reporter = tokio::spawn(report_batches(rx, 2, move |batch| {
+            let sent_tx = sent_tx.clone();
+            async move {
+                // Each send waits until the test says its commit is done.
+                let (done_tx, done_rx) = oneshot::channel();
+                let keys = batch.iter().map(|c| c.key[0]).collect();
+                sent_tx.send((keys, done_tx)).expect("test listening");
+                let _ = done_rx.await;
+            }
+        }));
+        tx.send(completion(1)).unwrap();
+        let (first, first_done) = sent_rx.recv().await.expect("first batch");
+        assert_eq!(first, vec![1]);
+        // The first batch is still unacknowledged: the next completion goes out anyway.
+        tx.send(completion(2)).unwrap();
+        // (Bounded: one report at a time would never send it.)
+        let (second, second_done) = tokio::time::timeout(Duration::from_secs(10), sent_rx.recv())
+            .await
+            .expect("the second batch left while the first awaited its commit")
+            .expect("second batch");
+        assert_eq!(second, vec![2]);
+        // Both sends in flight (the limit): later completions wait, then leave as one batch.
+        tx.send(completion(3)).unwrap();
+        tx.send(completion(4)).unwrap();
+        tokio::task::yield_now().await;
+        assert!(
+            sent_rx.try_recv().is_err(),
+            "a third send while two were in flight"
+        );
+        first_done.send(()).unwrap();
+        let (third, third_done) = sent_rx.recv().await.expect("third batch");
+        assert_eq!(third, vec![3, 4]);
+        // The reporter ends once its channel closed and every send finished.
+        drop(tx);
+        second_done.send(()).unwrap();
+        third_done.send(()).unwrap();
+        reporter.await.expect("reporter ends");
     }
 }

@@ -19,6 +19,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 /// finished it carried one.
 pub type Woken = Option<Arc<[u8]>>;
 
+/// A value a worker reported, before it is committed: (value, node, milliseconds it ran).
+pub type Reported = (Arc<[u8]>, NodeId, u64);
+
 /// A worker's open Work stream.
 pub struct Stream {
     pub conn: u64,
@@ -73,6 +76,9 @@ pub struct Hub {
     /// Places the leader handed out whose assignment is not applied yet, per node.
     reserved: Mutex<HashMap<NodeId, u32>>,
     waiters: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<Woken>>>>,
+    /// Child calls waiting for a value as soon as a worker reports it (see
+    /// [`Hub::wait_reported`]). Leader memory.
+    reported: Mutex<HashMap<RequestKey, Vec<oneshot::Sender<Reported>>>>,
     pub streams: Mutex<HashMap<NodeId, Stream>>,
     pub liveness: Mutex<Liveness>,
     /// Wakes the leader's scheduler loop.
@@ -94,6 +100,7 @@ impl Hub {
         Hub {
             state,
             waiters: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
             durations: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -120,9 +127,35 @@ impl Hub {
         rx
     }
 
+    /// Registers a child call's interest in `key`'s value as soon as a worker reports it,
+    /// before it is committed. The sender is dropped (the receiver sees an error) once the
+    /// request finishes in the log or leadership ends.
+    pub fn wait_reported(&self, key: RequestKey) -> oneshot::Receiver<Reported> {
+        let (tx, rx) = oneshot::channel();
+        self.reported
+            .lock()
+            .expect("reported")
+            .entry(key)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// A worker reported `key`'s value: hands it to the child calls waiting for it.
+    pub fn value_reported(&self, key: &RequestKey, value: &[u8], node: NodeId, ms: u64) {
+        let Some(ws) = self.reported.lock().expect("reported").remove(key) else {
+            return;
+        };
+        let value: Arc<[u8]> = Arc::from(value);
+        for w in ws {
+            let _ = w.send((value.clone(), node, ms));
+        }
+    }
+
     /// Wakes the callers waiting on `key`, handing them its value when the applied command
     /// carries it (so that they need not read it back from the store).
     fn wake(&self, key: &RequestKey, value: Option<&[u8]>) {
+        self.reported.lock().expect("reported").remove(key);
         if let Some(ws) = self.waiters.lock().expect("waiters").remove(key) {
             let value: Woken = value.map(Arc::from);
             for w in ws {
@@ -144,6 +177,7 @@ impl Hub {
 
     /// Wakes every caller waiting on a request.
     pub fn wake_all(&self) {
+        self.reported.lock().expect("reported").clear();
         let all: Vec<_> = self.waiters.lock().expect("waiters").drain().collect();
         for (_, ws) in all {
             for w in ws {
@@ -347,5 +381,56 @@ impl ApplyObserver for Hub {
         self.wake_all();
         self.schedule.notify_one();
         self.nodes_changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::RwLock;
+
+    fn hub() -> Hub {
+        Hub::new(Arc::new(RwLock::new(Default::default())))
+    }
+
+    #[test]
+    fn a_reported_value_reaches_the_child_calls_waiting_for_it_once() {
+        let hub = hub();
+        let key = RequestKey([7; 32]);
+        let mut a = hub.wait_reported(key);
+        let mut b = hub.wait_reported(key);
+        let mut other = hub.wait_reported(RequestKey([8; 32]));
+        hub.value_reported(&key, b"42", 2, 5);
+        for rx in [&mut a, &mut b] {
+            let (value, node, ms) = rx.try_recv().expect("the reported value");
+            assert_eq!((&value[..], node, ms), (&b"42"[..], 2, 5));
+        }
+        assert!(
+            other.try_recv().is_err(),
+            "another key's caller stays waiting"
+        );
+        // Reported once: a caller registering later waits for the log (or a new report).
+        let mut late = hub.wait_reported(key);
+        assert!(late.try_recv().is_err());
+    }
+
+    #[test]
+    fn waiting_for_a_reported_value_ends_with_the_request_or_the_leadership() {
+        let hub = hub();
+        let key = RequestKey([7; 32]);
+        let mut finished = hub.wait_reported(key);
+        hub.wake(&key, None);
+        assert_eq!(
+            finished.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed),
+            "finished in the log: no report will come"
+        );
+        let mut deposed = hub.wait_reported(key);
+        hub.wake_all();
+        assert_eq!(
+            deposed.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        assert!(hub.reported.lock().expect("reported").is_empty());
     }
 }

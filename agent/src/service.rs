@@ -333,6 +333,33 @@ impl Service {
             return self.reply_for(&key, true, None);
         }
         self.require_leader()?;
+        if new.parent.is_none() {
+            return self.start_call(&c, key, new).await;
+        }
+        // A child call is answered with its value as soon as a worker reports it: the caller
+        // is a running function, whose own value is committed before anyone outside the
+        // cluster sees it (see "Child values" in docs/architecture.md).
+        let mut reported = self.agent.hub.wait_reported(key);
+        tokio::select! {
+            r = self.start_call(&c, key, new) => r,
+            Ok((value, node, ms)) = &mut reported => Ok(pb::CallReply {
+                key: key.to_hex(),
+                node: Some(node),
+                duration_ms: ms,
+                result_json: Some(String::from_utf8_lossy(&value).into_owned()),
+                state: "done".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Starts `new` (express, or submitted to the log) and waits for its outcome.
+    async fn start_call(
+        &self,
+        c: &pb::CallRequest,
+        key: RequestKey,
+        new: NewRequest,
+    ) -> Result<pb::CallReply, Status> {
         let admitted = self.agent.sm.shared();
         (self.agent.cfg.limits).admit(
             &admitted.read().expect("state"),
@@ -1064,6 +1091,12 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
             outcome,
             duration_ms: c.duration_ms,
         });
+    }
+    // Child calls waiting on these values go on now; the values are committed below.
+    for c in &completions {
+        if let mozen_model::Outcome::Value(v) = &c.outcome {
+            agent.hub.value_reported(&c.key, v, c.node, c.duration_ms);
+        }
     }
     let (express, completions): (Vec<_>, Vec<_>) =
         completions.into_iter().partition(|c| c.attempt == 0);

@@ -63,24 +63,22 @@ impl Slot {
         }
     }
 
-    async fn resume(&self) {
+    /// Takes the slot back once the last wait ends. With `queue` it waits for a slot (after a
+    /// timer or I/O, the function may compute at length). Without, after child calls
+    /// answered, it takes a free slot if there is one, else none, the request running over
+    /// the worker's slot count until it ends: its children are done, so it is near its end
+    /// (or calls again), and waiting behind the requests queued on the worker would hold the
+    /// whole tree above it back (the W3 benchmark's parents spent most of their time there,
+    /// docs/benchmarks.md).
+    async fn resume(&self, queue: bool) {
         let mut h = self.held.lock().await;
         h.0 = h.0.saturating_sub(1);
         if h.0 == 0 && h.1.is_none() {
-            h.1 = self.slots.clone().acquire_owned().await.ok();
-        }
-    }
-
-    /// Takes the slot back after child calls answered, without queueing: a free slot if there
-    /// is one, else none, the request running over the worker's slot count until it ends.
-    /// Its children are done, so it is near its end (or calls again), and waiting behind the
-    /// requests queued on the worker would hold the whole tree above it back: the W3
-    /// benchmark's parents spent most of their time there (docs/benchmarks.md).
-    async fn resume_now(&self) {
-        let mut h = self.held.lock().await;
-        h.0 = h.0.saturating_sub(1);
-        if h.0 == 0 && h.1.is_none() {
-            h.1 = self.slots.clone().try_acquire_owned().ok();
+            h.1 = if queue {
+                self.slots.clone().acquire_owned().await.ok()
+            } else {
+                self.slots.clone().try_acquire_owned().ok()
+            };
         }
     }
 }
@@ -133,7 +131,7 @@ impl Ctx {
             self.caller.park(self.key, self.attempt, false).await;
         }
         if let Some(s) = &self.slot {
-            s.resume().await;
+            s.resume(true).await;
         }
         out
     }
@@ -168,7 +166,7 @@ impl Ctx {
             _ = self.cancel.cancelled() => Err(TaskError::new(codes::CANCELLED, "cancelled while waiting on a child")),
         };
         if let Some(s) = &self.slot {
-            s.resume_now().await;
+            s.resume(false).await;
         }
         let (value, cached) = value?;
         let value = serde_json::from_value(value).map_err(|e| {
@@ -467,7 +465,7 @@ mod tests {
         // While the parent waits on its child, queued work takes the worker's only slot.
         let queued = slots.clone().try_acquire_owned().expect("the parked slot");
         assert!(
-            parent.resume_now().now_or_never().is_some(),
+            parent.resume(false).now_or_never().is_some(),
             "the parent went on while every slot was taken"
         );
         assert!(parent.held.lock().await.1.is_none(), "it holds no slot");
@@ -481,7 +479,7 @@ mod tests {
             .expect("a free slot");
         idle.park().await;
         let queued = slots.clone().try_acquire_owned().expect("the parked slot");
-        assert!(idle.resume().now_or_never().is_none());
+        assert!(idle.resume(true).now_or_never().is_none());
         drop(queued);
     }
 }

@@ -384,14 +384,14 @@ async fn report_batches<F, Fut>(
     F: Fn(Vec<pb::Completion>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let in_flight = Arc::new(Semaphore::new(at_once));
     let mut sending = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
         // Completions keep arriving while every send is in flight: the next batch is
         // gathered once one of them is done.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
+        while sending.try_join_next().is_some() {}
+        while sending.len() >= at_once.max(1) {
+            sending.join_next().await;
+        }
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
@@ -399,12 +399,7 @@ async fn report_batches<F, Fut>(
                 Err(_) => break,
             }
         }
-        while sending.try_join_next().is_some() {}
-        let sent = send(batch);
-        sending.spawn(async move {
-            sent.await;
-            drop(permit);
-        });
+        sending.spawn(send(batch));
     }
     while sending.join_next().await.is_some() {}
 }

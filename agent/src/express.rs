@@ -308,6 +308,15 @@ pub fn written_attempt(agent: &Agent, key: &RequestKey, node: NodeId) -> Option<
     }
 }
 
+/// Whether any of the express completions `done` is of a run this leader does not hold.
+pub fn any_stray(agent: &Agent, done: &[Completion]) -> bool {
+    if done.is_empty() {
+        return false;
+    }
+    let flights = agent.hub.flights.lock().expect("flights");
+    done.iter().any(|c| !flights.contains_key(&c.key))
+}
+
 /// Whether `key` flies (runs here before being written down) or is held to fly.
 pub fn flies(agent: &Agent, key: &RequestKey) -> bool {
     agent.hub.flights.lock().expect("flights").contains_key(key) || is_held(agent, key)

@@ -272,12 +272,21 @@ impl Hub {
                     return;
                 }
                 let state = self.state.read().expect("state lock");
-                let flights = self.flights.lock().expect("flights");
+                let mut flights = self.flights.lock().expect("flights");
                 for (a, r) in assignments.iter().zip(replies) {
-                    // An express call written down runs there already (as attempt 0).
-                    let flies_there = flights.get(&a.key).is_some_and(|f| f.node == a.node);
-                    if *r != AssignReply::Started || flies_there {
+                    if *r != AssignReply::Started {
                         continue;
+                    }
+                    // An express call flying there, or written down there (its first
+                    // attempt), runs there already (as attempt 0). A later assignment of a
+                    // written-down one is the log's own (that run was lost and re-queued):
+                    // that flight is over.
+                    match flights.get(&a.key) {
+                        Some(f) if f.node == a.node && (!f.written || a.attempt <= 1) => continue,
+                        Some(f) if f.written => {
+                            flights.remove(&a.key);
+                        }
+                        _ => {}
                     }
                     let Some(req) = state.request(&a.key) else {
                         continue;
@@ -432,5 +441,122 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed)
         );
         assert!(hub.reported.lock().expect("reported").is_empty());
+    }
+
+    /// The state of one node (2) running `noop(1)` as `attempt`, the request's key, and a hub
+    /// over it with node 2's Work stream open.
+    fn running_there(
+        attempt: u32,
+    ) -> (
+        Hub,
+        RequestKey,
+        mpsc::UnboundedReceiver<Result<pb::WorkItem, tonic::Status>>,
+    ) {
+        use mozen_model::{NodeInfo, NodeRole, NodeState, RetryPolicy};
+        use mozen_store::{Assignment, ClusterState, NewRequest};
+        let mut st = ClusterState::new();
+        st.apply(&Command::RegisterNode {
+            node: NodeInfo {
+                id: 2,
+                name: "two".into(),
+                addr: "127.0.0.1:2".into(),
+                cpus: 1,
+                memory_bytes: 1 << 30,
+                slots: 3,
+                state: NodeState::Active,
+                role: NodeRole::Voter,
+                labels: Default::default(),
+            },
+            at: 1,
+        });
+        let new = NewRequest {
+            key: RequestKey::of("noop", b"1"),
+            function: "noop".into(),
+            args: b"1".to_vec(),
+            parent: None,
+            priority: 0,
+            retry: RetryPolicy::default(),
+            no_cache: false,
+        };
+        let key = new.key;
+        st.apply(&Command::Submit {
+            requests: vec![new.clone()],
+            at: 2,
+        });
+        for a in 1..=attempt {
+            if a > 1 {
+                st.apply(&Command::Requeue {
+                    node: 2,
+                    keys: Some(vec![key]),
+                    reason: "assignment lost".into(),
+                    at: 3,
+                });
+            }
+            st.apply(&Command::Assign {
+                assignments: vec![Assignment {
+                    key,
+                    node: 2,
+                    attempt: a,
+                }],
+                at: 3,
+            });
+        }
+        let hub = Hub::new(Arc::new(std::sync::RwLock::new(st)));
+        let (tx, rx) = mpsc::unbounded_channel();
+        hub.streams
+            .lock()
+            .unwrap()
+            .insert(2, Stream { conn: 1, tx });
+        // It flew to node 2 and was written down there (as attempt 1).
+        hub.flights.lock().unwrap().insert(
+            key,
+            crate::express::Flight {
+                request: new,
+                node: 2,
+                started: Instant::now(),
+                written: true,
+                landing: false,
+                calls: false,
+            },
+        );
+        (hub, key, rx)
+    }
+
+    fn assigned(hub: &Hub, key: RequestKey, attempt: u32) {
+        let cmd = Command::Assign {
+            assignments: vec![mozen_store::Assignment {
+                key,
+                node: 2,
+                attempt,
+            }],
+            at: 3,
+        };
+        hub.on(&cmd, &Response::Assigned(vec![AssignReply::Started]));
+    }
+
+    #[test]
+    fn a_flight_written_down_where_it_runs_is_not_sent_again() {
+        let (hub, key, mut rx) = running_there(1);
+        assigned(&hub, key, 1);
+        assert!(rx.try_recv().is_err(), "it runs there already as attempt 0");
+        assert!(hub.flights.lock().unwrap().contains_key(&key));
+    }
+
+    #[test]
+    fn a_later_attempt_of_a_written_down_flight_is_sent_and_ends_the_flight() {
+        // The written-down run was lost (its worker never ran it) and re-queued: the log's
+        // next attempt must reach the worker, however often it lands on the same node.
+        let (hub, key, mut rx) = running_there(2);
+        assigned(&hub, key, 2);
+        match rx.try_recv() {
+            Ok(Ok(pb::WorkItem {
+                item: Some(pb::work_item::Item::Assign(a)),
+            })) => assert_eq!((a.key, a.attempt), (key.0.to_vec(), 2)),
+            other => panic!("expected attempt 2 sent to node 2, got {other:?}"),
+        }
+        assert!(
+            !hub.flights.lock().unwrap().contains_key(&key),
+            "the flight is the log's now"
+        );
     }
 }

@@ -191,6 +191,29 @@ pub fn leads(m: &openraft::RaftMetrics<NodeId, RaftNode>, me: NodeId) -> bool {
             .is_none_or(|ms| ms <= STEP_DOWN_AFTER_MS)
 }
 
+/// Whether the state machine holds everything committed before the current term: it has
+/// applied an entry of that term (a new leader's first entry is the blank one its election
+/// appends). Until then a new leader's state can lack facts an earlier leader committed.
+pub fn state_current(m: &openraft::RaftMetrics<NodeId, RaftNode>) -> bool {
+    m.last_applied
+        .is_some_and(|l| l.leader_id.term == m.current_term)
+}
+
+/// Waits up to `limit` for [`state_current`]; whether it holds.
+pub async fn await_state_current(raft: &Raft, limit: Duration) -> bool {
+    let mut m = raft.metrics();
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        if state_current(&m.borrow_and_update()) {
+            return true;
+        }
+        match tokio::time::timeout_at(until, m.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return state_current(&m.borrow()),
+        }
+    }
+}
+
 /// The leader per `m`, leaving out `me` when it has stepped down.
 pub fn current_leader(m: &openraft::RaftMetrics<NodeId, RaftNode>, me: NodeId) -> Option<NodeId> {
     m.current_leader.filter(|l| *l != me || leads(m, me))
@@ -602,4 +625,28 @@ async fn leave_membership(agent: &Agent, id: NodeId) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| format!("MZ-RAFT: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId, RaftMetrics};
+
+    fn applied_in(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn the_state_is_current_once_an_entry_of_the_term_is_applied() {
+        let mut m: RaftMetrics<NodeId, RaftNode> = RaftMetrics::new_initial(1);
+        m.current_term = 4;
+        assert!(!state_current(&m), "nothing applied");
+        m.last_applied = applied_in(3, 120);
+        assert!(
+            !state_current(&m),
+            "a new leader that applied only earlier terms' entries may lack committed ones"
+        );
+        m.last_applied = applied_in(4, 121);
+        assert!(state_current(&m));
+    }
 }

@@ -1070,6 +1070,9 @@ pub(crate) fn open_work(agent: &Arc<Agent>, node: u64) -> Result<WorkStream, Sta
     Ok(Box::pin(s))
 }
 
+/// How long a new leader's `Complete` waits for its state to hold earlier terms' entries.
+const STATE_CURRENT_WAIT: Duration = Duration::from_secs(5);
+
 /// Commits outcomes reported by a worker (through gRPC, or directly by the leader's own).
 pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Result<(), Status> {
     let mut completions = Vec::with_capacity(reported.len());
@@ -1100,6 +1103,18 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
     }
     let (express, completions): (Vec<_>, Vec<_>) =
         completions.into_iter().partition(|c| c.attempt == 0);
+    // An express run this leader does not hold counts for what an earlier leader wrote down,
+    // which this leader's state must show before it decides: else the run would be dropped
+    // and its worker, acknowledged, would forget it while the log shows it running there
+    // (later re-queued as lost, an attempt spent).
+    if crate::express::any_stray(agent, &express)
+        && !crate::node::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
+    {
+        return Err(Status::failed_precondition(
+            "MZ-NOT-READY: this leader has not yet applied what earlier leaders committed; \
+             report again",
+        ));
+    }
     let mut cmds = Vec::new();
     if !express.is_empty() {
         let (landed, durations) = crate::express::land(agent, express);

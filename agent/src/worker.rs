@@ -126,8 +126,16 @@ fn chain_args(args: &[u8]) -> String {
     format!("{}... ({} bytes)", &text[..end], args.len())
 }
 
+/// A request this worker runs, or has finished and reports.
+struct Mine {
+    attempt: u32,
+    token: CancellationToken,
+    /// Its completion once it finished, until the leader acknowledges it.
+    done: Option<pb::Completion>,
+}
+
 /// Requests this worker runs (or has finished but not yet reported), by key.
-type Running = Arc<Mutex<HashMap<RequestKey, (u32, CancellationToken)>>>;
+type Running = Arc<Mutex<HashMap<RequestKey, Mine>>>;
 
 pub async fn run(agent: Arc<Agent>) {
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
@@ -199,9 +207,9 @@ pub async fn run(agent: Arc<Agent>) {
                 }
                 pb::work_item::Item::Cancel(k) => {
                     if let Some(key) = pb::convert::key_from_bytes(&k)
-                        && let Some((_, token)) = running.lock().expect("running").get(&key)
+                        && let Some(m) = running.lock().expect("running").get(&key)
                     {
-                        token.cancel();
+                        m.token.cancel();
                     }
                 }
             }
@@ -238,8 +246,8 @@ pub async fn run(agent: Arc<Agent>) {
             count = left.len(),
             "handing unfinished requests back to the queue"
         );
-        for (_, (_, t)) in running.lock().expect("running").iter() {
-            t.cancel();
+        for m in running.lock().expect("running").values() {
+            m.token.cancel();
         }
         let hb = pb::HeartbeatRequest {
             node_id: agent.me(),
@@ -283,6 +291,44 @@ fn keys(running: &Running) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What a worker does with an assignment.
+#[derive(Debug, PartialEq)]
+enum Take {
+    /// Run it.
+    Run,
+    /// That attempt (or a later one) runs here already: its completion will do.
+    Runs,
+    /// That attempt finished here and its report is not acknowledged yet. The report may have
+    /// reached the leader before the leader sent the request again (flying again from a new
+    /// leader), and been dropped: report it again.
+    Finished(Box<pb::Completion>),
+}
+
+/// Takes `attempt` of `key` to run here unless that attempt (or a later one) ran or runs here
+/// already (sent again after a reconnect, or flying again from a new leader).
+fn take(
+    running: &mut HashMap<RequestKey, Mine>,
+    key: RequestKey,
+    attempt: u32,
+    token: &CancellationToken,
+) -> Take {
+    if let Some(m) = running.get(&key).filter(|m| m.attempt >= attempt) {
+        return match &m.done {
+            Some(c) => Take::Finished(Box::new(c.clone())),
+            None => Take::Runs,
+        };
+    }
+    running.insert(
+        key,
+        Mine {
+            attempt,
+            token: token.clone(),
+            done: None,
+        },
+    );
+    Take::Run
+}
+
 fn start(
     agent: &Arc<Agent>,
     caller: &Arc<dyn ClusterCaller>,
@@ -296,12 +342,18 @@ fn start(
         return;
     };
     let token = CancellationToken::new();
-    {
-        let mut r = running.lock().expect("running");
-        if r.get(&key).is_some_and(|(att, _)| *att >= a.attempt) {
-            return; // already running (re-sent after a reconnect)
+    match take(
+        &mut running.lock().expect("running"),
+        key,
+        a.attempt,
+        &token,
+    ) {
+        Take::Run => {}
+        Take::Runs => return,
+        Take::Finished(c) => {
+            let _ = done.send(*c);
+            return;
         }
-        r.insert(key, (a.attempt, token.clone()));
     }
     let me = agent.me();
     let ctx = Ctx::new(key, me, a.attempt, token.clone(), caller.clone());
@@ -313,7 +365,7 @@ fn start(
         let Some(slot) = Slot::acquire(slots, &token).await else {
             // Cancelled (or handed back) while waiting for a slot: nothing ran.
             let mut r = running.lock().expect("running");
-            if r.get(&key).is_some_and(|(att, _)| *att == a.attempt) {
+            if r.get(&key).is_some_and(|m| m.attempt == a.attempt) {
                 r.remove(&key);
             }
             return;
@@ -346,14 +398,23 @@ fn start(
                 (None, Some(pb::TaskError::from(&e)))
             }
         };
-        let _ = done.send(pb::Completion {
+        let completion = pb::Completion {
             key: a.key,
             node: me,
             attempt: a.attempt,
             value,
             error,
             duration_ms,
-        });
+        };
+        if let Some(m) = running
+            .lock()
+            .expect("running")
+            .get_mut(&key)
+            .filter(|m| m.attempt == a.attempt)
+        {
+            m.done = Some(completion.clone());
+        }
+        let _ = done.send(completion);
     });
 }
 
@@ -432,7 +493,7 @@ async fn send_report(agent: &Agent, req: pb::CompleteRequest, running: &Running)
     let mut r = running.lock().expect("running");
     for c in &req.completions {
         if let Some(key) = pb::convert::key_from_bytes(&c.key)
-            && r.get(&key).is_some_and(|(att, _)| *att == c.attempt)
+            && r.get(&key).is_some_and(|m| m.attempt == c.attempt)
         {
             r.remove(&key);
         }
@@ -442,16 +503,18 @@ async fn send_report(agent: &Agent, req: pb::CompleteRequest, running: &Running)
 async fn heartbeat(agent: Arc<Agent>, running: Running) {
     let every = (agent.cfg.lease / 4).max(Duration::from_millis(100));
     loop {
-        let req = pb::HeartbeatRequest {
-            node_id: agent.me(),
-            running: keys(&running),
-            leaving: agent.stopping.is_cancelled(),
-            hand_back: vec![],
-        };
+        // The running set is read for each try: a heartbeat retried while the leader changes
+        // must not carry a set older than the assignments the new leader made meanwhile
+        // (it would take them for lost).
         let r = agent
             .client
             .rpc(|mut c| {
-                let r = req.clone();
+                let r = pb::HeartbeatRequest {
+                    node_id: agent.me(),
+                    running: keys(&running),
+                    leaving: agent.stopping.is_cancelled(),
+                    hand_back: vec![],
+                };
                 async move { c.heartbeat(r).await }
             })
             .await;
@@ -521,5 +584,26 @@ mod tests {
         second_done.send(()).unwrap();
         third_done.send(()).unwrap();
         reporter.await.expect("reporter ends");
+    }
+
+    #[test]
+    fn an_attempt_sent_again_runs_once_and_a_finished_one_is_reported_again() {
+        let key = RequestKey([3; 32]);
+        let token = CancellationToken::new();
+        let mut running = HashMap::new();
+        assert_eq!(take(&mut running, key, 0, &token), Take::Run);
+        // Sent again while it runs: not run twice, nothing to report yet.
+        assert_eq!(take(&mut running, key, 0, &token), Take::Runs);
+        // It finished; the report is on its way (and may be dropped by a leader that did not
+        // yet fly it again): the next send of the same attempt hands the completion back.
+        running.get_mut(&key).unwrap().done = Some(completion(3));
+        assert_eq!(
+            take(&mut running, key, 0, &token),
+            Take::Finished(Box::new(completion(3)))
+        );
+        // A later attempt (the log's own) runs.
+        assert_eq!(take(&mut running, key, 1, &token), Take::Run);
+        assert_eq!(running[&key].attempt, 1);
+        assert!(running[&key].done.is_none());
     }
 }

@@ -198,6 +198,11 @@ fn sled_only(dir: &Path, n: u64) -> anyhow::Result<()> {
         .open()?;
     let outcomes = db.open_tree("sm_outcomes")?;
     let opened = t.elapsed();
+    if outcomes.is_empty() {
+        // Short results are kept in memory and in snapshots, not in sled.
+        println!("sled only: no result in sm_outcomes (they are short: kept in memory)");
+        return Ok(());
+    }
     let t = Instant::now();
     let probes = 1_000u64;
     for i in 0..probes {

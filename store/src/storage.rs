@@ -12,7 +12,9 @@
 //!                    as new chunks; truncate and purge rewrite the one chunk they cut.
 //!     raft_meta      "format_version" (u32 BE), "vote", "committed", "last_purged"
 //!                    (postcard), "identity" (u64 BE, this agent's node id),
-//!                    "outcomes_pending" (name of a snapshot whose results are being loaded)
+//!                    "outcomes_pending" (name of a snapshot whose results are being loaded),
+//!                    "no_small_results" (name of a snapshot with no short result to read
+//!                    back at open)
 //!     sm_outcomes    key = 32-byte request key, value = postcard(Outcome), for results
 //!                    whose encoding is longer than SMALL_OUTCOME (64) bytes
 //! <dir>/snapshots/   <seq>.snap: the newest complete snapshot (older ones are deleted);
@@ -129,6 +131,9 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_IDENTITY: &str = "identity";
 const KEY_OUTCOMES_PENDING: &str = "outcomes_pending";
+/// Name of a snapshot file whose results are all in `sm_outcomes` (it holds no short result,
+/// or it was installed): opening with it as the newest need not read its records.
+const KEY_NO_SMALL: &str = "no_small_results";
 
 const SNAP_MAGIC: &[u8; 8] = b"MOZSNAP\0";
 const SNAP_RECORD: u8 = 1;
@@ -810,7 +815,20 @@ impl StateMachineStore {
         // after it are applied again.
         let small = match &newest {
             None => BTreeMap::new(),
-            Some((_, path)) => small_records(path)?,
+            Some((_, path)) => {
+                let none = meta
+                    .get(KEY_NO_SMALL)
+                    .map_err(sled_err(TREE_META))?
+                    .is_some_and(|n| {
+                        path.file_name()
+                            .is_some_and(|f| f.as_encoded_bytes() == &n[..])
+                    });
+                if none {
+                    BTreeMap::new()
+                } else {
+                    small_records(path)?
+                }
+            }
         };
         let inner = SmInner {
             db,
@@ -952,7 +970,9 @@ impl SmInner {
         let end_capture = EndCapture(&self.capture);
         let seq = self.next_file.fetch_add(1, Ordering::Relaxed);
         let part = self.snap_dir.join(format!("{seq:020}.part"));
-        let path = self.snap_dir.join(format!("{seq:020}.snap"));
+        let name = format!("{seq:020}.snap");
+        let path = self.snap_dir.join(&name);
+        let no_small = small.is_empty();
         let result = (|| {
             let mut w = SnapWriter::create(&part, &header)?;
             drop(header);
@@ -998,6 +1018,12 @@ impl SmInner {
             self.db.flush().map_err(sled_err(TREE_OUTCOMES))?;
             fs::rename(&part, &path).map_err(io_err(&path))?;
             sync_dir(&self.snap_dir)?;
+            if no_small {
+                // Not flushed: a lost marker only costs the next open a read of the file.
+                self.meta
+                    .insert(KEY_NO_SMALL, name.as_bytes())
+                    .map_err(sled_err(TREE_META))?;
+            }
             Ok(bytes)
         })();
         drop(end_capture);
@@ -1049,6 +1075,9 @@ impl SmInner {
         fs::rename(part, &path).map_err(io_err(&path))?;
         sync_dir(&self.snap_dir)?;
         self.load_outcomes(&path)?;
+        self.meta
+            .insert(KEY_NO_SMALL, name.as_bytes())
+            .map_err(sled_err(TREE_META))?;
         let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
         {
             let mut st = write_lock(&self.state);
@@ -1830,6 +1859,18 @@ mod tests {
                 keys.push(key[0]);
             }
             assert_eq!(keys, [1, 2, 3, 4], "each result once, in key order");
+            let marker = sm.inner.meta.get(KEY_NO_SMALL).expect("meta");
+            let name = snap
+                .path
+                .file_name()
+                .expect("name")
+                .as_encoded_bytes()
+                .to_vec();
+            assert_ne!(
+                marker.as_deref(),
+                Some(&name[..]),
+                "the open must read it back"
+            );
             // Deleted after the snapshot: the restart goes back to the snapshot (the log
             // entries after it are applied again).
             sm.inner.write_effects(&[Effect::DeleteOutcome(k(1))])?;
@@ -1842,6 +1883,37 @@ mod tests {
         assert_eq!(sm.outcome(&k(4))?, Some(large("d")));
         sm.inner.write_effects(&[Effect::DeleteOutcome(k(2))])?;
         assert_eq!(sm.outcome(&k(2))?, None, "the shadowed sled value goes too");
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_without_short_results_is_not_read_again_at_open() -> Result<(), StoreError> {
+        let dir = TempDir::new().expect("tempdir");
+        let name = {
+            let (_log, sm) = open(dir.path(), &opts())?;
+            sm.inner
+                .write_effects(&[Effect::PutOutcome(k(1), large("a"))])?;
+            *lock(&sm.inner.capture) = Some(Capture::default());
+            let header = encode_header(&meta(), &ClusterState::new())?;
+            let snap = sm.inner.write_snapshot(meta(), header, BTreeMap::new())?;
+            sm.inner.db.flush().map_err(sled_err("db"))?;
+            snap.path
+        };
+        let marker = {
+            let (_log, sm) = open(dir.path(), &opts())?;
+            assert_eq!(sm.outcome(&k(1))?, Some(large("a")));
+            sm.inner.meta.get(KEY_NO_SMALL).expect("meta")
+        };
+        let file = name.file_name().expect("name").as_encoded_bytes();
+        assert_eq!(marker.as_deref(), Some(file));
+        // The marker is what spares the read: with the file's records damaged, the open
+        // still succeeds (what it needs is the header, checked by its own hash).
+        let mut bytes = fs::read(&name).expect("read");
+        let at = bytes.len() - 32 - 8 - 1 - 2;
+        bytes[at] ^= 1;
+        fs::write(&name, bytes).expect("write");
+        let (_log, sm) = open(dir.path(), &opts())?;
+        assert_eq!(sm.outcome(&k(1))?, Some(large("a")));
         Ok(())
     }
 

@@ -357,7 +357,9 @@ fn start(
     }
     let me = agent.me();
     let ctx = Ctx::new(key, me, a.attempt, token.clone(), caller.clone());
-    let functions = agent.functions.clone();
+    // The agent, not its function table: cloning the table per assignment cost an
+    // allocation per registered function (3 % of a follower's CPU under load).
+    let agent = agent.clone();
     let done = done.clone();
     let slots = slots.clone();
     let running = running.clone();
@@ -373,7 +375,7 @@ fn start(
         let ctx = ctx.with_slot(slot);
         let t0 = Instant::now();
         let outcome = match serde_json::from_slice::<Value>(&a.args) {
-            Ok(args) => functions.run(&a.function, ctx, args).await,
+            Ok(args) => agent.functions.run(&a.function, ctx, args).await,
             Err(e) => Err(TaskError::new(
                 codes::BAD_ARGUMENTS,
                 format!("{}: arguments are not JSON: {e}", a.function),

@@ -459,12 +459,27 @@ pub async fn write_down(agent: &Agent, keys: Option<&[RequestKey]>) {
     if !assignments.is_empty() {
         cmds.push(Command::Assign { assignments, at });
     }
+    // The state counts their places once this commits (or they went back to the queue). The
+    // places are given back on drop: a caller that stops waiting (a child call answered by
+    // its reported value meanwhile) must not keep them reserved for ever.
+    let places = Places { hub, nodes: held };
     if let Err(e) = agent.propose(Command::Batch(cmds)).await {
         warn!("writing express calls down: {e}");
     }
-    // The state counts their places now (or they went back to the queue).
-    for node in held {
-        hub.release(node);
+    drop(places);
+}
+
+/// Places reserved on nodes, given back when dropped.
+struct Places<'a> {
+    hub: &'a crate::hub::Hub,
+    nodes: Vec<NodeId>,
+}
+
+impl Drop for Places<'_> {
+    fn drop(&mut self) {
+        for node in self.nodes.drain(..) {
+            self.hub.release(node);
+        }
     }
 }
 
@@ -543,3 +558,35 @@ pub async fn run(agent: std::sync::Arc<Agent>, token: CancellationToken) {
 
 /// Flights by key (leader memory).
 pub type Flights = HashMap<RequestKey, Flight>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, RwLock};
+
+    #[test]
+    fn places_of_a_write_down_are_given_back_when_its_caller_stops_waiting() {
+        let hub = crate::hub::Hub::new(Arc::new(RwLock::new(Default::default())));
+        {
+            let mut reserved = hub.reservations();
+            hub.reserve(&mut reserved, 1).keep();
+            hub.reserve(&mut reserved, 1).keep();
+        }
+        let write_down = async {
+            let _places = Places {
+                hub: &hub,
+                nodes: vec![1, 1],
+            };
+            // The proposal never commits while the caller waits.
+            std::future::pending::<()>().await;
+        };
+        // The caller stops waiting (a child call answered by its reported value): the
+        // future is dropped mid-await.
+        let mut fut = Box::pin(write_down);
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        drop(fut);
+        assert_eq!(hub.reservations().get(&1), Some(&0));
+    }
+}

@@ -127,9 +127,12 @@ impl Service {
         cached: bool,
         known: Woken,
     ) -> Result<pb::CallReply, Status> {
-        let state = self.agent.sm.shared();
-        let state = state.read().expect("state");
-        let Some(r) = state.request(key) else {
+        let fields = {
+            let state = self.agent.sm.shared();
+            let state = state.read().expect("state");
+            state.reply_fields(key)
+        };
+        let Some((state, node, duration_ms)) = fields else {
             return Ok(pb::CallReply {
                 key: key.to_hex(),
                 state: "unknown".into(),
@@ -139,14 +142,13 @@ impl Service {
         let mut reply = pb::CallReply {
             key: key.to_hex(),
             cached,
-            node: r.state.node().or(r.last_node),
-            duration_ms: r.duration_ms,
-            state: r.state.name().into(),
+            node,
+            duration_ms,
+            state: state.name().into(),
             ..Default::default()
         };
-        let done = r.state == RequestState::Done;
-        if r.state.is_terminal() {
-            drop(state);
+        let done = state == RequestState::Done;
+        if state.is_terminal() {
             let outcome = match known.filter(|_| done) {
                 Some(v) => Some(mozen_model::Outcome::Value(v.to_vec())),
                 None => self

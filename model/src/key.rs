@@ -22,7 +22,11 @@ impl RequestKey {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        // Into a buffer at once: `hex::encode` goes a char at a time, and every reply to a
+        // caller carries its key (2 % of a leader's CPU under load).
+        let mut out = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut out).expect("64 bytes hold 32 bytes in hex");
+        String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
     }
 
     /// The first 12 hex digits, enough to tell keys apart on screen.

@@ -962,6 +962,18 @@ impl ClusterState {
         }
     }
 
+    /// What a reply to a caller says of the request under `key`: its state, the node it runs
+    /// or last ran on, and its run time; without rebuilding a finished one.
+    pub fn reply_fields(&self, key: &RequestKey) -> Option<(RequestState, Option<NodeId>, u64)> {
+        match self.requests.get(key) {
+            Some(r) => Some((r.state, r.state.node().or(r.last_node), r.duration_ms)),
+            None => self
+                .terminal
+                .get(key)
+                .map(|t| (t.state.state(), t.last_node, t.duration_ms)),
+        }
+    }
+
     fn rebuild(&self, key: &RequestKey, t: &Finished) -> Option<Request> {
         self.profiles.get(t.profile).map(|p| t.to_request(*key, p))
     }
@@ -1378,6 +1390,15 @@ mod tests {
         want.waiting = 0;
         assert_eq!(st.request(&key(2)).as_deref(), Some(&want));
         assert_eq!(st.request_state(&key(2)), Some(RequestState::Done));
+        assert_eq!(
+            st.reply_fields(&key(2)),
+            Some((RequestState::Done, want.last_node, 1))
+        );
+        assert_eq!(
+            st.reply_fields(&key(1)),
+            Some((st.request(&key(1)).unwrap().state, Some(1), 0)),
+            "a running request replies with the node it runs on"
+        );
         assert_eq!(st.recent(1).first().map(|r| r.key), Some(key(2)));
         // A memo hit from another parent links it to the finished record too.
         st.apply(&submit(3, None, 0));

@@ -12,13 +12,23 @@ use tempfile::TempDir;
 pub const AGENT: &str = env!("CARGO_BIN_EXE_mozen-agent");
 pub const CLI: &str = env!("CARGO_BIN_EXE_mozen");
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the agent to take).
+/// A free TCP port on 127.0.0.1 (bound, then released for the agent to take), below the
+/// kernel's ephemeral range (32768 and up): a port the kernel hands out for port 0 can be
+/// taken by an outgoing connection of another test's agents before this test's agent binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Agent {

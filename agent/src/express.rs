@@ -26,6 +26,7 @@
 //! change the caller sends it again. At most [`HELD_LIMIT`] calls are held; past that calls
 //! take the usual way. A held call that is cancelled is written down (submitted) first.
 
+use crate::hub::Reservation;
 use crate::node::{Agent, now_ms};
 use mozen_model::{NodeId, Outcome, RequestKey, RequestState};
 use mozen_proto as pb;
@@ -440,7 +441,7 @@ pub async fn write_down(agent: &Agent, keys: Option<&[RequestKey]>) {
                 continue;
             }
             if f.holds_place() {
-                held.push(f.node);
+                held.push(Reservation::adopt(hub, f.node));
             }
             f.written = true;
             requests.push(f.request.clone());
@@ -460,27 +461,12 @@ pub async fn write_down(agent: &Agent, keys: Option<&[RequestKey]>) {
         cmds.push(Command::Assign { assignments, at });
     }
     // The state counts their places once this commits (or they went back to the queue). The
-    // places are given back on drop: a caller that stops waiting (a child call answered by
-    // its reported value meanwhile) must not keep them reserved for ever.
-    let places = Places { hub, nodes: held };
+    // places are given back as `held` drops, also when a caller stops waiting (a child call
+    // answered by its reported value meanwhile): they must not stay reserved for ever.
     if let Err(e) = agent.propose(Command::Batch(cmds)).await {
         warn!("writing express calls down: {e}");
     }
-    drop(places);
-}
-
-/// Places reserved on nodes, given back when dropped.
-struct Places<'a> {
-    hub: &'a crate::hub::Hub,
-    nodes: Vec<NodeId>,
-}
-
-impl Drop for Places<'_> {
-    fn drop(&mut self) {
-        for node in self.nodes.drain(..) {
-            self.hub.release(node);
-        }
-    }
+    drop(held);
 }
 
 /// Flights on `node`, whose Work stream ended, end: those not written down give their places
@@ -573,10 +559,7 @@ mod tests {
             hub.reserve(&mut reserved, 1).keep();
         }
         let write_down = async {
-            let _places = Places {
-                hub: &hub,
-                nodes: vec![1, 1],
-            };
+            let _places = [Reservation::adopt(&hub, 1), Reservation::adopt(&hub, 1)];
             // The proposal never commits while the caller waits.
             std::future::pending::<()>().await;
         };

@@ -364,7 +364,12 @@ pub struct Reservation<'a> {
     node: NodeId,
 }
 
-impl Reservation<'_> {
+impl<'a> Reservation<'a> {
+    /// A guard again for a place kept earlier (see [`keep`](Self::keep)) on `node`.
+    pub fn adopt(hub: &'a Hub, node: NodeId) -> Self {
+        Reservation { hub, node }
+    }
+
     /// Keeps the place held past the guard: the holder gives it back with [`Hub::release`].
     pub fn keep(self) -> NodeId {
         let node = self.node;

@@ -160,10 +160,7 @@ pub fn start(agent: &Agent, new: &NewRequest) -> Start {
     if let Some(p) = new.parent.filter(|_| !parent_flies) {
         let state = agent.sm.shared();
         let state = state.read().expect("state");
-        if !matches!(
-            state.request(&p).map(|r| r.state),
-            Some(RequestState::Running { .. })
-        ) {
+        if !matches!(state.request_state(&p), Some(RequestState::Running { .. })) {
             return Start::No;
         }
     }

@@ -238,7 +238,7 @@ pub fn place_now<'a>(
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     if state.queue().next().is_some()
-        || state.request(&key).is_some()
+        || state.request_state(&key).is_some()
         || !agent.hub.held.lock().expect("held").is_empty()
     {
         return None;

@@ -325,8 +325,8 @@ impl Service {
                 .shared()
                 .read()
                 .expect("state")
-                .request(key)
-                .is_some_and(|r| r.state == RequestState::Done)
+                .request_state(key)
+                == Some(RequestState::Done)
     }
 
     async fn do_call(&self, c: pb::CallRequest) -> Result<pb::CallReply, Status> {

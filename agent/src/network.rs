@@ -217,6 +217,30 @@ pub struct Contact {
 
 pub type LeaderContact = Arc<Mutex<Contact>>;
 
+/// One `AppendEntries` counted in [`Contact::handling`] for as long as it lives. A guard, so
+/// that the count also goes down when the handler is dropped midway: the server drops it when
+/// the leader's connection breaks, which is how a leader's death looks while it was sending
+/// (the count stuck above zero kept the follower from ever standing early).
+struct Handling<'a>(&'a LeaderContact);
+
+impl<'a> Handling<'a> {
+    /// Counts one more request from `leader` (node id, term), heard from now.
+    fn start(contact: &'a LeaderContact, leader: Option<(u64, u64)>) -> Self {
+        let mut c = contact.lock().expect("contact");
+        c.handling += 1;
+        if let Some((l, term)) = leader {
+            c.last = Some((l, term, Instant::now()));
+        }
+        Handling(contact)
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("contact").handling -= 1;
+    }
+}
+
 /// Server side of the peer transport: hands each RPC to the local Raft.
 pub struct RaftService {
     pub raft: mozen_store::Raft,
@@ -242,16 +266,10 @@ impl raft_server::Raft for RaftService {
             .leader_id()
             .voted_for()
             .map(|l| (l, rpc.vote.leader_id().get_term()));
-        {
-            let mut c = self.contact.lock().expect("contact");
-            c.handling += 1;
-            if let Some((l, term)) = leader {
-                c.last = Some((l, term, Instant::now()));
-            }
-        }
+        let handling = Handling::start(&self.contact, leader);
         let r = self.raft.append_entries(rpc).await;
+        drop(handling);
         let mut c = self.contact.lock().expect("contact");
-        c.handling -= 1;
         // Anything but a refusal of its term means the leader is alive and this agent's Raft
         // took it as its leader (and renewed the leader's lease).
         if let (Some((l, term)), Ok(resp)) = (leader, &r)
@@ -283,6 +301,26 @@ impl raft_server::Raft for RaftService {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[tokio::test]
+    async fn an_append_dropped_midway_is_no_longer_counted_as_handled() {
+        let contact = LeaderContact::default();
+        // A handler that never finishes, dropped as the server drops it when the leader's
+        // connection breaks.
+        let handler = async {
+            let _handling = Handling::start(&contact, Some((1, 3)));
+            std::future::pending::<()>().await;
+        };
+        let mut handler = Box::pin(handler);
+        assert!(futures::poll!(handler.as_mut()).is_pending());
+        assert_eq!(contact.lock().unwrap().handling, 1);
+        assert_eq!(
+            contact.lock().unwrap().last.map(|(l, t, _)| (l, t)),
+            Some((1, 3))
+        );
+        drop(handler);
+        assert_eq!(contact.lock().unwrap().handling, 0);
+    }
 
     /// Decodes `data` as each Raft RPC payload and each reply; an error names the RPC.
     fn check_bad_input(version: u32, data: Vec<u8>) {

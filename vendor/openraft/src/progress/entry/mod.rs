@@ -220,7 +220,16 @@ impl<NID: NodeId> ProgressEntry<NID> {
         // Replicate by logs.
         // Run a binary search to find the matching log id, if matching log id is not determined.
         let matching_next = self.matching.next_index();
-        let mut start = Self::calc_mid(matching_next, self.searching_end);
+        // Patched: the first probe of a search over the whole log (a new leader's) carries
+        // only the leader's last entry: a follower that was up to date, the usual case, then
+        // matches at once, instead of being sent entries it holds from the middle of the log
+        // (up to `max_payload_entries` of them, however large). A conflict narrows the search,
+        // which then bisects as before.
+        let mut start = if self.matching.is_none() && self.searching_end == last_next && last_next > 0 {
+            last_next - 1
+        } else {
+            Self::calc_mid(matching_next, self.searching_end)
+        };
         if start < purge_upto_next {
             start = purge_upto_next;
         }

@@ -27,6 +27,32 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How long a child call refused with `MZ-PARENT-GONE` is tried again (see `call_child`).
+const PARENT_GONE_RETRY: Duration = Duration::from_secs(10);
+
+/// Makes `call` again while it is refused with `MZ-PARENT-GONE`, backing off from 50 ms to
+/// 1 s between tries, for up to `window`; returns the first other answer, or the refusal once
+/// the window is over.
+async fn while_parent_gone<T, F, Fut>(window: Duration, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let give_up = tokio::time::Instant::now() + window;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(ClientError::Rejected { code, .. })
+                if code == codes::PARENT_GONE && tokio::time::Instant::now() + pause < give_up =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Child calls of running functions go through the agent's client to the leader.
 struct ChildCaller {
     client: Client,
@@ -46,7 +72,16 @@ impl ClusterCaller for ChildCaller {
                 parent: Some(parent),
                 ..Default::default()
             };
-            match client.call_json(&function, args, &opts).await {
+            // The leader refuses a child of a parent that is not running: cancelled, or put
+            // back in the queue (its node looked lost). In the second case the leader may
+            // assign it again, to this very run (a worker keeps one run per request), so
+            // the refusal is tried again for a while rather than failing a run that is about
+            // to be current again; a stale run's failure would be dropped anyway.
+            let reply = while_parent_gone(PARENT_GONE_RETRY, || {
+                client.call_json(&function, args.clone(), &opts)
+            })
+            .await;
+            match reply {
                 Ok(reply) => {
                     let text = reply.result_json.unwrap_or_else(|| "null".into());
                     let value = serde_json::from_str(&text).map_err(|e| {
@@ -536,6 +571,59 @@ async fn heartbeat(agent: Arc<Agent>, running: Running) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gone() -> ClientError {
+        ClientError::Rejected {
+            code: codes::PARENT_GONE.into(),
+            message: "the calling request is no longer running".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_refused_while_its_parent_is_requeued_is_called_again() {
+        let calls = std::cell::Cell::new(0);
+        let r = while_parent_gone(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 3 { Err(gone()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parent_gone_for_good_fails_the_child_call_once_the_window_is_over() {
+        let started = tokio::time::Instant::now();
+        let calls = std::cell::Cell::new(0);
+        let r: Result<(), _> = while_parent_gone(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            async { Err(gone()) }
+        })
+        .await;
+        assert!(matches!(r, Err(ClientError::Rejected { code, .. }) if code == codes::PARENT_GONE));
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_secs(10), "{waited:?}");
+        assert!(waited >= Duration::from_secs(8), "{waited:?}");
+        // 50, 100, 200, 400, 800 ms, then a second at a time.
+        assert!((10..=15).contains(&calls.get()), "{}", calls.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_refusals_are_not_called_again() {
+        let calls = std::cell::Cell::new(0);
+        let r: Result<(), _> = while_parent_gone(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            async {
+                Err(ClientError::Rejected {
+                    code: "MZ-QUORUM".into(),
+                    message: "no quorum".into(),
+                })
+            }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
     use tokio::sync::oneshot;
 
     fn completion(i: u8) -> pb::Completion {

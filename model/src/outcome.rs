@@ -14,6 +14,8 @@ pub mod codes {
     pub const CANCELLED: &str = "MZ-CANCELLED";
     pub const EXEC_REFUSED: &str = "MZ-EXEC-REFUSED";
     pub const TIMEOUT: &str = "MZ-TIMEOUT";
+    /// A child call refused: its calling request is not running (cancelled, or re-queued).
+    pub const PARENT_GONE: &str = "MZ-PARENT-GONE";
 }
 
 /// One hop of an error chain: the request that saw the failure and where it ran.

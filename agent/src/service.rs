@@ -1180,9 +1180,10 @@ pub(crate) async fn park(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status
 }
 
 fn parent_gone() -> Status {
-    Status::failed_precondition(
-        "MZ-PARENT-GONE: the calling request is no longer running (cancelled or re-queued)",
-    )
+    Status::failed_precondition(format!(
+        "{}: the calling request is no longer running (cancelled or re-queued)",
+        mozen_model::codes::PARENT_GONE
+    ))
 }
 
 /// A call's outcome as a Calls stream message.

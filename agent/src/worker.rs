@@ -572,58 +572,6 @@ async fn heartbeat(agent: Arc<Agent>, running: Running) {
 mod tests {
     use super::*;
 
-    fn gone() -> ClientError {
-        ClientError::Rejected {
-            code: codes::PARENT_GONE.into(),
-            message: "the calling request is no longer running".into(),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_child_refused_while_its_parent_is_requeued_is_called_again() {
-        let calls = std::cell::Cell::new(0);
-        let r = while_parent_gone(Duration::from_secs(10), || {
-            calls.set(calls.get() + 1);
-            let n = calls.get();
-            async move { if n < 3 { Err(gone()) } else { Ok(n) } }
-        })
-        .await;
-        assert_eq!(r.unwrap(), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_parent_gone_for_good_fails_the_child_call_once_the_window_is_over() {
-        let started = tokio::time::Instant::now();
-        let calls = std::cell::Cell::new(0);
-        let r: Result<(), _> = while_parent_gone(Duration::from_secs(10), || {
-            calls.set(calls.get() + 1);
-            async { Err(gone()) }
-        })
-        .await;
-        assert!(matches!(r, Err(ClientError::Rejected { code, .. }) if code == codes::PARENT_GONE));
-        let waited = started.elapsed();
-        assert!(waited <= Duration::from_secs(10), "{waited:?}");
-        assert!(waited >= Duration::from_secs(8), "{waited:?}");
-        // 50, 100, 200, 400, 800 ms, then a second at a time.
-        assert!((10..=15).contains(&calls.get()), "{}", calls.get());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn other_refusals_are_not_called_again() {
-        let calls = std::cell::Cell::new(0);
-        let r: Result<(), _> = while_parent_gone(Duration::from_secs(10), || {
-            calls.set(calls.get() + 1);
-            async {
-                Err(ClientError::Rejected {
-                    code: "MZ-QUORUM".into(),
-                    message: "no quorum".into(),
-                })
-            }
-        })
-        .await;
-        assert!(r.is_err());
-        assert_eq!(calls.get(), 1);
-    }
     use tokio::sync::oneshot;
 
     fn completion(i: u8) -> pb::Completion {
@@ -695,5 +643,58 @@ mod tests {
         assert_eq!(take(&mut running, key, 1, &token), Take::Run);
         assert_eq!(running[&key].attempt, 1);
         assert!(running[&key].done.is_none());
+    }
+
+    fn gone() -> ClientError {
+        ClientError::Rejected {
+            code: codes::PARENT_GONE.into(),
+            message: "the calling request is no longer running".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_refused_while_its_parent_is_requeued_is_called_again() {
+        let calls = std::cell::Cell::new(0);
+        let r = while_parent_gone(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 3 { Err(gone()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parent_gone_for_good_fails_the_child_call_once_the_window_is_over() {
+        let started = tokio::time::Instant::now();
+        let calls = std::cell::Cell::new(0);
+        let r: Result<(), _> = while_parent_gone(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            async { Err(gone()) }
+        })
+        .await;
+        assert!(matches!(r, Err(ClientError::Rejected { code, .. }) if code == codes::PARENT_GONE));
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_secs(10), "{waited:?}");
+        assert!(waited >= Duration::from_secs(8), "{waited:?}");
+        // 50, 100, 200, 400, 800 ms, then a second at a time.
+        assert!((10..=15).contains(&calls.get()), "{}", calls.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_refusals_are_not_called_again() {
+        let calls = std::cell::Cell::new(0);
+        let r: Result<(), _> = while_parent_gone(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            async {
+                Err(ClientError::Rejected {
+                    code: "MZ-QUORUM".into(),
+                    message: "no quorum".into(),
+                })
+            }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
     }
 }

@@ -188,7 +188,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
             log,
             meta: meta.clone(),
             snap_dir: snap_dir.clone(),
-            flush_tx: Some(flush_tx),
+            flush_tx,
             flusher: Some(flusher),
         }),
     };
@@ -279,14 +279,18 @@ struct LogInner {
     meta: sled::Tree,
     snap_dir: PathBuf,
     /// Appends whose flush Raft does not wait for (the leader's own), to the flusher thread.
-    flush_tx: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    flush_tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
     flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for LogInner {
     fn drop(&mut self) {
-        // The flusher holds a handle of the Db: stop it before the Db is reported closed.
-        self.flush_tx.take();
+        // The flusher holds a handle of the Db: stop it (its channel closes with the last
+        // sender) before the Db is reported closed.
+        drop(std::mem::replace(
+            &mut self.flush_tx,
+            std::sync::mpsc::channel().0,
+        ));
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }
@@ -665,19 +669,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The leader's own appends are flushed on the flusher thread while Raft replicates
         // them (it counts its own copy towards the commit only once the callback comes); a
         // follower's append is flushed here, Raft answering the leader right after.
-        if !callback.awaited() {
-            if let Some(tx) = &self.inner.flush_tx
-                && let Err(back) = tx.send(callback)
-            {
-                back.0
-                    .log_io_completed(Err(io::Error::other("the log flusher thread stopped")));
-                return Err(write(StoreError::Io {
-                    path: self.inner.snap_dir.display().to_string(),
-                    source: io::Error::other("the log flusher thread stopped"),
-                }));
+        let callback = if callback.awaited() {
+            callback
+        } else {
+            match self.inner.flush_tx.send(callback) {
+                Ok(()) => return Ok(()),
+                // The flusher thread is gone (it stops only with the store): flush here.
+                Err(back) => back.0,
             }
-            return Ok(());
-        }
+        };
         match self.inner.flush().await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

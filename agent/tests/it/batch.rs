@@ -263,7 +263,9 @@ async fn wait_value(c: &Cluster, key: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_job_is_one_root_request_that_outlives_its_client() {
-    let corpus = corpus(6, 100_000);
+    // Big enough (144 slices) that the job lasts many progress reports (one every 250 ms)
+    // after its fifth slice is done.
+    let corpus = corpus(6, 400_000);
     let c = Cluster::start(3, &[]);
     c.ready(3).await;
     let job = corpus.job("root", &wordcount_job(true, "300", "retry"));
@@ -275,10 +277,11 @@ async fn the_job_is_one_root_request_that_outlives_its_client() {
     let client = c.client();
     // The client goes away once five maps are done: the job goes on without it.
     tokio::select! {
-        r = batch::run(&prepared, &client, &show) => panic!("the job ended first: {:?}", r.map(|r| r.slices)),
+        biased;
         _ = eventually(Duration::from_secs(120), "five slices done", || async {
             seen.lock().unwrap().1 >= 5
         }) => {}
+        r = batch::run(&prepared, &client, &show) => panic!("the job ended first: {:?}", r.map(|r| r.slices)),
     }
     drop(client);
     let root = seen.lock().unwrap().0.unwrap().to_hex();

@@ -212,8 +212,14 @@ async fn wrong_id_for_data_dir_is_refused() {
 async fn unreachable_peers_keep_waiting_and_cli_reports_unreachable() {
     let mut c = Cluster::new(3, &[]);
     c.agents[0].start(); // peers 2 and 3 never start
+    // An address that refuses connections, held for the whole test (a port only found free
+    // could be taken meanwhile by another test's agent, which would answer): a socket bound
+    // to it that does not listen.
+    let silent = tokio::net::TcpSocket::new_v4().unwrap();
+    silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let silent_addr = silent.local_addr().unwrap();
     let out = std::process::Command::new(CLI)
-        .env("MOZEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("MOZEN_ADDR", silent_addr.to_string())
         .args(["status"])
         .output()
         .unwrap();
@@ -228,4 +234,5 @@ async fn unreachable_peers_keep_waiting_and_cli_reports_unreachable() {
     })
     .await;
     c.agents[0].kill();
+    drop(silent);
 }

@@ -174,22 +174,12 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
         .map_err(sled_err(TREE_OUTCOMES))?;
     check_version(dir, &db, &log, &meta, &outcomes)?;
 
-    let (flush_tx, flush_rx) = std::sync::mpsc::channel();
-    let flusher = {
-        let db = db.clone();
-        std::thread::Builder::new()
-            .name("mozen-log-flush".into())
-            .spawn(move || flush_in_background(db, flush_rx))
-            .map_err(io_err(dir))?
-    };
     let log_store = LogStore {
         inner: Arc::new(LogInner {
             db: db.clone(),
             log,
             meta: meta.clone(),
             snap_dir: snap_dir.clone(),
-            flush_tx,
-            flusher: Some(flusher),
         }),
     };
     log_store.inner.read_vote()?;
@@ -278,41 +268,6 @@ struct LogInner {
     log: sled::Tree,
     meta: sled::Tree,
     snap_dir: PathBuf,
-    /// Appends whose flush Raft does not wait for (the leader's own), to the flusher thread.
-    flush_tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
-    flusher: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for LogInner {
-    fn drop(&mut self) {
-        // The flusher holds a handle of the Db: stop it (its channel closes with the last
-        // sender) before the Db is reported closed.
-        drop(std::mem::replace(
-            &mut self.flush_tx,
-            std::sync::mpsc::channel().0,
-        ));
-        if let Some(t) = self.flusher.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The flusher thread: flushes once for every append waiting (many appends of a busy leader
-/// share one flush) and reports each done, until the log store is dropped.
-fn flush_in_background(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
-        let result = db.flush().map(|_| ());
-        for callback in waiting {
-            callback.log_io_completed(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::other(e.to_string())),
-            );
-        }
-    }
 }
 
 impl LogStore {
@@ -666,18 +621,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(sled_err(TREE_LOG))
             .map_err(&write)?;
         // Acknowledge only what is on disk: a crash after the callback must not lose entries.
-        // The leader's own appends are flushed on the flusher thread while Raft replicates
-        // them (it counts its own copy towards the commit only once the callback comes); a
-        // follower's append is flushed here, Raft answering the leader right after.
-        let callback = if callback.awaited() {
-            callback
-        } else {
-            match self.inner.flush_tx.send(callback) {
-                Ok(()) => return Ok(()),
-                // The flusher thread is gone (it stops only with the store): flush here.
-                Err(back) => back.0,
-            }
-        };
         match self.inner.flush().await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

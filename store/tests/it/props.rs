@@ -467,6 +467,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A voter that installs a snapshot taken midway and applies the rest of the log ends in
+    /// the state of one that applied the whole log.
+    #[test]
+    fn snapshot_midway_then_the_rest_equals_the_whole_log(
+        ops in prop::collection::vec(op(), 2..80),
+        cut in 0.0f64..1.0,
+    ) {
+        let cmds = commands(&ops);
+        let (pure, _, table) = run_pure(&cmds);
+        let k = ((cmds.len() as f64 * cut) as usize).clamp(1, cmds.len() - 1);
+        runtime().block_on(async {
+            let (da, db) = (TempDir::new()?, TempDir::new()?);
+            let (_la, mut a) = open(da.path(), &test_options())?;
+            let (_lb, mut b) = open(db.path(), &test_options())?;
+            let all = entries(0, cmds.clone());
+            a.apply(all[..k].to_vec()).await?;
+            let snap = a.build_snapshot().await?;
+            let mut rx = b.begin_receiving_snapshot().await?;
+            {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut data = Vec::new();
+                let mut file = snap.snapshot;
+                file.read_to_end(&mut data).await?;
+                rx.write_all(&data).await?;
+                rx.shutdown().await?;
+            }
+            b.install_snapshot(&snap.meta, rx).await?;
+            a.apply(all[k..].to_vec()).await?;
+            b.apply(all[k..].to_vec()).await?;
+            prop_assert_eq!(digest(&a), pure.digest());
+            prop_assert_eq!(digest(&b), pure.digest());
+            prop_assert_eq!(outcomes_of(&b), table);
+            Ok(())
+        })?;
+    }
+}
+
 /// A snapshot built while apply() keeps changing results (overwrites, deletions, new keys)
 /// holds exactly the results as of its point, and installs elsewhere to the same state.
 #[test]

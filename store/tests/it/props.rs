@@ -425,6 +425,28 @@ proptest! {
     }
 }
 
+/// Builds a snapshot of `a` and installs it on `b`, as a follower receives one.
+async fn install_from(a: &mut StateMachineStore, b: &mut StateMachineStore) -> anyhow::Result<()> {
+    let snap = a.build_snapshot().await?;
+    install(snap, b).await
+}
+
+/// Installs `snap` on `b`, sent through its file as to a follower.
+async fn install(
+    snap: openraft::storage::Snapshot<mozen_store::TypeConfig>,
+    b: &mut StateMachineStore,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rx = b.begin_receiving_snapshot().await?;
+    let mut data = Vec::new();
+    let mut file = snap.snapshot;
+    file.read_to_end(&mut data).await?;
+    rx.write_all(&data).await?;
+    rx.shutdown().await?;
+    b.install_snapshot(&snap.meta, rx).await?;
+    Ok(())
+}
+
 proptest! {
     // Each case opens two sled stores: keep the count modest for 2 cores.
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
@@ -448,17 +470,9 @@ proptest! {
             prop_assert_eq!(digest(&a), pure.digest());
             prop_assert_eq!(outcomes_of(&a), table.clone());
 
-            let snap = a.build_snapshot().await?;
-            let mut rx = b.begin_receiving_snapshot().await?;
-            {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut data = Vec::new();
-                let mut file = snap.snapshot;
-                file.read_to_end(&mut data).await?;
-                rx.write_all(&data).await?;
-                rx.shutdown().await?;
-            }
-            b.install_snapshot(&snap.meta, rx).await?;
+            install_from(&mut a, &mut b)
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(digest(&b), pure.digest());
             prop_assert_eq!(outcomes_of(&b), table);
             prop_assert_eq!(b.applied_state().await?, a.applied_state().await?);
@@ -486,17 +500,9 @@ proptest! {
             let (_lb, mut b) = open(db.path(), &test_options())?;
             let all = entries(0, cmds.clone());
             a.apply(all[..k].to_vec()).await?;
-            let snap = a.build_snapshot().await?;
-            let mut rx = b.begin_receiving_snapshot().await?;
-            {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut data = Vec::new();
-                let mut file = snap.snapshot;
-                file.read_to_end(&mut data).await?;
-                rx.write_all(&data).await?;
-                rx.shutdown().await?;
-            }
-            b.install_snapshot(&snap.meta, rx).await?;
+            install_from(&mut a, &mut b)
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             a.apply(all[k..].to_vec()).await?;
             b.apply(all[k..].to_vec()).await?;
             prop_assert_eq!(digest(&a), pure.digest());
@@ -602,16 +608,7 @@ fn snapshot_built_during_apply_holds_results_as_of_its_point() -> anyhow::Result
 
             // The model: the results after the entries up to the snapshot point.
             let (model, _, table) = run_pure(&cmds[..=point as usize]);
-            let mut rx = b.begin_receiving_snapshot().await?;
-            {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut data = Vec::new();
-                let mut file = snap.snapshot;
-                file.read_to_end(&mut data).await?;
-                rx.write_all(&data).await?;
-                rx.shutdown().await?;
-            }
-            b.install_snapshot(&snap.meta, rx).await?;
+            install(snap, &mut b).await?;
             assert_eq!(digest(&b), model.digest(), "state at point {point}");
             for k in 0..total_keys {
                 let k = key(k);

@@ -174,12 +174,22 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
         .map_err(sled_err(TREE_OUTCOMES))?;
     check_version(dir, &db, &log, &meta, &outcomes)?;
 
+    let (flush_tx, flush_rx) = std::sync::mpsc::channel();
+    let flusher = {
+        let db = db.clone();
+        std::thread::Builder::new()
+            .name("mozen-log-flush".into())
+            .spawn(move || flush_in_background(db, flush_rx))
+            .map_err(io_err(dir))?
+    };
     let log_store = LogStore {
         inner: Arc::new(LogInner {
             db: db.clone(),
             log,
             meta: meta.clone(),
             snap_dir: snap_dir.clone(),
+            flush_tx: Some(flush_tx),
+            flusher: Some(flusher),
         }),
     };
     log_store.inner.read_vote()?;
@@ -268,6 +278,37 @@ struct LogInner {
     log: sled::Tree,
     meta: sled::Tree,
     snap_dir: PathBuf,
+    /// Appends whose flush Raft does not wait for (the leader's own), to the flusher thread.
+    flush_tx: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        // The flusher holds a handle of the Db: stop it before the Db is reported closed.
+        self.flush_tx.take();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The flusher thread: flushes once for every append waiting (many appends of a busy leader
+/// share one flush) and reports each done, until the log store is dropped.
+fn flush_in_background(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = db.flush().map(|_| ());
+        for callback in waiting {
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(e.to_string())),
+            );
+        }
+    }
 }
 
 impl LogStore {
@@ -621,6 +662,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(sled_err(TREE_LOG))
             .map_err(&write)?;
         // Acknowledge only what is on disk: a crash after the callback must not lose entries.
+        // The leader's own appends are flushed on the flusher thread while Raft replicates
+        // them (it counts its own copy towards the commit only once the callback comes); a
+        // follower's append is flushed here, Raft answering the leader right after.
+        if !callback.awaited() {
+            if let Some(tx) = &self.inner.flush_tx
+                && let Err(back) = tx.send(callback)
+            {
+                back.0
+                    .log_io_completed(Err(io::Error::other("the log flusher thread stopped")));
+                return Err(write(StoreError::Io {
+                    path: self.inner.snap_dir.display().to_string(),
+                    source: io::Error::other("the log flusher thread stopped"),
+                }));
+            }
+            return Ok(());
+        }
         match self.inner.flush().await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

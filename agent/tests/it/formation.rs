@@ -49,6 +49,40 @@ async fn leader_sigkill_elects_new_leader_and_restart_catches_up() {
     .await;
 }
 
+/// A leader sends its entries before they are on its own disk, so after a crash it may lack
+/// some its followers hold: it must not resume its old term (its next entries would reuse the
+/// log ids of the lost ones). A lone voter killed and restarted comes back as the leader of a
+/// higher term, with what it had acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_restarted_after_sigkill_leads_a_new_term() {
+    let mut c = Cluster::start(1, &[]);
+    c.ready(1).await;
+    let client = c.client();
+    let v: u64 = client.call("fib", 25).await.unwrap();
+    assert_eq!(v, 75025);
+    let before = c.status().await.unwrap();
+    assert_eq!(before.leader_id, Some(1));
+    c.agent(1).kill();
+    c.agent(1).start();
+    eventually(
+        Duration::from_secs(20),
+        "the restarted agent leads",
+        || async { c.status().await.is_some_and(|s| s.leader_id == Some(1)) },
+    )
+    .await;
+    let after = c.status().await.unwrap();
+    assert!(
+        after.term > before.term,
+        "term {} after the restart, {} before",
+        after.term,
+        before.term
+    );
+    let again = c.cli_json(&["status", "--json"]);
+    assert!(again["members"].as_array().is_some_and(|m| m.len() == 1));
+    let v: u64 = c.client().call("fib", 25).await.unwrap();
+    assert_eq!(v, 75025);
+}
+
 /// Calls waiting on the client's Calls stream when the leader is SIGKILLed are sent again to
 /// the new leader and every one is answered with its value: none lost, none failed.
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@
 
 use crate::faults::Faults;
 use crate::security::{AuthChannel, ClientTransport};
+use futures::Stream;
 use mozen_proto::RaftPayload;
 use mozen_proto::raft_client::RaftClient;
 use mozen_proto::raft_server;
@@ -24,6 +25,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -75,6 +77,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             faults: self.faults.clone(),
             max_message: self.max_message,
+            lane: None,
+            lane_refused: false,
         }
     }
 }
@@ -87,6 +91,18 @@ pub struct PeerClient {
     faults: Option<Arc<Faults>>,
     /// Largest message the peer accepts.
     max_message: usize,
+    /// The open `AppendStream` to the peer, if any. Taken out while a request is on it, so a
+    /// call dropped midway (openraft's timeout) drops the stream with it: its next answer
+    /// would otherwise be read as the answer to the next request.
+    lane: Option<AppendLane>,
+    /// The peer answered `AppendStream` with UNIMPLEMENTED (an older agent): unary from now on.
+    lane_refused: bool,
+}
+
+/// One `AppendStream`: requests go down `tx`, their answers come back on `rx` in order.
+struct AppendLane {
+    tx: tokio::sync::mpsc::Sender<RaftPayload>,
+    rx: tonic::Streaming<RaftPayload>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, RaftNode, RaftError<u64, E>>;
@@ -118,6 +134,27 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let client = self.reachable(what)?;
+        let mut request = Request::new(payload);
+        request.set_timeout(opt.hard_ttl());
+        let reply = match what {
+            "append_entries" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        };
+        match reply {
+            Ok(r) => self.answer(what, &r.into_inner()),
+            Err(status) => Err(self.failed(what, &status)),
+        }
+    }
+
+    /// The gRPC client, unless the fault control cuts the peer off or its address is bad.
+    // The error type is what openraft's `RaftNetwork` methods return.
+    #[allow(clippy::result_large_err)]
+    fn reachable<E>(&mut self, what: &str) -> Result<&mut RaftClient<AuthChannel>, RpcErr<E>>
+    where
+        E: std::error::Error,
+    {
         if let Some(f) = &self.faults
             && f.blocks(self.target)
         {
@@ -127,35 +164,104 @@ impl PeerClient {
             ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        let Some(client) = self.client.as_mut() else {
-            let e = std::io::Error::other(format!("bad peer address {}", self.addr));
-            return Err(RPCError::Unreachable(Unreachable::new(&e)));
-        };
-        let mut request = Request::new(payload);
-        request.set_timeout(opt.hard_ttl());
-        let reply = match what {
-            "append_entries" => client.append_entries(request).await,
-            "vote" => client.vote(request).await,
-            _ => client.install_snapshot(request).await,
-        };
-        let reply = match reply {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                let e = std::io::Error::other(format!(
-                    "{what} to node {} at {}: {status}",
-                    self.target, self.addr
-                ));
-                return Err(match status.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
-                    _ => RPCError::Network(NetworkError::new(&e)),
-                });
-            }
-        };
-        let res: Result<Resp, RaftError<u64, E>> = decode(what, &reply)
+        let addr = &self.addr;
+        self.client.as_mut().ok_or_else(|| {
+            let e = std::io::Error::other(format!("bad peer address {addr}"));
+            RPCError::Unreachable(Unreachable::new(&e))
+        })
+    }
+
+    /// Decodes a peer's answer: its Raft result, or a `Network` error if it does not decode.
+    // The error type is what openraft's `RaftNetwork` methods return.
+    #[allow(clippy::result_large_err)]
+    fn answer<Resp, E>(&self, what: &str, reply: &RaftPayload) -> Result<Resp, RpcErr<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let res: Result<Resp, RaftError<u64, E>> = decode(what, reply)
             .map_err(|m| RPCError::Network(NetworkError::new(&std::io::Error::other(m))))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// A gRPC failure as openraft wants it: `Unreachable` (it backs off) when the peer could
+    /// not be reached or did not answer in time, else `Network`.
+    fn failed<E: std::error::Error>(&self, what: &str, status: &Status) -> RpcErr<E> {
+        let e = std::io::Error::other(format!(
+            "{what} to node {} at {}: {status}",
+            self.target, self.addr
+        ));
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            _ => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
+    /// Sends an encoded AppendEntries on the peer's `AppendStream`, opening one if none is
+    /// open, and reads its answer. A stream that fails or times out is dropped; the next
+    /// request opens a new one.
+    async fn append(
+        &mut self,
+        payload: RaftPayload,
+        opt: &RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        const WHAT: &str = "append_entries";
+        if self.lane_refused {
+            return self.send(WHAT, payload, opt).await;
+        }
+        let lane = self.lane.take();
+        let client = self.reachable(WHAT)?;
+        // Kept for the unary fallback, which only the opening of a stream can call for.
+        let spare = lane.is_none().then(|| payload.clone());
+        let exchange = async move {
+            let mut lane = match lane {
+                Some(lane) => {
+                    // Cannot fail while the stream is open: one request in flight at a time.
+                    if lane.tx.send(payload).await.is_err() {
+                        return (None, Err(Status::unavailable("the stream was closed")));
+                    }
+                    lane
+                }
+                None => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    // Goes with the stream's opening.
+                    let _ = tx.try_send(payload);
+                    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+                    match client.append_stream(Request::new(requests)).await {
+                        Ok(r) => AppendLane {
+                            tx,
+                            rx: r.into_inner(),
+                        },
+                        Err(status) => return (None, Err(status)),
+                    }
+                }
+            };
+            match lane.rx.message().await {
+                Ok(Some(reply)) => (Some(lane), Ok(reply)),
+                Ok(None) => (None, Err(Status::unavailable("the stream ended"))),
+                Err(status) => (None, Err(status)),
+            }
+        };
+        let (lane, reply) = match tokio::time::timeout(opt.hard_ttl(), exchange).await {
+            Ok(r) => r,
+            Err(_) => (None, Err(Status::deadline_exceeded("no answer in time"))),
+        };
+        self.lane = lane;
+        match reply {
+            Ok(reply) => self.answer(WHAT, &reply),
+            Err(status) if status.code() == tonic::Code::Unimplemented && spare.is_some() => {
+                tracing::info!(
+                    peer = self.target,
+                    "peer has no AppendStream: unary from now on"
+                );
+                self.lane_refused = true;
+                let payload = spare.expect("checked above");
+                self.send(WHAT, payload, opt).await
+            }
+            Err(status) => Err(self.failed(WHAT, &status)),
+        }
     }
 }
 
@@ -182,9 +288,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                     PayloadTooLarge::new_entries_hint(fit),
                 ));
             }
-            return self.send("append_entries", payload, &option).await;
+            return self.append(payload, &option).await;
         }
-        self.rpc("append_entries", &rpc, &option).await
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.append(payload, &option).await
     }
 
     async fn install_snapshot(
@@ -253,32 +360,76 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(format!("reply does not encode: {e}")))
 }
 
+/// Hands one encoded AppendEntries to the local Raft and encodes its answer; notes the
+/// leader's contact on the way.
+async fn handle_append(
+    raft: &mozen_store::Raft,
+    contact: &LeaderContact,
+    req: &RaftPayload,
+) -> Result<RaftPayload, Status> {
+    let rpc: AppendEntriesRequest<TypeConfig> =
+        decode("append_entries", req).map_err(Status::invalid_argument)?;
+    let leader = rpc
+        .vote
+        .leader_id()
+        .voted_for()
+        .map(|l| (l, rpc.vote.leader_id().get_term()));
+    let handling = Handling::start(contact, leader);
+    let r = raft.append_entries(rpc).await;
+    drop(handling);
+    let mut c = contact.lock().expect("contact");
+    // Anything but a refusal of its term means the leader is alive and this agent's Raft
+    // took it as its leader (and renewed the leader's lease).
+    if let (Some((l, term)), Ok(resp)) = (leader, &r)
+        && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+    {
+        c.last = Some((l, term, Instant::now()));
+    }
+    drop(c);
+    encode(&r).map_err(|e| Status::internal(format!("reply does not encode: {e}")))
+}
+
+type AppendStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> =
-            decode("append_entries", req.get_ref()).map_err(Status::invalid_argument)?;
-        let leader = rpc
-            .vote
-            .leader_id()
-            .voted_for()
-            .map(|l| (l, rpc.vote.leader_id().get_term()));
-        let handling = Handling::start(&self.contact, leader);
-        let r = self.raft.append_entries(rpc).await;
-        drop(handling);
-        let mut c = self.contact.lock().expect("contact");
-        // Anything but a refusal of its term means the leader is alive and this agent's Raft
-        // took it as its leader (and renewed the leader's lease).
-        if let (Some((l, term)), Ok(resp)) = (leader, &r)
-            && !matches!(resp, AppendEntriesResponse::HigherVote(_))
-        {
-            c.last = Some((l, term, Instant::now()));
-        }
-        drop(c);
-        reply(&r)
+        handle_append(&self.raft, &self.contact, req.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream = AppendStream;
+
+    /// Answers each request of the stream in turn, in the task that writes the answers (no
+    /// task of its own). A request that does not decode ends the stream with its error.
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendStream>, Status> {
+        let start = (
+            req.into_inner(),
+            self.raft.clone(),
+            self.contact.clone(),
+            false,
+        );
+        let answers =
+            futures::stream::unfold(start, |(mut inbound, raft, contact, done)| async move {
+                if done {
+                    return None;
+                }
+                let answer = match inbound.message().await {
+                    Ok(Some(m)) => handle_append(&raft, &contact, &m).await,
+                    Ok(None) => return None,
+                    Err(status) => Err(status),
+                };
+                let failed = answer.is_err();
+                Some((answer, (inbound, raft, contact, failed)))
+            });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -320,6 +471,164 @@ mod tests {
         );
         drop(handler);
         assert_eq!(contact.lock().unwrap().handling, 0);
+    }
+
+    /// A peer whose every AppendEntries answer names its request (`PartialSuccess` of the
+    /// request's `prev_log_id`). Requests with `prev_log_id` index `slow` are answered late;
+    /// without `stream` it has no `AppendStream`, as an older agent.
+    #[derive(Clone)]
+    struct Peer {
+        stream: bool,
+        slow: Option<u64>,
+        opened: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    type Answer = Result<AppendEntriesResponse<u64>, RaftError<u64>>;
+
+    async fn answer_of(req: &RaftPayload, slow: Option<u64>) -> Result<RaftPayload, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode("append_entries", req).map_err(Status::invalid_argument)?;
+        if rpc.prev_log_id.map(|l| l.index) == slow {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        let a: Answer = Ok(AppendEntriesResponse::PartialSuccess(rpc.prev_log_id));
+        Ok(encode(&a).unwrap())
+    }
+
+    #[tonic::async_trait]
+    impl raft_server::Raft for Peer {
+        async fn append_entries(
+            &self,
+            req: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            answer_of(req.get_ref(), self.slow).await.map(Response::new)
+        }
+
+        type AppendStreamStream = AppendStream;
+
+        async fn append_stream(
+            &self,
+            req: Request<tonic::Streaming<RaftPayload>>,
+        ) -> Result<Response<AppendStream>, Status> {
+            if !self.stream {
+                return Err(Status::unimplemented("no AppendStream here"));
+            }
+            self.opened
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let slow = self.slow;
+            let answers =
+                futures::stream::unfold(req.into_inner(), move |mut inbound| async move {
+                    let m = inbound.message().await.ok()??;
+                    Some((answer_of(&m, slow).await, inbound))
+                });
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+    }
+
+    /// Serves `peer` on an ephemeral port; returns a client of it as the Raft core gets one.
+    async fn client_of(peer: Peer) -> PeerClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(raft_server::RaftServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut net = Network {
+            max_message: 4 << 20,
+            transport: ClientTransport::default(),
+            faults: None,
+        };
+        net.new_client(2, &RaftNode { addr }).await
+    }
+
+    fn append(prev: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                prev,
+            )),
+            entries: vec![],
+            leader_commit: None,
+        }
+    }
+
+    fn named(prev: u64) -> AppendEntriesResponse<u64> {
+        AppendEntriesResponse::PartialSuccess(append(prev).prev_log_id)
+    }
+
+    fn patient() -> RPCOption {
+        RPCOption::new(std::time::Duration::from_secs(10))
+    }
+
+    #[tokio::test]
+    async fn appends_share_one_stream_and_each_gets_its_own_answer() {
+        let opened = Arc::default();
+        let peer = Peer {
+            stream: true,
+            slow: None,
+            opened: Arc::clone(&opened),
+        };
+        let mut c = client_of(peer).await;
+        for prev in 1..=5 {
+            let a = c.append_entries(append(prev), patient()).await.unwrap();
+            assert_eq!(a, named(prev));
+        }
+        assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A request that times out leaves its answer on the way: the stream is dropped with it,
+    /// so that answer is never read as the next request's.
+    #[tokio::test]
+    async fn an_answer_too_late_is_not_taken_for_the_next_one() {
+        let opened = Arc::default();
+        let peer = Peer {
+            stream: true,
+            slow: Some(1),
+            opened: Arc::clone(&opened),
+        };
+        let mut c = client_of(peer).await;
+        assert_eq!(
+            c.append_entries(append(0), patient()).await.unwrap(),
+            named(0)
+        );
+        let hasty = RPCOption::new(std::time::Duration::from_millis(50));
+        let e = c.append_entries(append(1), hasty).await.unwrap_err();
+        assert!(matches!(e, RPCError::Unreachable(_)), "{e}");
+        assert_eq!(
+            c.append_entries(append(2), patient()).await.unwrap(),
+            named(2)
+        );
+        assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_is_sent_unary_appends() {
+        let peer = Peer {
+            stream: false,
+            slow: None,
+            opened: Arc::default(),
+        };
+        let mut c = client_of(peer).await;
+        for prev in 1..=3 {
+            assert_eq!(
+                c.append_entries(append(prev), patient()).await.unwrap(),
+                named(prev)
+            );
+        }
+        assert!(c.lane_refused);
     }
 
     /// Decodes `data` as each Raft RPC payload and each reply; an error names the RPC.

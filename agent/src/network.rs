@@ -354,10 +354,8 @@ pub struct RaftService {
     pub contact: LeaderContact,
 }
 
-fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
-    encode(v)
-        .map(Response::new)
-        .map_err(|e| Status::internal(format!("reply does not encode: {e}")))
+fn reply<T: Serialize>(v: &T) -> Result<RaftPayload, Status> {
+    encode(v).map_err(|e| Status::internal(format!("reply does not encode: {e}")))
 }
 
 /// Hands one encoded AppendEntries to the local Raft and encodes its answer; notes the
@@ -386,7 +384,7 @@ async fn handle_append(
         c.last = Some((l, term, Instant::now()));
     }
     drop(c);
-    encode(&r).map_err(|e| Status::internal(format!("reply does not encode: {e}")))
+    reply(&r)
 }
 
 type AppendStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
@@ -435,7 +433,7 @@ impl raft_server::Raft for RaftService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<u64> =
             decode("vote", req.get_ref()).map_err(Status::invalid_argument)?;
-        reply(&self.raft.vote(rpc).await)
+        reply(&self.raft.vote(rpc).await).map(Response::new)
     }
 
     async fn install_snapshot(
@@ -444,7 +442,7 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> =
             decode("install_snapshot", req.get_ref()).map_err(Status::invalid_argument)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        reply(&self.raft.install_snapshot(rpc).await).map(Response::new)
     }
 }
 
@@ -474,22 +472,28 @@ mod tests {
     }
 
     /// A peer whose every AppendEntries answer names its request (`PartialSuccess` of the
-    /// request's `prev_log_id`). Requests with `prev_log_id` index `slow` are answered late;
+    /// request's `prev_log_id`). Requests with `prev_log_id` index `slow` are answered only once
+    /// `release` is notified;
     /// without `stream` it has no `AppendStream`, as an older agent.
     #[derive(Clone)]
     struct Peer {
         stream: bool,
         slow: Option<u64>,
+        release: Arc<tokio::sync::Notify>,
         opened: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     type Answer = Result<AppendEntriesResponse<u64>, RaftError<u64>>;
 
-    async fn answer_of(req: &RaftPayload, slow: Option<u64>) -> Result<RaftPayload, Status> {
+    async fn answer_of(
+        req: &RaftPayload,
+        slow: Option<u64>,
+        release: &tokio::sync::Notify,
+    ) -> Result<RaftPayload, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("append_entries", req).map_err(Status::invalid_argument)?;
         if rpc.prev_log_id.map(|l| l.index) == slow {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            release.notified().await;
         }
         let a: Answer = Ok(AppendEntriesResponse::PartialSuccess(rpc.prev_log_id));
         Ok(encode(&a).unwrap())
@@ -501,7 +505,9 @@ mod tests {
             &self,
             req: Request<RaftPayload>,
         ) -> Result<Response<RaftPayload>, Status> {
-            answer_of(req.get_ref(), self.slow).await.map(Response::new)
+            answer_of(req.get_ref(), self.slow, &self.release)
+                .await
+                .map(Response::new)
         }
 
         type AppendStreamStream = AppendStream;
@@ -516,11 +522,14 @@ mod tests {
             self.opened
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let slow = self.slow;
-            let answers =
-                futures::stream::unfold(req.into_inner(), move |mut inbound| async move {
+            let release = Arc::clone(&self.release);
+            let answers = futures::stream::unfold(req.into_inner(), move |mut inbound| {
+                let release = Arc::clone(&release);
+                async move {
                     let m = inbound.message().await.ok()??;
-                    Some((answer_of(&m, slow).await, inbound))
-                });
+                    Some((answer_of(&m, slow, &release).await, inbound))
+                }
+            });
             Ok(Response::new(Box::pin(answers)))
         }
 
@@ -579,6 +588,7 @@ mod tests {
         let peer = Peer {
             stream: true,
             slow: None,
+            release: Arc::default(),
             opened: Arc::clone(&opened),
         };
         let mut c = client_of(peer).await;
@@ -594,9 +604,11 @@ mod tests {
     #[tokio::test]
     async fn an_answer_too_late_is_not_taken_for_the_next_one() {
         let opened = Arc::default();
+        let release = Arc::new(tokio::sync::Notify::new());
         let peer = Peer {
             stream: true,
             slow: Some(1),
+            release: Arc::clone(&release),
             opened: Arc::clone(&opened),
         };
         let mut c = client_of(peer).await;
@@ -607,6 +619,8 @@ mod tests {
         let hasty = RPCOption::new(std::time::Duration::from_millis(50));
         let e = c.append_entries(append(1), hasty).await.unwrap_err();
         assert!(matches!(e, RPCError::Unreachable(_)), "{e}");
+        // The late answer goes out now, on the stream the timed-out request left.
+        release.notify_one();
         assert_eq!(
             c.append_entries(append(2), patient()).await.unwrap(),
             named(2)
@@ -619,6 +633,7 @@ mod tests {
         let peer = Peer {
             stream: false,
             slow: None,
+            release: Arc::default(),
             opened: Arc::default(),
         };
         let mut c = client_of(peer).await;

@@ -571,7 +571,6 @@ async fn heartbeat(agent: Arc<Agent>, running: Running) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use tokio::sync::oneshot;
 
     fn completion(i: u8) -> pb::Completion {

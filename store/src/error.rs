@@ -11,13 +11,19 @@ pub enum StoreError {
         source: sled::Error,
     },
     #[error(
-        "corrupt record in tree '{tree}' at key {key}: {reason}; restore this data dir from a backup or remove it and let the node rejoin as a new member"
+        "MZ-DAMAGED: corrupt record in tree '{tree}' at key {key}: {reason}; this member must not vote or lead on this data dir: repair it with `mozen-agent repair` and the same flags (it moves the dir aside and rejoins from the peers, see docs/operations.md)"
     )]
     Corrupt {
         tree: &'static str,
         key: String,
         reason: String,
     },
+    /// The data dir lost data it had acknowledged, or a file of it fails its checks: see
+    /// [`crate::mark`]. The member must not vote or lead on it.
+    #[error(
+        "MZ-DAMAGED: data dir {dir} is damaged: {detail}; this member must not vote or lead on it: repair it with `mozen-agent repair` and the same flags (it moves the dir aside and rejoins from the peers, see docs/operations.md)"
+    )]
+    Damaged { dir: String, detail: String },
     #[error(
         "data dir {dir} has format version {found}, this build reads version {expected}; run a matching mozen-agent or move the directory away"
     )]
@@ -38,4 +44,20 @@ pub enum StoreError {
     /// A snapshot whose content disagrees with the metadata Raft sent along with it.
     #[error("snapshot {snapshot} does not match its metadata: {reason}")]
     SnapshotMismatch { snapshot: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether the error says stored data is damaged (the member must be repaired), as opposed
+    /// to a passing I/O failure or a version mismatch.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::Sled {
+                    source: sled::Error::Corruption { .. },
+                    ..
+                }
+        )
+    }
 }

@@ -7,6 +7,9 @@
 //! - [`raft_types`]: the openraft type configuration.
 //! - [`storage`]: openraft `RaftLogStorage` + `RaftStateMachine` (storage-v2) on one sled `Db`.
 //! - [`error`]: `StoreError`, naming the tree and key of anything damaged.
+//! - [`seal`]: the checksum every stored value carries, checked on every read.
+//! - [`mark`]: the watermark file that tells a log which lost acknowledged entries from a
+//!   torn tail.
 //!
 //! Dependency rule: depends on mozen-model, openraft and sled; never on gRPC, the scheduler or
 //! the agent. See docs/architecture.md for the persistence design.
@@ -14,7 +17,9 @@
 pub mod command;
 pub mod error;
 mod finished;
+pub mod mark;
 pub mod raft_types;
+pub mod seal;
 pub mod state;
 pub mod storage;
 

@@ -94,7 +94,9 @@
 
 use crate::command::{Command, Response};
 use crate::error::StoreError;
+use crate::mark::{self, Mark, Watermark};
 use crate::raft_types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
+use crate::seal::{seal, unseal};
 use crate::state::{ClusterState, Effect};
 use mozen_model::{Outcome, RequestKey};
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
@@ -118,7 +120,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 /// Version of the on-disk format (sled trees and snapshot files). Bump on any incompatible
 /// change; a directory with another version is refused with `StoreError::Version`.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The previous format (values without seals), upgraded in place at open.
+const FORMAT_UNSEALED: u32 = 2;
 
 const TREE_LOG: &str = "raft_log";
 const TREE_META: &str = "raft_meta";
@@ -134,6 +138,8 @@ const KEY_OUTCOMES_PENDING: &str = "outcomes_pending";
 /// Name of a snapshot file whose results are all in `sm_outcomes` (it holds no short result,
 /// or it was installed): opening with it as the newest need not read its records.
 const KEY_NO_SMALL: &str = "no_small_results";
+/// Count of the state machine's flushes, mirrored in the watermark ([`Mark::flushes`]).
+const KEY_FLUSHES: &str = "flushes";
 
 const SNAP_MAGIC: &[u8; 8] = b"MOZSNAP\0";
 const SNAP_RECORD: u8 = 1;
@@ -163,23 +169,86 @@ impl Default for StoreOptions {
 pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineStore), StoreError> {
     let snap_dir = dir.join("snapshots");
     fs::create_dir_all(&snap_dir).map_err(io_err(&snap_dir))?;
+    let damaged = |detail: String| StoreError::Damaged {
+        dir: dir.display().to_string(),
+        detail,
+    };
+    // Read before sled recovers, so nothing below can rewrite it first.
+    let recorded = mark::read(dir)?;
     let config = sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(opts.cache_capacity_bytes);
-    let db = open_db(&config)?;
+    let db = open_db(&config).map_err(|e| match e {
+        StoreError::Sled { source, .. } if matches!(source, sled::Error::Corruption { .. }) => {
+            damaged(format!("{}: sled cannot recover it: {source}", dir.join("db").display()))
+        }
+        e => e,
+    })?;
+    let tear: Option<String> = None; // SWAP: db.recovery_tear()
     let log = db.open_tree(TREE_LOG).map_err(sled_err(TREE_LOG))?;
     let meta = db.open_tree(TREE_META).map_err(sled_err(TREE_META))?;
     let outcomes = db
         .open_tree(TREE_OUTCOMES)
         .map_err(sled_err(TREE_OUTCOMES))?;
-    check_version(dir, &db, &log, &meta, &outcomes)?;
+    let found = check_version(dir, &db, &log, &meta, &outcomes)?;
+    let with_tear = |e: StoreError| match (e, &tear) {
+        (StoreError::Damaged { dir, detail }, Some(t)) => StoreError::Damaged {
+            dir,
+            detail: format!("{detail}; sled's recovery of db/db stopped early: {t}"),
+        },
+        (StoreError::Corrupt { tree, key, reason }, Some(t)) => StoreError::Corrupt {
+            tree,
+            key,
+            reason: format!("{reason}; sled's recovery of db/db stopped early: {t}"),
+        },
+        (e, _) => e,
+    };
+    let probe = recorded.as_ref().and_then(|m| m.flushed).map(|l| l.index);
+    let facts = StoredFacts::scan(&log, &meta, probe).map_err(with_tear)?;
+    let mark = match (found, recorded) {
+        (Found::Fresh, None) => Mark::default(),
+        (Found::Fresh, Some(m)) if m == Mark::default() => m,
+        (Found::Fresh, Some(m)) => {
+            return Err(with_tear(damaged(format!(
+                "{} is empty, but {} records a store that held data ({})",
+                dir.join("db").display(),
+                dir.join(mark::MARK_FILE).display(),
+                describe_mark(&m)
+            ))));
+        }
+        (Found::Upgraded, None) => facts.as_mark(),
+        (Found::Current, None) if facts.is_empty() => Mark::default(),
+        (Found::Current, None) => {
+            return Err(with_tear(damaged(format!(
+                "{} is missing: nothing tells what this store acknowledged (it holds {})",
+                dir.join(mark::MARK_FILE).display(),
+                describe_mark(&facts.as_mark())
+            ))));
+        }
+        (Found::Current | Found::Upgraded, Some(m)) => {
+            facts.check(&m).map_err(damaged).map_err(with_tear)?;
+            m
+        }
+    };
+    if let Some(t) = &tear {
+        // Everything acknowledged is there: what sled dropped was written after the last
+        // flush, by a crash mid-write.
+        tracing::warn!(
+            dir = %dir.display(),
+            log_ends_at = ?facts.last_log.map(|l| l.index),
+            acknowledged_up_to = ?mark.flushed.map(|l| l.index),
+            "trimmed a torn tail of the store (never acknowledged): {t}"
+        );
+    }
+    let watermark = Arc::new(Watermark::create(dir, mark, facts.last_log)?);
 
     let (flush_tx, flush_rx) = std::sync::mpsc::channel();
     let flusher = {
         let db = db.clone();
+        let watermark = watermark.clone();
         std::thread::Builder::new()
             .name("mozen-log-flush".into())
-            .spawn(move || flush_in_background(db, flush_rx))
+            .spawn(move || flush_in_background(db, watermark, flush_rx))
             .map_err(io_err(dir))?
     };
     let log_store = LogStore {
@@ -188,16 +257,161 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
             log,
             meta: meta.clone(),
             snap_dir: snap_dir.clone(),
+            mark: watermark.clone(),
             flush_tx: Some(flush_tx),
             flusher: Some(flusher),
         }),
     };
-    log_store.inner.read_vote()?;
-    log_store.inner.last_purged()?;
-    log_store.inner.last_log_id()?;
-
-    let sm = StateMachineStore::load(db, meta, outcomes, snap_dir)?;
+    let sm = StateMachineStore::load(db, meta, outcomes, snap_dir, watermark)?;
+    if let Some(purged) = facts.last_purged
+        && sm.inner.applied_index() < purged.index
+    {
+        return Err(damaged(format!(
+            "the log was purged up to index {}, but the newest snapshot in {} covers only up to {}: the entries between are gone",
+            purged.index,
+            sm.inner.snap_dir.display(),
+            sm.inner.applied_index()
+        )));
+    }
     Ok((log_store, sm))
+}
+
+fn describe_mark(m: &Mark) -> String {
+    format!(
+        "log flushed up to index {}, vote {}, purged up to {}, {} state-machine flushes",
+        m.flushed.map_or("none".into(), |l| l.index.to_string()),
+        m.vote.map_or("none".into(), |v| v.to_string()),
+        m.purged.map_or("none".into(), |l| l.index.to_string()),
+        m.flushes
+    )
+}
+
+/// What the sled trees hold, read and checked in full at open.
+#[derive(Debug, Default)]
+struct StoredFacts {
+    first_log: Option<u64>,
+    last_log: Option<LogId>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    flushes: u64,
+    /// The log id found at the index the watermark says was flushed last, if the log holds it.
+    at_flushed: Option<LogId>,
+}
+
+impl StoredFacts {
+    /// Reads every meta record and every log chunk, checking seals, decoding, and that the
+    /// chunks follow each other without a gap.
+    fn scan(log: &sled::Tree, meta: &sled::Tree, probe: Option<u64>) -> Result<Self, StoreError> {
+        for kv in meta.iter() {
+            let (k, v) = kv.map_err(sled_err(TREE_META))?;
+            if &k[..] != KEY_VERSION.as_bytes() {
+                unseal(TREE_META, &k, &v)?;
+            }
+        }
+        let mut facts = StoredFacts {
+            last_purged: get_decoded(meta, TREE_META, KEY_LAST_PURGED)?,
+            vote: get_decoded(meta, TREE_META, KEY_VOTE)?,
+            committed: get_decoded(meta, TREE_META, KEY_COMMITTED)?,
+            flushes: get_decoded(meta, TREE_META, KEY_FLUSHES)?.unwrap_or(0),
+            ..StoredFacts::default()
+        };
+        let mut next: Option<u64> = None;
+        for kv in log.iter() {
+            let (k, v) = kv.map_err(sled_err(TREE_LOG))?;
+            let entries = decode_chunk(&k, &v)?;
+            let first = chunk_key(&k)?;
+            if let Some(n) = next
+                && n != first
+            {
+                return Err(StoreError::Corrupt {
+                    tree: TREE_LOG,
+                    key: format!("index {first}"),
+                    reason: format!("the log has a hole: the previous chunk ends before index {n}"),
+                });
+            }
+            facts.first_log.get_or_insert(first);
+            next = Some(first + entries.len() as u64);
+            if let Some(e) = probe.and_then(|p| entries.iter().find(|e| e.log_id.index == p)) {
+                facts.at_flushed = Some(e.log_id);
+            }
+            facts.last_log = entries.last().map(|e| e.log_id).or(facts.last_log);
+        }
+        Ok(facts)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_mark() == Mark::default() && self.last_log.is_none()
+    }
+
+    /// A watermark for a store that had none (upgraded from the unsealed format).
+    fn as_mark(&self) -> Mark {
+        Mark {
+            flushed: self.last_log,
+            vote: self.vote,
+            purged: self.last_purged,
+            flushes: self.flushes,
+        }
+    }
+
+    /// Checks the trees against the watermark: a detail of what was lost, if anything was.
+    fn check(&self, m: &Mark) -> Result<(), String> {
+        let ends = self.last_log.or(self.last_purged);
+        let end_index = ends.map_or(0, |l| l.index);
+        if let Some(flushed) = m.flushed
+            && end_index < flushed.index
+        {
+            return Err(format!(
+                "the Raft log ends at index {end_index}, but entries up to index {} were flushed and acknowledged: {} acknowledged entries are gone",
+                flushed.index,
+                flushed.index - end_index
+            ));
+        }
+        if let (Some(flushed), Some(at)) = (m.flushed, self.at_flushed)
+            && at != flushed
+        {
+            return Err(format!(
+                "the log holds {at} at index {}, but {flushed} was flushed and acknowledged there",
+                flushed.index
+            ));
+        }
+        if let Some(v) = m.vote {
+            // Equal, or newer: saved after the watermark was last written.
+            let stored_ok = self
+                .vote
+                .is_some_and(|s| s == v || s.partial_cmp(&v) == Some(CmpOrdering::Greater));
+            if !stored_ok {
+                return Err(format!(
+                    "the stored vote is {}, but vote {v} was saved and acknowledged: this member could vote twice in a term",
+                    self.vote.map_or("missing".into(), |s| s.to_string())
+                ));
+            }
+        }
+        if let Some(p) = m.purged
+            && self.last_purged.is_none_or(|s| s.index < p.index)
+        {
+            return Err(format!(
+                "the log's purge point is {}, but index {} was recorded as purged",
+                self.last_purged.map_or("none".into(), |s| s.index.to_string()),
+                p.index
+            ));
+        }
+        if self.flushes < m.flushes {
+            return Err(format!(
+                "state-machine flush {} was recorded but the store holds only up to flush {}: results written before a snapshot are gone",
+                m.flushes, self.flushes
+            ));
+        }
+        if let Some(c) = self.committed
+            && c.index > end_index
+        {
+            return Err(format!(
+                "the committed index is {}, past the log's end at {end_index}",
+                c.index
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How long `open` waits for sled's file lock.
@@ -225,17 +439,34 @@ pub fn lock_busy(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
+/// What `check_version` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// A new directory (now marked with [`FORMAT_VERSION`]).
+    Fresh,
+    /// A directory of this format.
+    Current,
+    /// A directory of the unsealed format, upgraded in place.
+    Upgraded,
+}
+
 fn check_version(
     dir: &Path,
     db: &sled::Db,
     log: &sled::Tree,
     meta: &sled::Tree,
     outcomes: &sled::Tree,
-) -> Result<(), StoreError> {
+) -> Result<Found, StoreError> {
     let mismatch = |found: String| StoreError::Version {
         dir: dir.display().to_string(),
         found,
         expected: FORMAT_VERSION,
+    };
+    let set_version = || -> Result<(), StoreError> {
+        meta.insert(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())
+            .map_err(sled_err(TREE_META))?;
+        db.flush().map_err(sled_err(TREE_META))?;
+        Ok(())
     };
     match meta.get(KEY_VERSION).map_err(sled_err(TREE_META))? {
         None => {
@@ -245,10 +476,8 @@ fn check_version(
                     "none (the directory has data but no version)".into(),
                 ));
             }
-            meta.insert(KEY_VERSION, &FORMAT_VERSION.to_be_bytes())
-                .map_err(sled_err(TREE_META))?;
-            db.flush().map_err(sled_err(TREE_META))?;
-            Ok(())
+            set_version()?;
+            Ok(Found::Fresh)
         }
         Some(v) => {
             let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -256,13 +485,48 @@ fn check_version(
                 key: KEY_VERSION.into(),
                 reason: format!("expected 4 bytes, found {}", v.len()),
             })?;
-            let found = u32::from_be_bytes(bytes);
-            if found != FORMAT_VERSION {
-                return Err(mismatch(found.to_string()));
+            match u32::from_be_bytes(bytes) {
+                FORMAT_VERSION => {
+                    // Created, but a crash came before anything else was written.
+                    let only_version = log.is_empty() && outcomes.is_empty() && meta.len() == 1;
+                    Ok(if only_version {
+                        Found::Fresh
+                    } else {
+                        Found::Current
+                    })
+                }
+                FORMAT_UNSEALED => {
+                    tracing::info!(dir = %dir.display(), "upgrading the data dir: sealing every stored value with a checksum");
+                    for (tree, name) in [(log, TREE_LOG), (meta, TREE_META), (outcomes, TREE_OUTCOMES)] {
+                        seal_tree(tree, name)?;
+                    }
+                    set_version()?;
+                    Ok(Found::Upgraded)
+                }
+                found => Err(mismatch(found.to_string())),
             }
-            Ok(())
         }
     }
+}
+
+/// Seals every value of `tree` that is not sealed yet (all but the format version), in
+/// batches. Values already sealed (an upgrade interrupted by a crash) are left alone.
+fn seal_tree(tree: &sled::Tree, name: &'static str) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    for kv in tree.iter() {
+        let (k, v) = kv.map_err(sled_err(name))?;
+        if &k[..] == KEY_VERSION.as_bytes() || crate::seal::is_sealed(name, &k, &v) {
+            continue;
+        }
+        batch.insert(k.clone(), seal(name, &k, v.to_vec()));
+        n += 1;
+        if n % LOAD_BATCH == 0 {
+            tree.apply_batch(std::mem::take(&mut batch))
+                .map_err(sled_err(name))?;
+        }
+    }
+    tree.apply_batch(batch).map_err(sled_err(name))
 }
 
 // ----- the log -----
@@ -278,6 +542,8 @@ struct LogInner {
     log: sled::Tree,
     meta: sled::Tree,
     snap_dir: PathBuf,
+    /// What has been flushed, kept in step with every flush, truncation and purge.
+    mark: Arc<Watermark>,
     /// Appends whose flush Raft does not wait for (the leader's own), to the flusher thread.
     flush_tx: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
     flusher: Option<std::thread::JoinHandle<()>>,
@@ -295,18 +561,21 @@ impl Drop for LogInner {
 
 /// The flusher thread: flushes once for every append waiting (many appends of a busy leader
 /// share one flush) and reports each done, until the log store is dropped.
-fn flush_in_background(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_in_background(
+    db: sled::Db,
+    mark: Arc<Watermark>,
+    rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let result = db.flush().map(|_| ());
+        let ticket = mark.ticket();
+        let result = db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| mark.flushed(ticket).map_err(|e| e.to_string()));
         for callback in waiting {
-            callback.log_io_completed(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::other(e.to_string())),
-            );
+            callback.log_io_completed(result.clone().map_err(io::Error::other));
         }
     }
 }
@@ -314,7 +583,7 @@ fn flush_in_background(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<Ty
 impl LogStore {
     /// This agent's node id, stored in the meta tree by [`LogStore::write_identity`].
     pub fn read_identity(&self) -> Result<Option<u64>, StoreError> {
-        let Some(v) = self
+        let Some(sealed) = self
             .inner
             .meta
             .get(KEY_IDENTITY)
@@ -322,7 +591,8 @@ impl LogStore {
         else {
             return Ok(None);
         };
-        let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+        let v = unseal(TREE_META, KEY_IDENTITY.as_bytes(), &sealed)?;
+        let bytes: [u8; 8] = v.try_into().map_err(|_| StoreError::Corrupt {
             tree: TREE_META,
             key: KEY_IDENTITY.into(),
             reason: format!("expected 8 bytes, found {}", v.len()),
@@ -334,7 +604,10 @@ impl LogStore {
     pub fn write_identity(&self, id: u64) -> Result<(), StoreError> {
         self.inner
             .meta
-            .insert(KEY_IDENTITY, &id.to_be_bytes())
+            .insert(
+                KEY_IDENTITY,
+                seal(TREE_META, KEY_IDENTITY.as_bytes(), id.to_be_bytes().to_vec()),
+            )
             .map_err(sled_err(TREE_META))?;
         self.inner.db.flush().map_err(sled_err(TREE_META))?;
         Ok(())
@@ -433,6 +706,18 @@ impl LogInner {
         Ok(out)
     }
 
+    /// Lowers the watermark to the entry before `index`, ahead of a truncation at `index`.
+    fn truncating(&self, index: u64) -> Result<(), StoreError> {
+        let keep = match index.checked_sub(1) {
+            None => None,
+            Some(prev) => match self.entries(prev..=prev)?.pop() {
+                Some(e) => Some(e.log_id),
+                None => self.last_purged()?,
+            },
+        };
+        self.mark.truncating(keep)
+    }
+
     /// Adds to `batch` what deletes every entry at `index` and above: later chunks go, the
     /// chunk holding `index` keeps the entries before it.
     fn truncate_into(&self, index: u64, batch: &mut sled::Batch) -> Result<(), StoreError> {
@@ -459,7 +744,11 @@ impl LogInner {
     /// (docs/benchmarks.md). On a multi-thread runtime the thread's other tasks move to
     /// another worker meanwhile.
     async fn flush(&self) -> Result<(), StoreError> {
-        let flush = || self.db.flush().map(|_| ()).map_err(sled_err("db"));
+        let flush = || {
+            let ticket = self.mark.ticket();
+            self.db.flush().map_err(sled_err("db"))?;
+            self.mark.flushed(ticket)
+        };
         match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(flush),
             _ => flush(),
@@ -476,7 +765,8 @@ const CHUNK_ENTRIES: usize = 256;
 /// A chunk takes no more entries once its value is this large.
 const CHUNK_BYTES: usize = 64 << 10;
 
-/// Encodes consecutive entries into log chunks: (index of the chunk's first entry, value).
+/// Encodes consecutive entries into sealed log chunks: (index of the chunk's first entry,
+/// value).
 ///
 /// One sled record per chunk rather than per entry: sled's cost is per record (about 10 us to
 /// insert one here), so a 1,000-entry append costs a few inserts instead of a thousand.
@@ -501,11 +791,11 @@ fn encode_chunks(
         buf[..4].copy_from_slice(&count.to_le_bytes());
         if *count as usize >= CHUNK_ENTRIES || buf.len() >= CHUNK_BYTES {
             let (first, _, buf) = open.take().expect("just filled");
-            chunks.push((first, buf));
+            chunks.push((first, seal(TREE_LOG, &first.to_be_bytes(), buf)));
         }
     }
     if let Some((first, _, buf)) = open {
-        chunks.push((first, buf));
+        chunks.push((first, seal(TREE_LOG, &first.to_be_bytes(), buf)));
     }
     Ok(chunks)
 }
@@ -524,10 +814,11 @@ fn chunk_len(value: &[u8]) -> Option<u64> {
     Some(u64::from(u32::from_le_bytes(head)))
 }
 
-/// Decodes a log chunk: `count u32 LE | { len u32 LE | postcard(Entry) }*`, its entries
-/// numbered from the index in its key without gaps.
+/// Decodes a log chunk: `count u32 LE | { len u32 LE | postcard(Entry) }* | seal`, its
+/// entries numbered from the index in its key without gaps.
 fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<Entry>, StoreError> {
     let first = chunk_key(key)?;
+    let value = unseal(TREE_LOG, key, value)?;
     let corrupt = |index: u64, reason: String| StoreError::Corrupt {
         tree: TREE_LOG,
         key: format!("index {index}"),
@@ -597,7 +888,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<u64>> {
         let write = to_storage(ErrorSubject::Vote, ErrorVerb::Write);
         put_encoded(&self.inner.meta, TREE_META, KEY_VOTE, vote).map_err(&write)?;
-        self.inner.flush().await.map_err(&write)
+        self.inner.flush().await.map_err(&write)?;
+        self.inner.mark.voted(*vote).map_err(&write)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
@@ -636,11 +928,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let write = to_storage(ErrorSubject::Logs, ErrorVerb::Write);
-        let chunks = encode_chunks(entries).map_err(&write)?;
+        let mut last = None;
+        let chunks = encode_chunks(entries.into_iter().inspect(|e| last = Some(e.log_id)))
+            .map_err(&write)?;
         let Some(&(first, _)) = chunks.first() else {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        let last = last.expect("entries were encoded");
         let mut batch = sled::Batch::default();
         // Entries replacing stored ones (openraft truncates first, but stay safe): the
         // chunk holding `first` must not keep its copy of them.
@@ -649,6 +944,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => false,
         };
         if overlaps {
+            self.inner.truncating(first).map_err(&write)?;
             self.inner
                 .truncate_into(first, &mut batch)
                 .map_err(&write)?;
@@ -661,6 +957,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(sled_err(TREE_LOG))
             .map_err(&write)?;
+        self.inner.mark.appended(last);
         // Acknowledge only what is on disk: a crash after the callback must not lose entries.
         // The leader's own appends are flushed on the flusher thread while Raft replicates
         // them (it counts its own copy towards the commit only once the callback comes); a
@@ -692,6 +989,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let write = to_storage(ErrorSubject::Logs, ErrorVerb::Delete);
+        self.inner.truncating(log_id.index).map_err(&write)?;
         let mut batch = sled::Batch::default();
         self.inner
             .truncate_into(log_id.index, &mut batch)
@@ -731,7 +1029,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(sled_err(TREE_LOG))
             .map_err(&write)?;
-        self.inner.flush().await.map_err(&write)
+        self.inner.flush().await.map_err(&write)?;
+        self.inner.mark.purged(log_id).map_err(&write)
     }
 }
 
@@ -761,6 +1060,8 @@ pub struct StateMachineStore {
 
 struct SmInner {
     db: sled::Db,
+    /// Records each of the flushes below (see [`SmInner::durable_flush`]).
+    mark: Arc<Watermark>,
     meta: sled::Tree,
     outcomes: sled::Tree,
     snap_dir: PathBuf,
@@ -818,6 +1119,7 @@ impl StateMachineStore {
         meta: sled::Tree,
         outcomes: sled::Tree,
         snap_dir: PathBuf,
+        mark: Arc<Watermark>,
     ) -> Result<Self, StoreError> {
         let mut newest: Option<(u64, PathBuf)> = None;
         let mut older = Vec::new();
@@ -873,14 +1175,17 @@ impl StateMachineStore {
         let small = match &newest {
             None => BTreeMap::new(),
             Some((_, path)) => {
-                let none = meta
-                    .get(KEY_NO_SMALL)
-                    .map_err(sled_err(TREE_META))?
-                    .is_some_and(|n| {
-                        path.file_name()
-                            .is_some_and(|f| f.as_encoded_bytes() == &n[..])
-                    });
+                let none = get_name(&meta, KEY_NO_SMALL)?.is_some_and(|n| {
+                    path.file_name()
+                        .is_some_and(|f| f.as_encoded_bytes() == &n[..])
+                });
                 if none {
+                    // Nothing to keep from the records, but their hashes are still checked:
+                    // a snapshot is what a lagging member receives.
+                    let mut r = SnapReader::open(path)?;
+                    r.skip_header()?;
+                    while r.next_record()?.is_some() {}
+                    r.finish()?;
                     BTreeMap::new()
                 } else {
                     small_records(path)?
@@ -889,6 +1194,7 @@ impl StateMachineStore {
         };
         let inner = SmInner {
             db,
+            mark,
             meta,
             outcomes,
             small: RwLock::new(small),
@@ -930,7 +1236,9 @@ impl StateMachineStore {
                 .inner
                 .outcomes
                 .get(key.0)
-                .map_err(sled_err(TREE_OUTCOMES))?,
+                .map_err(sled_err(TREE_OUTCOMES))?
+                .map(|v| unseal(TREE_OUTCOMES, &key.0, &v).map(IVec::from))
+                .transpose()?,
         };
         match stored {
             None => Ok(None),
@@ -964,6 +1272,20 @@ impl StateMachineStore {
 }
 
 impl SmInner {
+    /// Index of the last applied entry (0 if none).
+    fn applied_index(&self) -> u64 {
+        lock(&self.applied).last.map_or(0, |l| l.index)
+    }
+
+    /// Flushes sled with the next flush number stored in it, then records the number in the
+    /// watermark: at open, a store holding an older number lost writes flushed here.
+    fn durable_flush(&self) -> Result<(), StoreError> {
+        let n = self.mark.next_flush();
+        put_encoded(&self.meta, TREE_META, KEY_FLUSHES, &n)?;
+        self.db.flush().map_err(sled_err("db"))?;
+        self.mark.flush_done(n)
+    }
+
     /// Writes the effects of one apply() call in one batch. Called with the state's write lock
     /// held, which makes the write atomic with the transition for a snapshot taking its point.
     fn write_effects(&self, effects: &[Effect]) -> Result<(), StoreError> {
@@ -979,7 +1301,7 @@ impl SmInner {
                         small.insert(*k, IVec::from(&bytes[..]));
                     } else {
                         small.remove(k);
-                        batch.insert(&k.0[..], bytes);
+                        batch.insert(&k.0[..], seal(TREE_OUTCOMES, &k.0, bytes));
                     }
                 }
                 Effect::DeleteOutcome(k) => {
@@ -1051,7 +1373,7 @@ impl SmInner {
                     w.record(&sk.0, sv)?;
                 }
                 if let Some(v) = value.filter(|_| !is_small_key(&small, &k)) {
-                    w.record(&k, &v)?;
+                    w.record(&k, unseal(TREE_OUTCOMES, &k, &v)?)?;
                 }
             }
             for (sk, sv) in pending {
@@ -1068,18 +1390,16 @@ impl SmInner {
                 .collect();
             rest.sort();
             for (k, v) in rest {
-                w.record(&k, &v)?;
+                w.record(&k, unseal(TREE_OUTCOMES, &k, &v)?)?;
             }
             let bytes = w.finish()?;
             // The results up to the snapshot point must be on disk before the snapshot is.
-            self.db.flush().map_err(sled_err(TREE_OUTCOMES))?;
+            self.durable_flush()?;
             fs::rename(&part, &path).map_err(io_err(&path))?;
             sync_dir(&self.snap_dir)?;
             if no_small {
                 // Not flushed: a lost marker only costs the next open a read of the file.
-                self.meta
-                    .insert(KEY_NO_SMALL, name.as_bytes())
-                    .map_err(sled_err(TREE_META))?;
+                put_name(&self.meta, KEY_NO_SMALL, &name)?;
             }
             Ok(bytes)
         })();
@@ -1125,16 +1445,12 @@ impl SmInner {
         let path = self.snap_dir.join(&name);
         // The marker goes first: once the file is in place under this name, a crash before
         // the results are loaded is finished at open.
-        self.meta
-            .insert(KEY_OUTCOMES_PENDING, name.as_bytes())
-            .map_err(sled_err(TREE_META))?;
-        self.db.flush().map_err(sled_err(TREE_META))?;
+        put_name(&self.meta, KEY_OUTCOMES_PENDING, &name)?;
+        self.durable_flush()?;
         fs::rename(part, &path).map_err(io_err(&path))?;
         sync_dir(&self.snap_dir)?;
         self.load_outcomes(&path)?;
-        self.meta
-            .insert(KEY_NO_SMALL, name.as_bytes())
-            .map_err(sled_err(TREE_META))?;
+        put_name(&self.meta, KEY_NO_SMALL, &name)?;
         let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
         {
             let mut st = write_lock(&self.state);
@@ -1192,13 +1508,17 @@ impl SmInner {
                     writes += 1;
                     continue;
                 }
-                if theirs.as_ref().is_some_and(|(_, tv)| v == tv[..]) {
+                let same = match &theirs {
+                    Some((_, tv)) => unseal(TREE_OUTCOMES, &k, &v)? == &tv[..],
+                    None => false,
+                };
+                if same {
                     theirs = r.next_record()?;
                     continue;
                 }
             }
             let (k, v) = theirs.take().expect("compared above");
-            batch.insert(&k[..], v);
+            batch.insert(&k[..], seal(TREE_OUTCOMES, &k, v));
             writes += 1;
             theirs = r.next_record()?;
         }
@@ -1209,22 +1529,17 @@ impl SmInner {
         self.meta
             .remove(KEY_OUTCOMES_PENDING)
             .map_err(sled_err(TREE_META))?;
-        self.db.flush().map_err(sled_err(TREE_OUTCOMES))?;
-        Ok(())
+        self.durable_flush()
     }
 
     /// Finishes an install interrupted by a crash: see the module docs.
     fn finish_pending_load(&self, newest: Option<&Path>) -> Result<(), StoreError> {
-        let Some(name) = self
-            .meta
-            .get(KEY_OUTCOMES_PENDING)
-            .map_err(sled_err(TREE_META))?
-        else {
+        let Some(name) = get_name(&self.meta, KEY_OUTCOMES_PENDING)? else {
             return Ok(());
         };
         let is_newest = newest
             .and_then(|p| p.file_name())
-            .is_some_and(|n| n.as_encoded_bytes() == name.as_ref());
+            .is_some_and(|n| n.as_encoded_bytes() == &name[..]);
         if let (true, Some(path)) = (is_newest, newest) {
             tracing::warn!(snapshot = %path.display(), "finishing an interrupted snapshot install");
             self.load_outcomes(path)
@@ -1233,8 +1548,7 @@ impl SmInner {
             self.meta
                 .remove(KEY_OUTCOMES_PENDING)
                 .map_err(sled_err(TREE_META))?;
-            self.db.flush().map_err(sled_err(TREE_META))?;
-            Ok(())
+            self.durable_flush()
         }
     }
 }
@@ -1775,7 +2089,7 @@ fn get_decoded<T: DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     match tree.get(key).map_err(sled_err(name))? {
         None => Ok(None),
-        Some(v) => decode_exact(&v)
+        Some(v) => decode_exact(unseal(name, key.as_bytes(), &v)?)
             .map(Some)
             .map_err(|reason| StoreError::Corrupt {
                 tree: name,
@@ -1791,9 +2105,23 @@ fn put_encoded<T: Serialize>(
     key: &'static str,
     value: &T,
 ) -> Result<(), StoreError> {
-    tree.insert(key, encode(key, value)?)
+    tree.insert(key, seal(name, key.as_bytes(), encode(key, value)?))
         .map(drop)
         .map_err(sled_err(name))
+}
+
+/// A snapshot file name stored under `key` in the meta tree.
+fn get_name(meta: &sled::Tree, key: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
+    match meta.get(key).map_err(sled_err(TREE_META))? {
+        None => Ok(None),
+        Some(v) => Ok(Some(unseal(TREE_META, key.as_bytes(), &v)?.to_vec())),
+    }
+}
+
+fn put_name(meta: &sled::Tree, key: &'static str, name: &str) -> Result<(), StoreError> {
+    meta.insert(key, seal(TREE_META, key.as_bytes(), name.as_bytes().to_vec()))
+        .map(drop)
+        .map_err(sled_err(TREE_META))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -1959,18 +2287,18 @@ mod tests {
         let marker = {
             let (_log, sm) = open(dir.path(), &opts())?;
             assert_eq!(sm.outcome(&k(1))?, Some(large("a")));
-            sm.inner.meta.get(KEY_NO_SMALL).expect("meta")
+            get_name(&sm.inner.meta, KEY_NO_SMALL)?
         };
         let file = name.file_name().expect("name").as_encoded_bytes();
         assert_eq!(marker.as_deref(), Some(file));
-        // The marker is what spares the read: with the file's records damaged, the open
-        // still succeeds (what it needs is the header, checked by its own hash).
+        // The marker spares keeping the records, not checking them: with the file's records
+        // damaged, the open fails naming the file.
         let mut bytes = fs::read(&name).expect("read");
         let at = bytes.len() - 32 - 8 - 1 - 2;
         bytes[at] ^= 1;
         fs::write(&name, bytes).expect("write");
-        let (_log, sm) = open(dir.path(), &opts())?;
-        assert_eq!(sm.outcome(&k(1))?, Some(large("a")));
+        let err = open(dir.path(), &opts()).err().expect("damage is seen");
+        assert!(err.to_string().contains("snapshots"), "{err}");
         Ok(())
     }
 
@@ -1999,7 +2327,8 @@ mod tests {
         let cap = lock(&inner.capture).take().expect("capture");
         assert_eq!(cap.before.len(), 2);
         let saved = cap.before[&IVec::from(&k(7).0[..])].clone().expect("value");
-        assert_eq!(decode_exact::<Outcome>(&saved), Ok(v("b")));
+        let saved = unseal(TREE_OUTCOMES, &k(7).0, &saved)?;
+        assert_eq!(decode_exact::<Outcome>(saved), Ok(v("b")));
         assert_eq!(cap.before[&IVec::from(&k(9).0[..])], None);
         assert_eq!(sm.outcome(&k(7))?, None);
         assert_eq!(sm.outcome(&k(9))?, Some(v("d")));
@@ -2094,10 +2423,11 @@ mod tests {
             ));
             sm.inner
                 .write_effects(&[Effect::PutOutcome(k(1), err.clone())])?;
-            sm.inner
-                .meta
-                .insert(KEY_OUTCOMES_PENDING, &b"00000000000000000009.snap"[..])
-                .map_err(sled_err(TREE_META))?;
+            put_name(
+                &sm.inner.meta,
+                KEY_OUTCOMES_PENDING,
+                "00000000000000000009.snap",
+            )?;
             sm.inner.db.flush().map_err(sled_err("db"))?;
         }
         let (_log, sm) = open(dir.path(), &opts())?;
@@ -2143,10 +2473,11 @@ mod tests {
             sm.inner
                 .write_effects(&[Effect::PutOutcome(k(2), v.clone())])?;
             let name = snap.path.file_name().expect("name").to_owned();
-            sm.inner
-                .meta
-                .insert(KEY_OUTCOMES_PENDING, name.as_encoded_bytes())
-                .map_err(sled_err(TREE_META))?;
+            put_name(
+                &sm.inner.meta,
+                KEY_OUTCOMES_PENDING,
+                name.to_str().expect("a file name of digits"),
+            )?;
             sm.inner.db.flush().map_err(sled_err("db"))?;
             name
         };

@@ -102,15 +102,29 @@ fn missing_version_on_a_dir_with_data_is_a_version_error() -> anyhow::Result<()>
 }
 
 #[test]
-fn garbage_log_entry_in_the_middle_is_corrupt_when_read() -> anyhow::Result<()> {
+fn garbage_log_entry_in_the_middle_fails_open_naming_it() -> anyhow::Result<()> {
     let dir = dir_with_log()?;
     poke(dir.path(), "raft_log", &2u64.to_be_bytes(), b"garbage")?;
-    let (mut log, _sm) = open(dir.path(), &test_options())?;
-    let err = runtime()
-        .block_on(log.try_get_log_entries(0..5))
-        .expect_err("reading a damaged entry fails");
+    let err = open(dir.path(), &test_options())
+        .err()
+        .expect("the whole log is checked at open");
     let msg = err.to_string();
+    assert!(err.is_damage(), "{msg}");
     assert!(msg.contains("raft_log") && msg.contains("index 2"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn a_valid_entry_with_a_broken_seal_fails_open_naming_the_checksum() -> anyhow::Result<()> {
+    let dir = dir_with_log()?;
+    // A well-formed chunk, as the previous format wrote it, without the seal.
+    let unsealed = one_entry_chunk(&entry(1, 3, event(3)))?;
+    poke(dir.path(), "raft_log", &3u64.to_be_bytes(), &unsealed)?;
+    let msg = open(dir.path(), &test_options())
+        .err()
+        .expect("open fails")
+        .to_string();
+    assert!(msg.contains("index 3") && msg.contains("checksum"), "{msg}");
     Ok(())
 }
 

@@ -64,10 +64,21 @@ impl AgentBuilder {
     }
 
     /// Parses the command line, runs the agent until SIGTERM/SIGINT, and returns the exit code:
-    /// 0 after a clean stop, 1 on a runtime error, 2 on bad flags. A second signal exits at once.
+    /// 0 after a clean stop, 1 on a runtime error, 2 on bad flags, 3 when the data dir is
+    /// damaged (run `mozen-agent repair` with the same flags, see [`crate::repair`]). A second
+    /// signal exits at once.
+    ///
+    /// `mozen-agent repair <flags>` first moves a damaged data dir aside and takes the node
+    /// out of the Raft membership, then runs the agent as a new member that is promoted back
+    /// once it has caught up.
     pub fn main(self) -> ExitCode {
-        let args = AgentArgs::parse();
-        let cfg = match args.validate() {
+        let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let repair = argv.get(1).is_some_and(|a| a == "repair");
+        if repair {
+            argv.remove(1);
+        }
+        let args = AgentArgs::parse_from(argv);
+        let mut cfg = match args.validate() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("mozen-agent: {e}");
@@ -98,13 +109,29 @@ impl AgentBuilder {
                     return ExitCode::from(1);
                 }
             };
+            if repair {
+                match crate::repair::prepare(&cfg).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "mozen-agent: repair: the damaged data dir is kept at {}; rejoining from the peers{}",
+                            r.moved_to.display(),
+                            if r.was_voter { " (promoted back to voter once caught up)" } else { "" }
+                        );
+                        cfg.rejoin_as_voter = r.was_voter;
+                    }
+                    Err(e) => {
+                        eprintln!("mozen-agent: {e}");
+                        return ExitCode::from(e.exit_code());
+                    }
+                }
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(signals(shutdown.clone()));
             match run(cfg, functions, listener, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mozen-agent: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.exit_code())
                 }
             }
         })

@@ -80,6 +80,10 @@ pub struct AgentArgs {
     /// long): see docs/architecture.md, "Express calls".
     #[arg(long)]
     pub no_express: bool,
+    /// Build a snapshot of the state every this many log entries (10 or more). Smaller: faster
+    /// restarts and catch-up, more snapshot writes.
+    #[arg(long, value_name = "ENTRIES", default_value_t = 20_000)]
+    pub snapshot_every: u64,
     /// Serve Prometheus metrics on HOST:PORT.
     #[arg(long)]
     pub metrics: Option<String>,
@@ -138,6 +142,11 @@ pub struct AgentConfig {
     pub allow_exec: bool,
     /// Short calls with a waiting caller run before they are written down.
     pub express: bool,
+    /// Set by `mozen-agent repair` when the node was a voter: once joined, it asks to be
+    /// promoted back (as a learner first, a voter once caught up).
+    pub rejoin_as_voter: bool,
+    /// Log entries between snapshots (`--snapshot-every`).
+    pub snapshot_every: u64,
     pub metrics: Option<SocketAddr>,
     /// Token and TLS material (see [`crate::security`]).
     pub security: Security,
@@ -427,6 +436,16 @@ impl AgentArgs {
             limits,
             allow_exec: self.allow_exec,
             express: !self.no_express,
+            rejoin_as_voter: false,
+            snapshot_every: if self.snapshot_every >= 10 {
+                self.snapshot_every
+            } else {
+                return Err(bad(
+                    "snapshot-every",
+                    &self.snapshot_every.to_string(),
+                    "must be 10 or more",
+                ));
+            },
             metrics,
             security,
             fault_file: self.fault_file.clone(),

@@ -9,6 +9,7 @@
 //! - [`proposer`]: batches many facts into one log entry.
 //! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
 //! - [`leader`]: the leader's scheduler and liveness loops.
+//! - [`repair`]: `mozen-agent repair`: a damaged member moved aside and rejoined from its peers.
 //! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
 //! - [`worker`]: runs assigned requests and reports outcomes.
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod repair;
 pub mod security;
 pub mod service;
 pub mod view;

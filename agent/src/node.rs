@@ -53,6 +53,19 @@ pub enum AgentError {
     Raft(String),
     #[error("MZ-SERVER: {0}")]
     Server(String),
+    #[error("MZ-REPAIR: {0}")]
+    Repair(String),
+}
+
+impl AgentError {
+    /// The process exit code for this error: 3 when the data dir is damaged (the member must
+    /// be repaired, see [`crate::repair`]), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Store(e) if e.is_damage() => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// Everything the agent's tasks and services share.
@@ -269,9 +282,12 @@ pub async fn run(
         None => log.write_identity(cfg.id)?,
     }
     let config = Arc::new(
-        raft_config()
-            .validate()
-            .map_err(|e| AgentError::Raft(e.to_string()))?,
+        openraft::Config {
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            ..raft_config()
+        }
+        .validate()
+        .map_err(|e| AgentError::Raft(e.to_string()))?,
     );
     let faults = cfg.fault_file.as_ref().map(|_| Arc::new(Faults::default()));
     let transport = cfg.security.client().from_node(cfg.id);
@@ -331,6 +347,10 @@ pub async fn run(
         let a = agent.clone();
         agent.tasks.spawn(async move {
             if form_cluster(&a).await {
+                if a.cfg.rejoin_as_voter {
+                    a.tasks
+                        .spawn(crate::repair::promote_when_caught_up(a.clone()));
+                }
                 crate::worker::run(a).await;
             }
         });

@@ -70,7 +70,9 @@ fn decode_copy(buf: &[u8]) -> Result<(u64, Mark), String> {
     let writes = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
     let len = u16::from_le_bytes(buf[16..18].try_into().expect("2 bytes")) as usize;
     if len > MAX_BODY {
-        return Err(format!("a record length of {len} bytes (at most {MAX_BODY})"));
+        return Err(format!(
+            "a record length of {len} bytes (at most {MAX_BODY})"
+        ));
     }
     let end = 18 + len;
     let stored = u32::from_le_bytes(buf[end..end + 4].try_into().expect("4 bytes"));
@@ -359,7 +361,9 @@ mod tests {
                 path: "write".into(),
                 source,
             })?;
-            let err = read(dir.path()).expect_err("damage must be seen").to_string();
+            let err = read(dir.path())
+                .expect_err("damage must be seen")
+                .to_string();
             assert!(err.contains(name) && err.contains("watermark"), "{err}");
         }
         fs::write(&path, &good[..700]).map_err(|source| StoreError::Io {

@@ -100,7 +100,9 @@ mod tests {
         assert!(unseal("u", b"k", &v).is_err());
         assert!(unseal("t", b"k", &v[..v.len() - 1]).is_err());
         assert!(unseal("t", b"k", &[1, 2]).is_err());
-        let msg = unseal("t", &7u64.to_be_bytes(), &v).unwrap_err().to_string();
+        let msg = unseal("t", &7u64.to_be_bytes(), &v)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("index 7") && msg.contains("checksum"), "{msg}");
     }
 }

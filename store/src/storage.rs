@@ -121,6 +121,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 /// Version of the on-disk format (sled trees and snapshot files). Bump on any incompatible
 /// change; a directory with another version is refused with `StoreError::Version`.
 pub const FORMAT_VERSION: u32 = 3;
+/// Version of the snapshot file format: unchanged since format 2 of the directory (the file
+/// has its own hashes), and what other members send and receive.
+const SNAPSHOT_FORMAT: u32 = 2;
 /// The previous format (values without seals), upgraded in place at open.
 const FORMAT_UNSEALED: u32 = 2;
 
@@ -180,7 +183,10 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
         .cache_capacity(opts.cache_capacity_bytes);
     let db = open_db(&config).map_err(|e| match e {
         StoreError::Sled { source, .. } if matches!(source, sled::Error::Corruption { .. }) => {
-            damaged(format!("{}: sled cannot recover it: {source}", dir.join("db").display()))
+            damaged(format!(
+                "{}: sled cannot recover it: {source}",
+                dir.join("db").display()
+            ))
         }
         e => e,
     })?;
@@ -392,7 +398,8 @@ impl StoredFacts {
         {
             return Err(format!(
                 "the log's purge point is {}, but index {} was recorded as purged",
-                self.last_purged.map_or("none".into(), |s| s.index.to_string()),
+                self.last_purged
+                    .map_or("none".into(), |s| s.index.to_string()),
                 p.index
             ));
         }
@@ -497,7 +504,11 @@ fn check_version(
                 }
                 FORMAT_UNSEALED => {
                     tracing::info!(dir = %dir.display(), "upgrading the data dir: sealing every stored value with a checksum");
-                    for (tree, name) in [(log, TREE_LOG), (meta, TREE_META), (outcomes, TREE_OUTCOMES)] {
+                    for (tree, name) in [
+                        (log, TREE_LOG),
+                        (meta, TREE_META),
+                        (outcomes, TREE_OUTCOMES),
+                    ] {
                         seal_tree(tree, name)?;
                     }
                     set_version()?;
@@ -606,7 +617,11 @@ impl LogStore {
             .meta
             .insert(
                 KEY_IDENTITY,
-                seal(TREE_META, KEY_IDENTITY.as_bytes(), id.to_be_bytes().to_vec()),
+                seal(
+                    TREE_META,
+                    KEY_IDENTITY.as_bytes(),
+                    id.to_be_bytes().to_vec(),
+                ),
             )
             .map_err(sled_err(TREE_META))?;
         self.inner.db.flush().map_err(sled_err(TREE_META))?;
@@ -1826,7 +1841,7 @@ impl SnapWriter {
             bytes: 0,
         };
         w.put(SNAP_MAGIC)?;
-        w.put(&FORMAT_VERSION.to_le_bytes())?;
+        w.put(&SNAPSHOT_FORMAT.to_le_bytes())?;
         w.put(&(header.len() as u64).to_le_bytes())?;
         w.put(blake3::hash(header).as_bytes())?;
         w.put(header)?;
@@ -1929,9 +1944,9 @@ impl SnapReader {
             return Err(self.corrupt("not a Mozen snapshot (bad magic)"));
         }
         let version = u32::from_le_bytes(self.take_array("the format version")?);
-        if version != FORMAT_VERSION {
+        if version != SNAPSHOT_FORMAT {
             return Err(self.corrupt(format!(
-                "snapshot format {version}, this build reads {FORMAT_VERSION}"
+                "snapshot format {version}, this build reads {SNAPSHOT_FORMAT}"
             )));
         }
         let len = u64::from_le_bytes(self.take_array("the header length")?);
@@ -2119,9 +2134,12 @@ fn get_name(meta: &sled::Tree, key: &'static str) -> Result<Option<Vec<u8>>, Sto
 }
 
 fn put_name(meta: &sled::Tree, key: &'static str, name: &str) -> Result<(), StoreError> {
-    meta.insert(key, seal(TREE_META, key.as_bytes(), name.as_bytes().to_vec()))
-        .map(drop)
-        .map_err(sled_err(TREE_META))
+    meta.insert(
+        key,
+        seal(TREE_META, key.as_bytes(), name.as_bytes().to_vec()),
+    )
+    .map(drop)
+    .map_err(sled_err(TREE_META))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

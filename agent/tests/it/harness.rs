@@ -44,27 +44,61 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the agent with `prefix` before its usual flags (e.g. `["repair"]`); its stderr
+    /// goes to a new log file beside its data dir, returned.
+    pub fn start_with(&mut self, prefix: &[&str]) -> PathBuf {
         assert!(self.child.is_none(), "agent {} already running", self.id);
-        let log = std::fs::File::create(
-            self.dir
-                .with_extension(format!("log{}", Instant::now().elapsed().as_nanos())),
-        )
-        .unwrap();
+        let log_path = self.dir.with_extension(format!(
+            "log{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(AGENT);
-        cmd.args([
-            "--id",
-            &self.id.to_string(),
-            "--listen",
-            &self.addr,
-            "--data-dir",
-        ])
-        .arg(&self.dir)
-        .args(["--peers", &self.peers, "--lease", "2s"])
-        .args(&self.extra)
-        .env("MOZEN_LOG", "info,openraft=error")
-        .stdout(Stdio::null())
-        .stderr(log);
+        cmd.args(prefix)
+            .args([
+                "--id",
+                &self.id.to_string(),
+                "--listen",
+                &self.addr,
+                "--data-dir",
+            ])
+            .arg(&self.dir)
+            .args(["--peers", &self.peers, "--lease", "2s"])
+            .args(&self.extra)
+            .env("MOZEN_LOG", "info,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn mozen-agent"));
+        log_path
+    }
+
+    /// Starts the agent and waits up to `limit` for it to exit on its own: its exit code and
+    /// what it wrote to stderr. Panics if it is still running then.
+    pub fn run_to_exit(&mut self, limit: Duration) -> (Option<i32>, String) {
+        let log = self.start_with(&[]);
+        let mut c = self.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return (s.code(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "agent {} still runs after {limit:?}; its log:\n{}",
+                    self.id,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -332,7 +366,7 @@ impl Cluster {
 }
 
 /// The Raft status as answered through `c` (None after 3 s without an answer).
-async fn status_via(c: Client) -> Option<pb::RaftStatus> {
+pub async fn status_via(c: Client) -> Option<pb::RaftStatus> {
     tokio::time::timeout(
         Duration::from_secs(3),
         c.rpc(|mut c| async move { c.status(pb::StatusRequest {}).await }),

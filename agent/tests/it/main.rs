@@ -11,6 +11,7 @@ mod execution;
 mod express;
 mod formation;
 mod harness;
+mod integrity;
 mod limits;
 mod partition;
 mod security;

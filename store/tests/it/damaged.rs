@@ -2,7 +2,6 @@
 
 use crate::common::*;
 use mozen_store::{Command, StoreError, open};
-use openraft::RaftLogReader;
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
 use std::path::Path;

@@ -8,3 +8,4 @@ mod golden;
 mod props;
 mod restart;
 mod suite;
+mod upgrade;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod corruption;
 mod crash;
 mod damaged;
 mod golden;

@@ -7,11 +7,12 @@
 //! <dir>/db/          one sled Db, trees:
 //!     raft_log       chunks of consecutive entries, one record per chunk: key = big-endian
 //!                    u64 index of the chunk's first entry (so sled order is log order),
-//!                    value = count u32 LE | { len u32 LE | postcard(openraft Entry) }*
+//!                    value = count u32 LE | { len u32 LE | postcard(openraft Entry) }* | seal
 //!                    (at most 256 entries; closed at 64 KiB). An append writes its entries
 //!                    as new chunks; truncate and purge rewrite the one chunk they cut.
-//!     raft_meta      "format_version" (u32 BE), "vote", "committed", "last_purged"
-//!                    (postcard), "identity" (u64 BE, this agent's node id),
+//!     raft_meta      "format_version" (u32 BE, the only value without a seal), "vote",
+//!                    "committed", "last_purged", "flushes" (postcard), "identity" (u64 BE,
+//!                    this agent's node id),
 //!                    "outcomes_pending" (name of a snapshot whose results are being loaded),
 //!                    "no_small_results" (name of a snapshot with no short result to read
 //!                    back at open)
@@ -19,7 +20,12 @@
 //!                    whose encoding is longer than SMALL_OUTCOME (64) bytes
 //! <dir>/snapshots/   <seq>.snap: the newest complete snapshot (older ones are deleted);
 //!                    <seq>.part: a snapshot being written or received (deleted at open)
+//! <dir>/watermark    what was last flushed and acknowledged (see `crate::mark`)
 //! ```
+//!
+//! Every sled value but the format version ends with a seal: a CRC32 of (tree, key, value),
+//! checked on every read (`crate::seal`). Snapshot files keep unsealed result records (their
+//! own hashes cover them; other members read them).
 //!
 //! # Persistence design
 //!
@@ -87,10 +93,15 @@
 //!
 //! # Damage
 //!
-//! A fresh directory gets `format_version` = [`FORMAT_VERSION`]; any other value is
-//! `StoreError::Version`. A value that fails to decode is `StoreError::Corrupt` naming the tree
-//! and key; at the openraft trait boundary it becomes a `StorageError` carrying that message.
-//! Nothing read from disk is unwrapped.
+//! A fresh directory gets `format_version` = [`FORMAT_VERSION`]; a directory of the previous
+//! format (2, without seals) is sealed in place at open; any other value is
+//! `StoreError::Version`. A value that fails its seal or does not decode is
+//! `StoreError::Corrupt` naming the tree and key; at the openraft trait boundary it becomes a
+//! `StorageError` carrying that message. At open every log chunk, meta record, stored result
+//! and the newest snapshot file are read and checked, then compared with the watermark: a
+//! store holding less than it acknowledged is `StoreError::Damaged`, while data sled dropped
+//! past the last flush (a torn tail) is trimmed and logged. Nothing read from disk is
+//! unwrapped.
 
 use crate::command::{Command, Response};
 use crate::error::StoreError;

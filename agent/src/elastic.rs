@@ -62,7 +62,7 @@ pub async fn answers(transport: &ClientTransport, addr: &str) -> bool {
         return false;
     };
     let mut c = pb::mozen_client::MozenClient::new(ch);
-    let mut req = tonic::Request::new(pb::ClusterInfoRequest {});
+    let mut req = tonic::Request::new(pb::ClusterInfoRequest::default());
     req.set_timeout(Duration::from_secs(1));
     tokio::time::timeout(Duration::from_secs(2), c.cluster_info(req))
         .await

@@ -55,6 +55,14 @@ pub enum AgentError {
     Server(String),
     #[error("MZ-REPAIR: {0}")]
     Repair(String),
+    #[error(
+        "MZ-DAMAGED: data dir {dir} is empty, but node {id} is a registered voter of the cluster (peer {peer} says so): its log and vote were lost, and it must not vote with an empty log; repair it with `mozen-agent repair` and the same flags (it leaves the voters, rejoins from the peers and is promoted back once caught up)"
+    )]
+    LostLog {
+        dir: String,
+        id: NodeId,
+        peer: String,
+    },
 }
 
 impl AgentError {
@@ -63,6 +71,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Store(e) if e.is_damage() => 3,
+            AgentError::LostLog { .. } => 3,
             _ => 1,
         }
     }
@@ -270,6 +279,9 @@ pub async fn run(
         })
     })?;
     let (log, sm) = mozen_store::open(&cfg.data_dir, &StoreOptions::default())?;
+    if log.is_fresh()? {
+        refuse_lost_voter(&cfg).await?;
+    }
     match log.read_identity()? {
         Some(stored) if stored != cfg.id => {
             return Err(AgentError::Identity {
@@ -486,20 +498,51 @@ async fn form_cluster(agent: &Arc<Agent>) -> bool {
 }
 
 async fn cluster_info(agent: &Agent, addr: &str) -> Result<pb::ClusterInfoReply, String> {
-    let ch = agent
-        .cfg
+    cluster_info_at(&agent.cfg, addr).await
+}
+
+async fn cluster_info_at(cfg: &AgentConfig, addr: &str) -> Result<pb::ClusterInfoReply, String> {
+    let ch = cfg
         .security
         .client()
-        .from_node(agent.me())
+        .from_node(cfg.id)
         .channel(addr)
         .map_err(|e| e.to_string())?;
     let mut c = pb::mozen_client::MozenClient::new(ch);
-    let mut req = tonic::Request::new(pb::ClusterInfoRequest {});
+    let mut req = tonic::Request::new(pb::ClusterInfoRequest {
+        asking_node: cfg.id,
+    });
     req.set_timeout(Duration::from_secs(1));
     c.cluster_info(req)
         .await
         .map(|r| r.into_inner())
         .map_err(|s| s.message().to_string())
+}
+
+/// Refuses to start a member whose data dir is empty while the cluster knows it as a
+/// registered voter: its log and vote were lost (a wiped or replaced disk), and a voter with
+/// an empty log could help elect a leader without acknowledged entries. Peers that do not
+/// answer are skipped: a new cluster's members all start empty.
+async fn refuse_lost_voter(cfg: &AgentConfig) -> Result<(), AgentError> {
+    let asks = cfg
+        .peers
+        .iter()
+        .filter(|p| p.id != cfg.id)
+        .map(|p| async move { (p, cluster_info_at(cfg, &p.addr).await) });
+    for (peer, info) in futures::future::join_all(asks).await {
+        if let Ok(info) = info
+            && info.initialized
+            && info.asking_node_registered
+            && info.voters.iter().any(|m| m.id == cfg.id)
+        {
+            return Err(AgentError::LostLog {
+                dir: cfg.data_dir.display().to_string(),
+                id: cfg.id,
+                peer: format!("{}@{}", peer.id, peer.addr),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Why a membership operation was refused.

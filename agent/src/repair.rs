@@ -76,7 +76,7 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Repaired, AgentError> {
     )
     .map_err(|e| AgentError::Repair(format!("--peers: {e}")))?;
     let info = client
-        .rpc(|mut c| async move { c.cluster_info(pb::ClusterInfoRequest {}).await })
+        .rpc(|mut c| async move { c.cluster_info(pb::ClusterInfoRequest::default()).await })
         .await
         .map_err(|e| no_cluster(cfg, e))?;
     let was_voter = info.voters.iter().any(|m| m.id == cfg.id);

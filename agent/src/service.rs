@@ -428,7 +428,8 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterUpdate, Status>> 
 
 #[tonic::async_trait]
 impl Mozen for Service {
-    async fn cluster_info(&self, _r: Request<pb::ClusterInfoRequest>) -> Res<pb::ClusterInfoReply> {
+    async fn cluster_info(&self, r: Request<pb::ClusterInfoRequest>) -> Res<pb::ClusterInfoReply> {
+        let asking = r.into_inner().asking_node;
         let a = &self.agent;
         let m = a.raft.metrics().borrow().clone();
         let initialized = a.raft.is_initialized().await.unwrap_or(false);
@@ -455,6 +456,8 @@ impl Mozen for Service {
             voters,
             term: m.current_term,
             role: a.role_of(a.me()).as_str().into(),
+            asking_node_registered: asking != 0
+                && a.sm.shared().read().expect("state").node(asking).is_some(),
         }))
     }
 

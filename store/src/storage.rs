@@ -650,6 +650,13 @@ impl LogStore {
         Ok(())
     }
 
+    /// Whether this store has never held a vote, a log entry or a purge point: a new member.
+    pub fn is_fresh(&self) -> Result<bool, StoreError> {
+        Ok(self.inner.read_vote()?.is_none()
+            && self.inner.last_purged()?.is_none()
+            && self.inner.log.is_empty())
+    }
+
     /// Flushes every tree to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner

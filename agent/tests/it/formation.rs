@@ -262,9 +262,12 @@ async fn unreachable_peers_keep_waiting_and_cli_reports_unreachable() {
     // The lone agent is alive and not initialized (it waits for its peers).
     let a = c.agents[0].client();
     eventually(Duration::from_secs(10), "agent answers", || async {
-        a.rpc(|mut c| async move { c.cluster_info(mozen_proto::ClusterInfoRequest {}).await })
-            .await
-            .is_ok_and(|i| !i.initialized)
+        a.rpc(|mut c| async move {
+            c.cluster_info(mozen_proto::ClusterInfoRequest::default())
+                .await
+        })
+        .await
+        .is_ok_and(|i| !i.initialized)
     })
     .await;
     c.agents[0].kill();

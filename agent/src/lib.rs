@@ -10,6 +10,7 @@
 //! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
 //! - [`leader`]: the leader's scheduler and liveness loops.
 //! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
+//! - [`supervise`]: the Raft core and the essential tasks watched; a death stops the agent.
 //! - [`worker`]: runs assigned requests and reports outcomes.
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
@@ -52,6 +53,7 @@ pub mod node;
 pub mod proposer;
 pub mod security;
 pub mod service;
+pub mod supervise;
 pub mod view;
 pub mod worker;
 

@@ -8,6 +8,21 @@
 //!         .main()
 //! }
 //! ```
+//!
+//! Exit codes of an agent binary:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | stopped cleanly after SIGTERM or SIGINT |
+//! | 1 | a runtime error: the listener, the runtime, the store could not be opened, ... |
+//! | 2 | bad flags (nothing was started) |
+//! | 3 | [`EXIT_DAMAGED`]: a damaged data dir (`MZ-DAMAGED`): run `mozen-agent repair` with the same flags |
+//! | 4 | [`EXIT_DIED`]: the Raft core, or a task the agent cannot run without, died (`MZ-RAFT-CORE`, `MZ-TASK-DIED`) |
+//! | 130 | a second signal during shutdown |
+//!
+//! Panics are logged through `tracing` with their thread and location. A panic in a user
+//! function fails only that call; one in the Raft core or an essential task ends the agent
+//! with code 4 (see [`crate::supervise`]).
 
 use crate::config::AgentArgs;
 use crate::functions::{Ctx, Functions};
@@ -18,12 +33,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Collects user functions, then runs the agent with the process's command line.
+/// Exit code of a runtime error.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a damaged data dir (see [`crate::repair`]).
+pub const EXIT_DAMAGED: u8 = 3;
+
+/// Exit code of an agent whose Raft core or essential task died (see [`crate::supervise`]).
+pub const EXIT_DIED: u8 = 4;
+
 /// Adds one user function to a registry.
 type Registration = Box<dyn FnOnce(&mut Functions)>;
 
+/// Collects user functions, then runs the agent with the process's command line.
 pub struct AgentBuilder {
     extra: Vec<Registration>,
 }
@@ -63,14 +87,12 @@ impl AgentBuilder {
         self
     }
 
-    /// Parses the command line, runs the agent until SIGTERM/SIGINT, and returns the exit code:
-    /// 0 after a clean stop, 1 on a runtime error, 2 on bad flags, 3 when the data dir is
-    /// damaged (run `mozen-agent repair` with the same flags, see [`crate::repair`]). A second
-    /// signal exits at once.
+    /// Parses the command line, runs the agent until SIGTERM/SIGINT, and returns the exit code
+    /// (the table is in the module doc). A second signal exits at once.
     ///
     /// `mozen-agent repair <flags>` first moves a damaged data dir aside and takes the node
     /// out of the Raft membership, then runs the agent as a new member that is promoted back
-    /// once it has caught up.
+    /// once it has caught up (see [`crate::repair`]).
     pub fn main(self) -> ExitCode {
         let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
         let repair = argv.get(1).is_some_and(|a| a == "repair");
@@ -86,8 +108,12 @@ impl AgentBuilder {
             }
         };
         init_tracing();
+        crate::supervise::install_panic_hook();
         crate::memory::no_huge_pages();
         let mut functions = Functions::with_builtins(cfg.allow_exec);
+        if cfg.fault_file.is_some() {
+            crate::faults::register_functions(&mut functions);
+        }
         for f in self.extra {
             f(&mut functions);
         }
@@ -98,15 +124,15 @@ impl AgentBuilder {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("mozen-agent: cannot start the runtime: {e}");
-                return ExitCode::from(1);
+                return ExitCode::from(EXIT_ERROR);
             }
         };
-        rt.block_on(async move {
+        let code = rt.block_on(async move {
             let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("mozen-agent: --listen '{}': cannot bind: {e}", cfg.listen);
-                    return ExitCode::from(1);
+                    return ExitCode::from(EXIT_ERROR);
                 }
             };
             if repair {
@@ -134,7 +160,11 @@ impl AgentBuilder {
                     ExitCode::from(e.exit_code())
                 }
             }
-        })
+        });
+        // A function still running on a blocking thread (after a death, say) does not hold
+        // the exit back.
+        rt.shutdown_timeout(Duration::from_secs(2));
+        code
     }
 }
 

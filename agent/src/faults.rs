@@ -11,7 +11,12 @@
 //! A full partition is set on both sides: each agent lists the peers across the cut. Clients
 //! that are not agents (the CLI, tests) are never blocked, so a test can still observe both
 //! sides. Why this and not network namespaces: docs/reliability.md.
+//!
+//! Two faults test how the agent dies (see `supervise`): the word [`PANIC_RAFT_CORE`] in the
+//! file makes the Raft core panic once; and the function [`PANIC_FUNCTION`], registered only
+//! on an agent with a fault file, panics with the message it is given.
 
+use crate::functions::Functions;
 use mozen_model::NodeId;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -23,10 +28,18 @@ use tracing::{info, warn};
 /// How often the fault file is re-read.
 pub const POLL: Duration = Duration::from_millis(50);
 
-/// The peers this agent is cut off from.
+/// The word in the fault file that makes the Raft core panic.
+pub const PANIC_RAFT_CORE: &str = "panic-raft-core";
+
+/// The test-only function that panics with its argument (a string).
+pub const PANIC_FUNCTION: &str = "fault.panic";
+
+/// The peers this agent is cut off from, and the faults asked for.
 #[derive(Debug, Default)]
 pub struct Faults {
     blocked: RwLock<BTreeSet<NodeId>>,
+    /// Fires when the file asks for a Raft core panic.
+    panic_raft_core: CancellationToken,
 }
 
 impl Faults {
@@ -43,10 +56,11 @@ impl Faults {
     }
 }
 
-/// Parses the fault file: node ids separated by commas or whitespace.
+/// Parses the fault file: node ids separated by commas or whitespace ([`PANIC_RAFT_CORE`]
+/// aside).
 pub fn parse_ids(text: &str) -> Result<BTreeSet<NodeId>, String> {
     text.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && *t != PANIC_RAFT_CORE)
         .map(|t| {
             t.parse::<NodeId>()
                 .map_err(|_| format!("'{t}' is not a node id"))
@@ -63,6 +77,14 @@ pub async fn watch_file(faults: Arc<Faults>, path: PathBuf, stop: CancellationTo
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
             Err(e) => Err(e.to_string()),
         };
+        if let Ok(t) = &text
+            && t.split(|c: char| c == ',' || c.is_whitespace())
+                .any(|w| w == PANIC_RAFT_CORE)
+            && !faults.panic_raft_core.is_cancelled()
+        {
+            warn!("fault control: the Raft core is made to panic");
+            faults.panic_raft_core.cancel();
+        }
         match text.and_then(|t| parse_ids(&t)) {
             Ok(ids) => {
                 let shown = format!("{ids:?}");
@@ -82,6 +104,33 @@ pub async fn watch_file(faults: Arc<Faults>, path: PathBuf, stop: CancellationTo
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Makes the Raft core panic once the fault file asks for it.
+pub async fn panic_raft_core_on_request(
+    faults: Arc<Faults>,
+    raft: mozen_store::Raft,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = faults.panic_raft_core.cancelled() => {}
+        _ = stop.cancelled() => return,
+    }
+    raft.external_request(|_| panic!("fault injection: the Raft core panics ({PANIC_RAFT_CORE})"));
+}
+
+/// Registers the test-only functions of an agent with a fault file.
+pub fn register_functions(functions: &mut Functions) {
+    functions.register(
+        PANIC_FUNCTION,
+        "a message (string); empty returns null",
+        |_ctx, message: String| async move {
+            if message.is_empty() {
+                return Ok(serde_json::Value::Null);
+            }
+            panic!("{message}")
+        },
+    );
 }
 
 /// Writes the fault files of a cluster so that every link between the agents in `side` and
@@ -112,6 +161,11 @@ mod tests {
     #[test]
     fn parses_ids_and_rejects_garbage() {
         assert_eq!(parse_ids("2, 3\n5").unwrap(), BTreeSet::from([2, 3, 5]));
+        assert_eq!(
+            parse_ids("2 panic-raft-core").unwrap(),
+            BTreeSet::from([2]),
+            "the fault word is no id"
+        );
         assert!(parse_ids("").unwrap().is_empty());
         assert_eq!(parse_ids("2,x").unwrap_err(), "'x' is not a node id");
     }

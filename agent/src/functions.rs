@@ -261,7 +261,9 @@ impl Functions {
             .collect()
     }
 
-    /// Runs `name` with JSON arguments. An unknown name is a typed error, not a hang.
+    /// Runs `name` with JSON arguments. An unknown name is a typed error, not a hang; a
+    /// function that panics fails its call with `MZ-FUNCTION-FAILED` naming the panic, and
+    /// nothing else (the panic itself is logged by the agent's panic hook).
     pub fn run(
         &self,
         name: &str,
@@ -269,7 +271,23 @@ impl Functions {
         args: Value,
     ) -> BoxFuture<'static, Result<Value, TaskError>> {
         match self.map.get(name) {
-            Some(f) => (f.handler)(ctx, args),
+            Some(f) => {
+                // Unwind safety: what a panicking function leaves behind is its own state
+                // (poisoned locks included); the call's context is dropped with the call.
+                let node = ctx.node;
+                let name = name.to_string();
+                std::panic::AssertUnwindSafe((f.handler)(ctx, args))
+                    .catch_unwind()
+                    .map(move |r| {
+                        r.unwrap_or_else(|panic| {
+                            Err(fail(format!(
+                                "{name} panicked on node {node}: {}",
+                                crate::supervise::panic_message(&*panic)
+                            )))
+                        })
+                    })
+                    .boxed()
+            }
             None => {
                 let node = ctx.node;
                 let e = TaskError::new(
@@ -454,6 +472,56 @@ async fn run_exec(c: Ctx, spec: ExecSpec) -> Result<Value, TaskError> {
 mod tests {
     use super::*;
     use futures::FutureExt;
+
+    /// A caller for functions that make no child calls.
+    struct NoCluster;
+
+    impl ClusterCaller for NoCluster {
+        fn call_child(
+            &self,
+            _parent: RequestKey,
+            function: String,
+            _args: Value,
+        ) -> BoxFuture<'static, Result<(Value, bool), TaskError>> {
+            Box::pin(async move { Err(fail(format!("no cluster to call {function}"))) })
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx::new(
+            RequestKey::of("f", b"x"),
+            7,
+            1,
+            CancellationToken::new(),
+            Arc::new(NoCluster),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_function_fails_its_call_and_the_next_call_runs() {
+        let mut fs = Functions::new();
+        fs.register("explode", "a string", |_c, why: String| async move {
+            if why.is_empty() {
+                return Ok(Value::Null);
+            }
+            panic!("{why}")
+        });
+        let err = fs
+            .run("explode", ctx(), json!("bad input 42"))
+            .await
+            .expect_err("the panic fails the call");
+        assert_eq!(err.code, codes::FUNCTION_FAILED);
+        assert!(
+            err.message
+                .contains("explode panicked on node 7: bad input 42"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            fs.run("explode", ctx(), json!("")).await.ok(),
+            Some(Value::Null)
+        );
+    }
 
     #[tokio::test]
     async fn a_parent_whose_children_answered_does_not_queue_for_its_slot() {

@@ -109,10 +109,28 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken, previous: Option<N
             l.last_seen.insert(p, seen);
         }
     }
-    tokio::spawn(scheduler_loop(agent.clone(), token.clone()));
-    tokio::spawn(crate::autoscale::run(agent.clone(), token.clone()));
-    tokio::spawn(crate::express::run(agent.clone(), token.clone()));
-    tokio::spawn(liveness_loop(agent, token));
+    // A leader that goes on leading without one of these loops would stall the cluster; a
+    // panic in one stops the agent instead (see `supervise`), and a new leader takes over.
+    let sup = agent.supervisor.clone();
+    let may_end = crate::supervise::Lives::MayEnd;
+    let loops = [
+        (
+            "scheduler",
+            tokio::spawn(scheduler_loop(agent.clone(), token.clone())),
+        ),
+        (
+            "autoscaler",
+            tokio::spawn(crate::autoscale::run(agent.clone(), token.clone())),
+        ),
+        (
+            "express loop",
+            tokio::spawn(crate::express::run(agent.clone(), token.clone())),
+        ),
+        ("liveness loop", tokio::spawn(liveness_loop(agent, token))),
+    ];
+    for (name, task) in loops {
+        sup.watch(name, may_end, task);
+    }
 }
 
 /// The nodes as this leader's scheduler sees them: the state's node loads, ranked as the

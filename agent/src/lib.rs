@@ -11,6 +11,7 @@
 //! - [`leader`]: the leader's scheduler and liveness loops.
 //! - [`repair`]: `mozen-agent repair`: a damaged member moved aside and rejoined from its peers.
 //! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
+//! - [`supervise`]: the Raft core and the essential tasks watched; a death stops the agent.
 //! - [`worker`]: runs assigned requests and reports outcomes.
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
@@ -54,6 +55,7 @@ pub mod proposer;
 pub mod repair;
 pub mod security;
 pub mod service;
+pub mod supervise;
 pub mod view;
 pub mod worker;
 

@@ -16,6 +16,7 @@ use crate::functions::Functions;
 use crate::hub::Hub;
 use crate::network::Network;
 use crate::proposer::{ProposeError, Proposer};
+use crate::supervise::{Death, Lives, Supervisor};
 use mozen_model::{NodeId, NodeInfo, NodeRole, NodeState};
 use mozen_proto as pb;
 use mozen_store::{Command, LogStore, Raft, RaftNode, StateMachineStore, StoreOptions};
@@ -63,16 +64,24 @@ pub enum AgentError {
         id: NodeId,
         peer: String,
     },
+    /// The Raft core or an essential task died while the agent ran (see [`crate::supervise`]).
+    #[error("{death} [node {id}, data dir {dir}]")]
+    Died {
+        death: Death,
+        id: NodeId,
+        dir: String,
+    },
 }
 
 impl AgentError {
-    /// The process exit code for this error: 3 when the data dir is damaged (the member must
-    /// be repaired, see [`crate::repair`]), 1 otherwise.
+    /// The process exit code for this error (the table is in [`crate::builder`]): 3 when the
+    /// data dir is damaged (the member must be repaired, see [`crate::repair`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::Store(e) if e.is_damage() => 3,
-            AgentError::LostLog { .. } => 3,
-            _ => 1,
+            AgentError::Died { .. } => crate::builder::EXIT_DIED,
+            AgentError::Store(e) if e.is_damage() => crate::builder::EXIT_DAMAGED,
+            AgentError::LostLog { .. } => crate::builder::EXIT_DAMAGED,
+            _ => crate::builder::EXIT_ERROR,
         }
     }
 }
@@ -102,6 +111,8 @@ pub struct Agent {
     pub started: Instant,
     /// The test-only fault table (`--fault-file`), shared with the transport and the guard.
     pub faults: Option<Arc<Faults>>,
+    /// Watches the Raft core and the essential tasks; `run` stops when one dies.
+    pub supervisor: Arc<Supervisor>,
     conn_seq: AtomicU64,
 }
 
@@ -310,10 +321,22 @@ pub async fn run(
     };
     let raft = Raft::new(cfg.id, config, network, log.clone(), sm.clone())
         .await
-        .map_err(|e| AgentError::Raft(e.to_string()))?;
+        .map_err(|e| AgentError::Died {
+            death: Death::RaftCore {
+                cause: format!("it could not start from the stored log and state: {e}"),
+            },
+            id: cfg.id,
+            dir: cfg.data_dir.display().to_string(),
+        })?;
+    let supervisor = Supervisor::new(&shutdown);
+    tokio::spawn(crate::supervise::watch_raft_core(
+        raft.clone(),
+        supervisor.clone(),
+    ));
     let hub = Arc::new(Hub::new(sm.shared()));
     sm.set_observer(hub.clone());
-    let proposer = Proposer::start(raft.clone(), cfg.id);
+    let (proposer, proposing) = Proposer::start(raft.clone(), cfg.id);
+    supervisor.watch("proposer", Lives::AsLongAsTheAgent, proposing);
     let mut addrs = vec![cfg.advertise.clone()];
     addrs.extend(cfg.peers.iter().map(|p| p.addr.clone()));
     let client =
@@ -336,8 +359,10 @@ pub async fn run(
         leader_contact: Arc::default(),
         started: Instant::now(),
         faults,
+        supervisor,
         conn_seq: AtomicU64::new(1),
     });
+    let sup = agent.supervisor.clone();
     if let (Some(f), Some(path)) = (&agent.faults, &agent.cfg.fault_file) {
         warn!(path = %path.display(), "fault control enabled (testing only)");
         agent.tasks.spawn(crate::faults::watch_file(
@@ -345,19 +370,33 @@ pub async fn run(
             path.clone(),
             agent.shutdown.clone(),
         ));
+        agent.tasks.spawn(crate::faults::panic_raft_core_on_request(
+            f.clone(),
+            agent.raft.clone(),
+            agent.shutdown.clone(),
+        ));
     }
 
     let server_stop = CancellationToken::new();
     let server = crate::service::serve(agent.clone(), listener, server_stop.clone());
-    let server = tokio::spawn(server);
+    // The watcher ends when the server does.
+    let server = sup.watch("gRPC server", Lives::AsLongAsTheAgent, tokio::spawn(server));
 
-    agent
-        .tasks
-        .spawn(crate::leader::watch_leadership(agent.clone()));
-    agent.tasks.spawn(crate::failover::watch(agent.clone()));
+    sup.spawn(
+        &agent.tasks,
+        "leadership watch",
+        Lives::MayEnd,
+        crate::leader::watch_leadership(agent.clone()),
+    );
+    sup.spawn(
+        &agent.tasks,
+        "failover watch",
+        Lives::AsLongAsTheAgent,
+        crate::failover::watch(agent.clone()),
+    );
     {
         let a = agent.clone();
-        agent.tasks.spawn(async move {
+        sup.spawn(&agent.tasks, "worker loop", Lives::MayEnd, async move {
             if form_cluster(&a).await {
                 if a.cfg.rejoin_as_voter {
                     a.tasks
@@ -376,7 +415,15 @@ pub async fn run(
         }
     }
 
-    shutdown.cancelled().await;
+    let death = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        d = sup.died() => Some(d),
+    };
+    sup.stopping();
+    if let Some(death) = death {
+        return Err(stop_after_death(&agent, death, server_stop, server).await);
+    }
     info!(
         "stopping: no new work; running requests get {:?} to finish",
         agent.cfg.shutdown_deadline
@@ -396,6 +443,34 @@ pub async fn run(
     agent.log.flush()?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Stops an agent whose Raft core or essential task died: the gRPC server first, so that no
+/// client reads a state that no longer moves, then everything else, each step bounded.
+async fn stop_after_death(
+    agent: &Arc<Agent>,
+    death: Death,
+    server_stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+) -> AgentError {
+    server_stop.cancel();
+    agent.stopping.cancel();
+    agent.shutdown.cancel();
+    agent.tasks.close();
+    let bound = Duration::from_secs(2);
+    let _ = tokio::time::timeout(bound, agent.tasks.wait()).await;
+    if let Ok(Err(e)) = tokio::time::timeout(bound, agent.raft.shutdown()).await {
+        warn!("raft shutdown: {e}");
+    }
+    let _ = tokio::time::timeout(bound, server).await;
+    if let Err(e) = agent.log.flush() {
+        warn!("flushing the data dir: {e}");
+    }
+    AgentError::Died {
+        death,
+        id: agent.me(),
+        dir: agent.cfg.data_dir.display().to_string(),
+    }
 }
 
 /// Forms or joins the cluster, then registers this node in the node table. Returns false when

@@ -45,11 +45,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the proposer for `raft` (node `me`).
-    pub fn start(raft: Raft, me: NodeId) -> Self {
+    /// Starts the proposer for `raft` (node `me`); returns its task too, for the agent to
+    /// watch (it ends once every `Proposer` is dropped).
+    pub fn start(raft: Raft, me: NodeId) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, me, rx));
-        Proposer { tx }
+        let task = tokio::spawn(run(raft, me, rx));
+        (Proposer { tx }, task)
     }
 
     /// Commits `cmd` and returns the state machine's response.

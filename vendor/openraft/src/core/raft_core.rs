@@ -783,12 +783,18 @@ where
 
         let end = upto_index + 1;
 
-        debug_assert!(
-            since <= end,
-            "last_applied index {} should <= committed index {}",
-            since,
-            end
-        );
+        // Patched: upstream asserts `since <= end` in debug builds only, and indexes the last
+        // of the returned entries without checking that any came back; a range running
+        // backwards (a committed index below what is applied) or a log missing committed
+        // entries then panicked in release builds with `index out of bounds: the len is 0`.
+        // Both mean the log lost committed entries: the node stops with a storage error.
+        if since > end {
+            return Err(Self::log_lost_committed(format!(
+                "asked to apply up to index {} but entries up to index {} are already applied",
+                upto_index,
+                since - 1
+            )));
+        }
 
         if since == end {
             return Ok(());
@@ -800,12 +806,40 @@ where
             "about to apply"
         );
 
-        let last_applied = entries[entries.len() - 1].get_log_id().clone();
+        let consecutive = entries.len() as u64 == end - since
+            && entries.first().map(|e| e.get_log_id().index) == Some(since)
+            && entries.last().map(|e| e.get_log_id().index) == Some(upto_index);
+        let last_applied = match entries.last() {
+            Some(last) if consecutive => last.get_log_id().clone(),
+            _ => {
+                let last_log_id = self.engine.state.last_log_id().cloned();
+                return Err(Self::log_lost_committed(format!(
+                    "asked the log for the committed entries [{}, {}) to apply, got {} entries (first {}, last {}); the last log id is {}",
+                    since,
+                    end,
+                    entries.len(),
+                    entries.first().map(|e| e.get_log_id().clone()).display(),
+                    entries.last().map(|e| e.get_log_id().clone()).display(),
+                    last_log_id.display(),
+                )));
+            }
+        };
 
         let cmd = sm::Command::apply(entries).with_seq(seq);
         self.sm_handle.send(cmd).map_err(|e| StorageIOError::apply(last_applied, AnyError::error(e)))?;
 
         Ok(())
+    }
+
+    /// Patched: the fatal error for a log found to lack committed entries.
+    fn log_lost_committed(message: String) -> StorageError<C::NodeId> {
+        tracing::error!("{}", message);
+        StorageIOError::new(
+            crate::ErrorSubject::Logs,
+            crate::ErrorVerb::Read,
+            AnyError::error(format!("committed log entries are missing: {message}")),
+        )
+        .into()
     }
 
     /// When received results of applying log entries to the state machine, send back responses to
@@ -1732,6 +1766,25 @@ where
                 self.log_store.purge(upto.clone()).await?;
                 self.engine.state.io_state_mut().update_purged(Some(upto));
             }
+            Command::RefuseToTruncateCommitted {
+                index,
+                local,
+                committed,
+                vote,
+            } => {
+                return Err(StorageIOError::new(
+                    crate::ErrorSubject::LogIndex(index),
+                    crate::ErrorVerb::Delete,
+                    AnyError::error(format!(
+                        "refusing to delete committed log entries: the log of the leader of vote {} differs from this node's at index {} (local entry {}), at or below the committed log id {}; one of the two lost committed entries",
+                        vote,
+                        index,
+                        local.display(),
+                        committed
+                    )),
+                )
+                .into());
+            }
             Command::DeleteConflictLog { since } => {
                 self.log_store.truncate(since.clone()).await?;
 
@@ -1768,6 +1821,16 @@ where
                 ref already_committed,
                 ref upto,
             } => {
+                // Patched: a committed index never goes down. Checked before it is saved, so a
+                // lower one is never written over the higher one.
+                if let Some(prev) = already_committed {
+                    if upto.index < prev.index {
+                        return Err(Self::log_lost_committed(format!(
+                            "the committed log id would move from {} back to {}, a lower index",
+                            prev, upto
+                        )));
+                    }
+                }
                 self.log_store.save_committed(Some(upto.clone())).await?;
                 self.apply_to_state_machine(seq, already_committed.next_index(), upto.index).await?;
             }

@@ -98,6 +98,23 @@ where C: RaftTypeConfig
     /// inclusive.
     DeleteConflictLog { since: LogId<C::NodeId> },
 
+    /// Patched: stop the node with a storage error instead of deleting committed entries.
+    ///
+    /// Pushed instead of a [`Command::DeleteConflictLog`] at or below the committed index. A
+    /// committed entry never changes, so such a conflict means that this node or the leader
+    /// lost committed entries (a damaged disk): deleting them would make the loss permanent,
+    /// and applying the leader's log after them would go backwards.
+    RefuseToTruncateCommitted {
+        /// The first index at which the leader's log differs from the local one.
+        index: u64,
+        /// The local entry at `index`, if the log still holds it.
+        local: Option<LogId<C::NodeId>>,
+        /// The committed log id at the time the conflict was found.
+        committed: LogId<C::NodeId>,
+        /// The vote of the leader whose log conflicts.
+        vote: Vote<C::NodeId>,
+    },
+
     // TODO(1): current it is only used to replace BuildSnapshot, InstallSnapshot, CancelSnapshot.
     /// A command send to state machine worker [`sm::worker::Worker`].
     ///
@@ -140,6 +157,7 @@ where
             (Command::SendVote { vote_req },                   Command::SendVote { vote_req: b }, )                                            => vote_req == b,
             (Command::PurgeLog { upto },                       Command::PurgeLog { upto: b })                                                  => upto == b,
             (Command::DeleteConflictLog { since },             Command::DeleteConflictLog { since: b }, )                                      => since == b,
+            (Command::RefuseToTruncateCommitted { index, local, committed, vote }, Command::RefuseToTruncateCommitted { index: b, local: b_local, committed: b_committed, vote: b_vote }) => index == b && local == b_local && committed == b_committed && vote == b_vote,
             (Command::Respond { when, resp: send },            Command::Respond { when: b_when, resp: b })                                     => send == b && when == b_when,
             (Command::StateMachine { command },                Command::StateMachine { command: b })                                           => command == b,
             _ => false,
@@ -163,6 +181,7 @@ where C: RaftTypeConfig
             Command::SaveVote { .. }                  => CommandKind::Log,
             Command::PurgeLog { .. }                  => CommandKind::Log,
             Command::DeleteConflictLog { .. }         => CommandKind::Log,
+            Command::RefuseToTruncateCommitted { .. } => CommandKind::Log,
 
             Command::ReplicateCommitted { .. }        => CommandKind::Network,
             Command::Replicate { .. }                 => CommandKind::Network,
@@ -192,6 +211,7 @@ where C: RaftTypeConfig
             Command::SendVote { .. }                  => None,
             Command::PurgeLog { .. }                  => None,
             Command::DeleteConflictLog { .. }         => None,
+            Command::RefuseToTruncateCommitted { .. } => None,
             Command::Respond { when, .. }             => when.as_ref(),
             // TODO(1): 
             Command::StateMachine { .. }              => None,

@@ -472,7 +472,7 @@ where C: RaftTypeConfig
 
         let mut fh = self.following_handler();
         fh.ensure_log_consecutive(prev_log_id.clone())?;
-        fh.append_entries(prev_log_id, entries);
+        fh.append_entries(prev_log_id, entries)?;
 
         Ok(())
     }

@@ -19,8 +19,13 @@ pub(crate) trait LogStateReader<NID: NodeId> {
     ///
     /// It assumes a committed log will always get positive return value, according to raft spec.
     fn has_log_id(&self, log_id: &LogId<NID>) -> bool {
-        if log_id.index < self.committed().next_index() {
-            debug_assert!(Some(log_id) <= self.committed());
+        // Patched: upstream asserted (in debug builds only) that a log id at or below the
+        // committed index is not greater than the committed log id, and took it as present.
+        // A greater one (a later term at a committed index) contradicts the committed log: a
+        // leader that lost committed entries. It is compared with the local entry instead, so
+        // that the caller sees the conflict and refuses it; in release builds it was taken as
+        // present, and the committed log id then went back to a lower index.
+        if log_id.index < self.committed().next_index() && Some(log_id) <= self.committed() {
             return true;
         }
 

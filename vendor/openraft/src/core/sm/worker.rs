@@ -1,3 +1,4 @@
+use anyerror::AnyError;
 use tokio::sync::mpsc;
 
 use crate::async_runtime::AsyncOneshotSendExt;
@@ -21,6 +22,7 @@ use crate::RaftSnapshotBuilder;
 use crate::RaftTypeConfig;
 use crate::Snapshot;
 use crate::StorageError;
+use crate::StorageIOError;
 
 pub(crate) struct Worker<C, SM>
 where
@@ -148,11 +150,18 @@ where
 
         let n_replies = apply_results.len();
 
-        debug_assert_eq!(
-            n_entries, n_replies,
-            "n_entries: {} should equal n_replies: {}",
-            n_entries, n_replies
-        );
+        // Patched: upstream checks this in debug builds only; the core takes one reply per
+        // entry and panicked on a missing one.
+        if n_entries != n_replies {
+            return Err(StorageIOError::apply(
+                last_applied,
+                AnyError::error(format!(
+                    "the state machine answered {} replies for {} applied entries",
+                    n_replies, n_entries
+                )),
+            )
+            .into());
+        }
 
         let resp = ApplyResult {
             since,

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use crate::core::sm;
 use crate::display_ext::DisplayOption;
+use crate::display_ext::DisplayOptionExt;
 use crate::display_ext::DisplaySlice;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
@@ -54,8 +55,15 @@ where C: RaftTypeConfig
     /// Append entries to follower/learner.
     ///
     /// Also clean conflicting entries and update membership state.
+    ///
+    /// Patched: returns an error, having appended nothing, when the entries conflict with
+    /// committed ones (see [`Self::truncate_logs`]).
     #[tracing::instrument(level = "debug", skip_all)]
-    pub(crate) fn append_entries(&mut self, prev_log_id: Option<LogId<C::NodeId>>, entries: Vec<C::Entry>) {
+    pub(crate) fn append_entries(
+        &mut self,
+        prev_log_id: Option<LogId<C::NodeId>>,
+        entries: Vec<C::Entry>,
+    ) -> Result<(), RejectAppendEntries<C::NodeId>> {
         tracing::debug!(
             prev_log_id = display(prev_log_id.summary()),
             entries = display(DisplaySlice::<_>(&entries)),
@@ -88,10 +96,17 @@ where C: RaftTypeConfig
             // the entries after it has to be deleted first.
             // Raft requires log ids are in total order by (term,index).
             // Otherwise the log id with max index makes committed entry invisible in election.
-            self.truncate_logs(entries[since].get_log_id().index);
+            let index = entries[since].get_log_id().index;
+            if !self.truncate_logs(index) {
+                return Err(RejectAppendEntries::ByConflictingLogId {
+                    local: self.state.get_log_id(index),
+                    expect: entries[since].get_log_id().clone(),
+                });
+            }
         }
 
         self.do_append_entries(entries, since);
+        Ok(())
     }
 
     /// Ensures the log to replicate is consecutive to the local log.
@@ -106,7 +121,8 @@ where C: RaftTypeConfig
                 let local = self.state.get_log_id(prev.index);
                 tracing::debug!(local = display(DisplayOption(&local)), "prev_log_id does not match");
 
-                self.truncate_logs(prev.index);
+                // Patched: a refused truncation is reported to the runtime, which stops.
+                let _truncated = self.truncate_logs(prev.index);
                 return Err(RejectAppendEntries::ByConflictingLogId {
                     local,
                     expect: prev.clone(),
@@ -186,16 +202,39 @@ where C: RaftTypeConfig
     /// conflict with the leader.
     ///
     /// And revert effective membership to the last committed if it is from the conflicting logs.
+    ///
+    /// Patched: entries at or below the committed index are never deleted. A conflict there
+    /// pushes [`Command::RefuseToTruncateCommitted`], at which the runtime stops with a storage
+    /// error, changes nothing and returns `false`; the caller must not append after it.
     #[tracing::instrument(level = "debug", skip(self))]
-    fn truncate_logs(&mut self, since: u64) {
+    fn truncate_logs(&mut self, since: u64) -> bool {
         tracing::debug!(since = since, "truncate_logs");
+
+        if let Some(committed) = self.state.committed() {
+            if since <= committed.index {
+                let local = self.state.get_log_id(since);
+                tracing::error!(
+                    index = since,
+                    local = display(local.display()),
+                    committed = display(committed),
+                    "the leader's log conflicts with a committed entry"
+                );
+                self.output.push_command(Command::RefuseToTruncateCommitted {
+                    index: since,
+                    local,
+                    committed: committed.clone(),
+                    vote: self.state.vote_ref().clone(),
+                });
+                return false;
+            }
+        }
 
         debug_assert!(since >= self.state.last_purged_log_id().next_index());
 
         let since_log_id = match self.state.get_log_id(since) {
             None => {
                 tracing::debug!("trying to delete absent log at: {}", since);
-                return;
+                return true;
             }
             Some(x) => x,
         };
@@ -207,6 +246,7 @@ where C: RaftTypeConfig
         if let Some(_c) = changed {
             self.server_state_handler().update_server_state_if_changed();
         }
+        true
     }
 
     /// Append membership log if membership config entries are found, after appending entries to
@@ -307,7 +347,7 @@ where C: RaftTypeConfig
         if let Some(local) = local {
             if local != snap_last_log_id {
                 // Conflict, delete all non-committed logs.
-                self.truncate_logs(self.state.committed().next_index());
+                let _truncated = self.truncate_logs(self.state.committed().next_index());
             }
         }
 

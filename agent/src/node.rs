@@ -78,6 +78,11 @@ impl AgentError {
     /// data dir is damaged (the member must be repaired, see [`crate::repair`]).
     pub fn exit_code(&self) -> u8 {
         match self {
+            // A read that failed its checksum stopped the core: the data dir is damaged.
+            AgentError::Died {
+                death: Death::RaftCore { cause },
+                ..
+            } if cause.contains("MZ-DAMAGED") => crate::builder::EXIT_DAMAGED,
             AgentError::Died { .. } => crate::builder::EXIT_DIED,
             AgentError::Store(e) if e.is_damage() => crate::builder::EXIT_DAMAGED,
             AgentError::LostLog { .. } => crate::builder::EXIT_DAMAGED,

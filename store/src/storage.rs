@@ -92,6 +92,7 @@
 //! and key; at the openraft trait boundary it becomes a `StorageError` carrying that message.
 //! Nothing read from disk is unwrapped.
 
+use crate::checkpoint::Checkpoints;
 use crate::command::{Command, Response};
 use crate::error::StoreError;
 use crate::raft_types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote};
@@ -783,6 +784,8 @@ struct SmInner {
     receiving: Mutex<HashMap<(u64, u64), PathBuf>>,
     /// Sequence number of the next snapshot file; file names sort in creation order.
     next_file: AtomicU64,
+    /// State digests taken by `apply()` at every multiple of the interval (module `checkpoint`).
+    checkpoints: Checkpoints,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -901,6 +904,7 @@ impl StateMachineStore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             receiving: Mutex::new(HashMap::new()),
             next_file: AtomicU64::new(next_file),
+            checkpoints: Checkpoints::default(),
         };
         inner.finish_pending_load(newest.as_ref().map(|(_, p)| p.as_path()))?;
         Ok(StateMachineStore {
@@ -919,6 +923,11 @@ impl StateMachineStore {
         let state = self.inner.state.read().expect("state");
         let index = lock(&self.inner.applied).last.map_or(0, |l| l.index);
         (index, state.digest())
+    }
+
+    /// The state checkpoints taken while applying (see [`crate::checkpoint`]).
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.inner.checkpoints
     }
 
     /// The memoized result of a request, read from sled.
@@ -1309,6 +1318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 };
                 responses.push(r);
+                self.inner.checkpoints.after_apply(e.log_id.index, &state);
             }
             let effects = state.take_effects();
             if !effects.is_empty()

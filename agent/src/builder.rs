@@ -64,7 +64,8 @@ impl AgentBuilder {
     }
 
     /// Parses the command line, runs the agent until SIGTERM/SIGINT, and returns the exit code:
-    /// 0 after a clean stop, 1 on a runtime error, 2 on bad flags. A second signal exits at once.
+    /// 0 after a clean stop, 1 on a runtime error, 2 on bad flags, 3 when the data dir is
+    /// quarantined. A second signal exits at once.
     pub fn main(self) -> ExitCode {
         let args = AgentArgs::parse();
         let cfg = match args.validate() {
@@ -104,7 +105,7 @@ impl AgentBuilder {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mozen-agent: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.exit_code())
                 }
             }
         })

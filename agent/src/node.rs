@@ -53,6 +53,22 @@ pub enum AgentError {
     Raft(String),
     #[error("MZ-SERVER: {0}")]
     Server(String),
+    /// The data dir holds the marker a quarantined agent writes (see [`crate::integrity`]).
+    #[error(
+        "MZ-QUARANTINED: data dir {dir} is quarantined ({reason}); this agent does not start on it: repair it with `mozen-agent repair`, then start the agent again"
+    )]
+    Quarantined { dir: String, reason: String },
+}
+
+impl AgentError {
+    /// The process exit code for this error: 3 for a data dir that must not be trusted
+    /// (quarantined), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Quarantined { .. } => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// Everything the agent's tasks and services share.
@@ -80,12 +96,21 @@ pub struct Agent {
     pub started: Instant,
     /// The test-only fault table (`--fault-file`), shared with the transport and the guard.
     pub faults: Option<Arc<Faults>>,
+    /// What the corruption checks found, and whether this agent quarantined itself.
+    pub integrity: crate::integrity::Integrity,
     conn_seq: AtomicU64,
 }
 
 impl Agent {
     pub fn me(&self) -> NodeId {
         self.cfg.id
+    }
+
+    /// Whether a stop of the Raft member is expected: the agent is shutting down, or it
+    /// quarantined itself (which marks itself before it stops Raft). Any other stop is
+    /// Raft failing.
+    pub fn raft_stop_expected(&self) -> bool {
+        self.shutdown.is_cancelled() || self.integrity.is_quarantined()
     }
 
     pub fn next_conn(&self) -> u64 {
@@ -256,7 +281,15 @@ pub async fn run(
             source: e,
         })
     })?;
+    if let Some(reason) = crate::integrity::read_marker(&cfg.data_dir) {
+        return Err(AgentError::Quarantined {
+            dir: cfg.data_dir.display().to_string(),
+            reason,
+        });
+    }
     let (log, sm) = mozen_store::open(&cfg.data_dir, &StoreOptions::default())?;
+    // Before Raft starts re-applying the log, so that its checkpoints are taken too.
+    sm.checkpoints().set_every(cfg.checkpoint_every);
     match log.read_identity()? {
         Some(stored) if stored != cfg.id => {
             return Err(AgentError::Identity {
@@ -308,6 +341,7 @@ pub async fn run(
         leader_contact: Arc::default(),
         started: Instant::now(),
         faults,
+        integrity: Default::default(),
         conn_seq: AtomicU64::new(1),
     });
     if let (Some(f), Some(path)) = (&agent.faults, &agent.cfg.fault_file) {
@@ -327,6 +361,7 @@ pub async fn run(
         .tasks
         .spawn(crate::leader::watch_leadership(agent.clone()));
     agent.tasks.spawn(crate::failover::watch(agent.clone()));
+    agent.tasks.spawn(crate::integrity::watch(agent.clone()));
     {
         let a = agent.clone();
         agent.tasks.spawn(async move {

@@ -50,6 +50,13 @@ impl Agent {
                 .with_extension(format!("log{}", Instant::now().elapsed().as_nanos())),
         )
         .unwrap();
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn mozen-agent"));
+    }
+
+    /// The agent's command line.
+    fn command(&self) -> Command {
         let mut cmd = Command::new(AGENT);
         cmd.args([
             "--id",
@@ -61,10 +68,43 @@ impl Agent {
         .arg(&self.dir)
         .args(["--peers", &self.peers, "--lease", "2s"])
         .args(&self.extra)
-        .env("MOZEN_LOG", "info,openraft=error")
-        .stdout(Stdio::null())
-        .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn mozen-agent"));
+        .env("MOZEN_LOG", "info,openraft=error");
+        cmd
+    }
+
+    /// Starts the agent expecting it to exit on its own within `limit` (a refusal to start):
+    /// its exit status and output. Fails the test if it is still running then.
+    pub fn run_to_exit(&self, limit: Duration) -> std::process::Output {
+        assert!(self.child.is_none(), "agent {} already running", self.id);
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mozen-agent");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "agent {} still running after {limit:?}: {}",
+                    self.id,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs the `mozen` CLI against this agent alone.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CLI)
+            .env("MOZEN_ADDR", &self.addr)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn kill(&mut self) {
@@ -259,6 +299,11 @@ impl Cluster {
 
     pub async fn status(&self) -> Option<pb::RaftStatus> {
         status_via(self.client()).await
+    }
+
+    /// The Raft status as the agents `ids` answer it (the first of them that answers).
+    pub async fn status_of(&self, ids: &[u64]) -> Option<pb::RaftStatus> {
+        status_via(self.client_of(ids)).await
     }
 
     pub async fn nodes(&self) -> Vec<pb::Node> {

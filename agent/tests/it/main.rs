@@ -6,6 +6,7 @@ mod batch;
 mod bench;
 mod chaos;
 mod cluster;
+mod corruption;
 mod elastic;
 mod execution;
 mod express;

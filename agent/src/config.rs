@@ -104,6 +104,13 @@ pub struct AgentArgs {
     /// agent dials and the client certificates it demands (mutual TLS).
     #[arg(long, value_name = "PATH")]
     pub tls_ca: Option<PathBuf>,
+    /// Log entries between two state checkpoints, which voters compare to find a damaged
+    /// member (docs/operations.md, "Corruption checks"). Give every agent the same value.
+    #[arg(long, default_value = "4096")]
+    pub checkpoint_every: String,
+    /// How often a voter compares its state checkpoints with the other voters', e.g. 30s.
+    #[arg(long, default_value = "30s")]
+    pub corruption_check_interval: String,
     /// Test-only fault injection: a file listing peer ids this agent is cut off from.
     #[arg(long, value_name = "PATH", hide = true)]
     pub fault_file: Option<PathBuf>,
@@ -152,6 +159,10 @@ pub struct AgentConfig {
     pub security: Security,
     /// Test-only fault table file (see [`crate::faults`]).
     pub fault_file: Option<PathBuf>,
+    /// Log entries between two state checkpoints (see [`mozen_store::checkpoint`]).
+    pub checkpoint_every: u64,
+    /// Time between two comparisons of the voters' checkpoints (see [`crate::integrity`]).
+    pub corruption_check_interval: Duration,
     /// The hosts file whose autoscaling policy this agent follows when it leads.
     pub hosts: Option<std::sync::Arc<crate::hosts::HostsFile>>,
 }
@@ -407,6 +418,28 @@ impl AgentArgs {
                 "--tls-ca needs --tls-cert and --tls-key on an agent (its own certificate)".into(),
             ));
         }
+        let checkpoint_every = match self.checkpoint_every.parse::<u64>() {
+            Ok(n) if n >= mozen_store::checkpoint::MIN_EVERY => n,
+            _ => {
+                return Err(bad(
+                    "checkpoint-every",
+                    &self.checkpoint_every,
+                    format!(
+                        "must be a number of log entries, at least {}",
+                        mozen_store::checkpoint::MIN_EVERY
+                    ),
+                ));
+            }
+        };
+        let corruption_check_interval =
+            parse_duration("corruption-check-interval", &self.corruption_check_interval)?;
+        if corruption_check_interval < Duration::from_millis(100) {
+            return Err(bad(
+                "corruption-check-interval",
+                &self.corruption_check_interval,
+                "must be at least 100ms",
+            ));
+        }
         if !listen.ip().is_loopback() && security.token.is_none() && !self.insecure {
             return Err(bad(
                 "listen",
@@ -449,6 +482,8 @@ impl AgentArgs {
             metrics,
             security,
             fault_file: self.fault_file.clone(),
+            checkpoint_every,
+            corruption_check_interval,
             hosts: match &self.hosts {
                 Some(p) => Some(std::sync::Arc::new(
                     crate::hosts::HostsFile::load(p)
@@ -499,6 +534,8 @@ mod tests {
         assert_eq!(c.memory_bytes, 8 << 30);
         assert_eq!(c.data_dir, PathBuf::from("mozen-data/1"));
         assert_eq!(c.voters, 3);
+        assert_eq!(c.checkpoint_every, 4096);
+        assert_eq!(c.corruption_check_interval, Duration::from_secs(30));
     }
 
     #[test]
@@ -526,6 +563,17 @@ mod tests {
                 .contains("positive integer")
         );
         assert!(args(&["--lease", "soon"]).validate().is_err());
+        assert_eq!(
+            args(&["--checkpoint-every", "4"]).validate().unwrap_err().0,
+            "--checkpoint-every '4': must be a number of log entries, at least 8"
+        );
+        assert!(
+            args(&["--corruption-check-interval", "10ms"])
+                .validate()
+                .unwrap_err()
+                .0
+                .starts_with("--corruption-check-interval '10ms'")
+        );
         assert_eq!(
             args(&["--max-args", "1GiB"]).validate().unwrap_err().0,
             "--max-args '1GiB': expected a size between 1 and --max-message (16777216 bytes), e.g. 1MiB"

@@ -1,9 +1,16 @@
-//! Fault injection for tests: a per-agent table of peers this agent is cut off from.
+//! Fault injection for tests: a per-agent table of peers this agent is cut off from, and a
+//! simulated divergence of its replicated state.
 //!
 //! Enabled only by the hidden `--fault-file PATH` flag; an agent started without it has no
 //! table and pays nothing. The agent re-reads the file every [`POLL`] and replaces the table
-//! with the node ids it lists (separated by commas or whitespace; a missing or empty file
-//! blocks nobody). A blocked peer is cut in both directions:
+//! with what it lists, separated by commas or whitespace (a missing or empty file sets no
+//! fault):
+//! - node ids: peers this agent is cut off from;
+//! - `corrupt-digests-from=INDEX`: the state checkpoints this agent reports and compares at
+//!   INDEX and above have their digest altered, as if its state had diverged there (see
+//!   [`crate::integrity`]). The state itself is left alone.
+//!
+//! A blocked peer is cut in both directions:
 //! - outgoing Raft RPCs to it fail at once as `Unreachable` (see `network::PeerClient`);
 //! - incoming requests on either gRPC service that carry its id in the `mozen-node-id`
 //!   header (every agent sends it) are refused with `UNAVAILABLE` (see `security::Guard`).
@@ -40,32 +47,77 @@ pub struct Faults {
     blocked: RwLock<BTreeSet<NodeId>>,
     /// Fires when the file asks for a Raft core panic.
     panic_raft_core: CancellationToken,
+    /// Checkpoints at this index and above report an altered digest.
+    corrupt_digests_from: RwLock<Option<u64>>,
 }
+
+/// What a fault file sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultSpec {
+    pub blocked: BTreeSet<NodeId>,
+    pub corrupt_digests_from: Option<u64>,
+}
+
+/// The fault-file word that simulates a diverged state (see the module docs).
+pub const CORRUPT_DIGESTS_FROM: &str = "corrupt-digests-from=";
 
 impl Faults {
     pub fn blocks(&self, peer: NodeId) -> bool {
         self.blocked.read().expect("faults").contains(&peer)
     }
 
-    /// Replaces the table; returns whether it changed.
+    /// Replaces the table of blocked peers; returns whether it changed.
     pub fn set(&self, peers: BTreeSet<NodeId>) -> bool {
         let mut b = self.blocked.write().expect("faults");
         let changed = *b != peers;
         *b = peers;
         changed
     }
+
+    /// Replaces every fault; returns whether anything changed.
+    pub fn set_all(&self, spec: FaultSpec) -> bool {
+        let mut from = self.corrupt_digests_from.write().expect("faults");
+        let changed = *from != spec.corrupt_digests_from;
+        *from = spec.corrupt_digests_from;
+        drop(from);
+        self.set(spec.blocked) || changed
+    }
+
+    /// The index from which this agent's checkpoint digests are altered, if it is set.
+    pub fn corrupt_digests_from(&self) -> Option<u64> {
+        *self.corrupt_digests_from.read().expect("faults")
+    }
 }
 
-/// Parses the fault file: node ids separated by commas or whitespace ([`PANIC_RAFT_CORE`]
-/// aside).
-pub fn parse_ids(text: &str) -> Result<BTreeSet<NodeId>, String> {
-    text.split(|c: char| c == ',' || c.is_whitespace())
+/// Parses the fault file (see the module docs).
+pub fn parse(text: &str) -> Result<FaultSpec, String> {
+    let mut spec = FaultSpec::default();
+    for t in text
+        .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty() && *t != PANIC_RAFT_CORE)
-        .map(|t| {
-            t.parse::<NodeId>()
-                .map_err(|_| format!("'{t}' is not a node id"))
-        })
-        .collect()
+    {
+        if let Some(index) = t.strip_prefix(CORRUPT_DIGESTS_FROM) {
+            let index = index
+                .parse::<u64>()
+                .map_err(|_| format!("'{t}': expected {CORRUPT_DIGESTS_FROM}INDEX"))?;
+            spec.corrupt_digests_from = Some(index);
+        } else {
+            let id = t
+                .parse::<NodeId>()
+                .map_err(|_| format!("'{t}' is not a node id"))?;
+            spec.blocked.insert(id);
+        }
+    }
+    Ok(spec)
+}
+
+/// Parses a fault file that lists node ids only.
+pub fn parse_ids(text: &str) -> Result<BTreeSet<NodeId>, String> {
+    let spec = parse(text)?;
+    match spec.corrupt_digests_from {
+        None => Ok(spec.blocked),
+        Some(_) => Err(format!("{CORRUPT_DIGESTS_FROM} is not a node id")),
+    }
 }
 
 /// Keeps `faults` equal to the ids listed in `path` until `stop` fires.
@@ -85,11 +137,11 @@ pub async fn watch_file(faults: Arc<Faults>, path: PathBuf, stop: CancellationTo
             warn!("fault control: the Raft core is made to panic");
             faults.panic_raft_core.cancel();
         }
-        match text.and_then(|t| parse_ids(&t)) {
-            Ok(ids) => {
-                let shown = format!("{ids:?}");
-                if faults.set(ids) {
-                    info!(blocked = %shown, "fault control: peer table changed");
+        match text.and_then(|t| parse(&t)) {
+            Ok(spec) => {
+                let shown = format!("{spec:?}");
+                if faults.set_all(spec) {
+                    info!(faults = %shown, "fault control: table changed");
                 }
                 last_error.clear();
             }
@@ -168,6 +220,24 @@ mod tests {
         );
         assert!(parse_ids("").unwrap().is_empty());
         assert_eq!(parse_ids("2,x").unwrap_err(), "'x' is not a node id");
+    }
+
+    #[test]
+    fn parses_the_digest_fault() {
+        let spec = parse("corrupt-digests-from=64, 2").unwrap();
+        assert_eq!(spec.corrupt_digests_from, Some(64));
+        assert_eq!(spec.blocked, BTreeSet::from([2]));
+        assert!(
+            parse("corrupt-digests-from=x")
+                .unwrap_err()
+                .contains("INDEX")
+        );
+        let f = Faults::default();
+        assert!(f.set_all(spec.clone()));
+        assert!(!f.set_all(spec));
+        assert_eq!(f.corrupt_digests_from(), Some(64));
+        assert!(f.set_all(FaultSpec::default()));
+        assert_eq!(f.corrupt_digests_from(), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   node operations (drain, promote, demote, remove).
 //! - [`network`]: the peer-only Raft transport over gRPC.
 //! - [`security`]: the cluster token and TLS on both services, for servers and clients.
-//! - [`faults`]: test-only fault injection (cutting links between agents).
+//! - [`faults`]: test-only fault injection (cutting links between agents, diverging digests).
+//! - [`integrity`]: corruption checks across members: voters compare state checkpoints; an
+//!   outvoted one quarantines itself.
 //! - [`proposer`]: batches many facts into one log entry.
 //! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
 //! - [`leader`]: the leader's scheduler and liveness loops.
@@ -44,6 +46,7 @@ pub mod faults;
 pub mod functions;
 pub mod hosts;
 pub mod hub;
+pub mod integrity;
 pub mod launch;
 pub mod leader;
 pub mod limits;

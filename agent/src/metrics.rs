@@ -151,5 +151,42 @@ pub fn render(agent: &Agent) -> String {
         "gauge",
         vec![(String::new(), if agent.is_leader() { 1.0 } else { 0.0 })],
     );
+    integrity(agent, &mut metric);
     o
+}
+
+/// The corruption checks' figures (see [`crate::integrity`]).
+fn integrity(agent: &Agent, metric: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>)) {
+    let i = &agent.integrity;
+    metric(
+        "mozen_quarantined",
+        "1 when this agent quarantined itself: its state differs from the majority's.",
+        "gauge",
+        vec![(String::new(), if i.is_quarantined() { 1.0 } else { 0.0 })],
+    );
+    metric(
+        "mozen_state_mismatch",
+        "1 per voter whose state checkpoint differs from other voters' (kind corrupt: outvoted by a majority; conflict: no majority).",
+        "gauge",
+        i.mismatches()
+            .iter()
+            .map(|m| {
+                let kind = if m.outvoted { "corrupt" } else { "conflict" };
+                (format!("{{node=\"{}\",kind=\"{kind}\"}}", m.node), 1.0)
+            })
+            .collect(),
+    );
+    metric(
+        "mozen_corruption_checks_total",
+        "Comparisons of state checkpoints with the other voters.",
+        "counter",
+        vec![(String::new(), i.checks() as f64)],
+    );
+    let newest = agent.sm.checkpoints().list().last().map_or(0, |c| c.index);
+    metric(
+        "mozen_state_checkpoint_index",
+        "Log index of this agent's newest state checkpoint.",
+        "gauge",
+        vec![(String::new(), newest as f64)],
+    );
 }

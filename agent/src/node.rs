@@ -64,6 +64,11 @@ pub enum AgentError {
         id: NodeId,
         peer: String,
     },
+    /// The data dir holds the marker a quarantined agent writes (see [`crate::integrity`]).
+    #[error(
+        "MZ-QUARANTINED: data dir {dir} is quarantined ({reason}); this agent does not start on it: repair it with `mozen-agent repair`, then start the agent again"
+    )]
+    Quarantined { dir: String, reason: String },
     /// The Raft core or an essential task died while the agent ran (see [`crate::supervise`]).
     #[error("{death} [node {id}, data dir {dir}]")]
     Died {
@@ -85,7 +90,9 @@ impl AgentError {
             } if cause.contains("MZ-DAMAGED") => crate::builder::EXIT_DAMAGED,
             AgentError::Died { .. } => crate::builder::EXIT_DIED,
             AgentError::Store(e) if e.is_damage() => crate::builder::EXIT_DAMAGED,
-            AgentError::LostLog { .. } => crate::builder::EXIT_DAMAGED,
+            AgentError::LostLog { .. } | AgentError::Quarantined { .. } => {
+                crate::builder::EXIT_DAMAGED
+            }
             _ => crate::builder::EXIT_ERROR,
         }
     }
@@ -118,12 +125,21 @@ pub struct Agent {
     pub faults: Option<Arc<Faults>>,
     /// Watches the Raft core and the essential tasks; `run` stops when one dies.
     pub supervisor: Arc<Supervisor>,
+    /// What the corruption checks found, and whether this agent quarantined itself.
+    pub integrity: crate::integrity::Integrity,
     conn_seq: AtomicU64,
 }
 
 impl Agent {
     pub fn me(&self) -> NodeId {
         self.cfg.id
+    }
+
+    /// Whether a stop of the Raft member is expected: the agent is shutting down, or it
+    /// quarantined itself (which marks itself before it stops Raft). Any other stop is
+    /// Raft failing.
+    pub fn raft_stop_expected(&self) -> bool {
+        self.shutdown.is_cancelled() || self.integrity.is_quarantined()
     }
 
     pub fn next_conn(&self) -> u64 {
@@ -294,10 +310,18 @@ pub async fn run(
             source: e,
         })
     })?;
+    if let Some(reason) = crate::integrity::read_marker(&cfg.data_dir) {
+        return Err(AgentError::Quarantined {
+            dir: cfg.data_dir.display().to_string(),
+            reason,
+        });
+    }
     let (log, sm) = mozen_store::open(&cfg.data_dir, &StoreOptions::default())?;
     if log.is_fresh()? {
         refuse_lost_voter(&cfg).await?;
     }
+    // Before Raft starts re-applying the log, so that its checkpoints are taken too.
+    sm.checkpoints().set_every(cfg.checkpoint_every);
     match log.read_identity()? {
         Some(stored) if stored != cfg.id => {
             return Err(AgentError::Identity {
@@ -365,6 +389,7 @@ pub async fn run(
         started: Instant::now(),
         faults,
         supervisor,
+        integrity: Default::default(),
         conn_seq: AtomicU64::new(1),
     });
     let sup = agent.supervisor.clone();
@@ -398,6 +423,12 @@ pub async fn run(
         "failover watch",
         Lives::AsLongAsTheAgent,
         crate::failover::watch(agent.clone()),
+    );
+    sup.spawn(
+        &agent.tasks,
+        "corruption check",
+        Lives::MayEnd,
+        crate::integrity::watch(agent.clone()),
     );
     {
         let a = agent.clone();

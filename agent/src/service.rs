@@ -108,6 +108,24 @@ impl Service {
         }
     }
 
+    /// For reads of the replicated state: refused with `MZ-CORRUPT` on a quarantined agent.
+    fn require_sound_member(&self) -> Result<(), Status> {
+        match self.agent.integrity.refusal(self.agent.me()) {
+            Some(m) => Err(Status::failed_precondition(m)),
+            None => self.require_member(),
+        }
+    }
+
+    /// For what a quarantined agent still answers (status, events, checkpoints): its Raft
+    /// member is stopped, so membership is not asked then.
+    fn require_member_or_quarantined(&self) -> Result<(), Status> {
+        if self.agent.integrity.is_quarantined() {
+            Ok(())
+        } else {
+            self.require_member()
+        }
+    }
+
     fn propose_err(&self, e: ProposeError) -> Status {
         propose_status(&self.agent, e)
     }
@@ -319,6 +337,7 @@ impl Service {
 
     fn memo_hit(&self, key: &RequestKey) -> bool {
         self.agent.is_member()
+            && !self.agent.integrity.is_quarantined()
             && self
                 .agent
                 .sm
@@ -462,7 +481,7 @@ impl Mozen for Service {
     }
 
     async fn status(&self, _r: Request<pb::StatusRequest>) -> Res<pb::RaftStatus> {
-        self.require_member()?;
+        self.require_member_or_quarantined()?;
         Ok(Response::new(view::raft_status(&self.agent)))
     }
 
@@ -748,7 +767,7 @@ impl Mozen for Service {
     }
 
     async fn get(&self, r: Request<pb::GetRequest>) -> Res<pb::CallReply> {
-        self.require_member()?;
+        self.require_sound_member()?;
         let _open = self.streams.acquire(&r)?;
         let r = r.into_inner();
         let key = parse_key(&r.key)?;
@@ -831,7 +850,7 @@ impl Mozen for Service {
     }
 
     async fn tree(&self, r: Request<pb::TreeRequest>) -> Res<pb::TreeReply> {
-        self.require_member()?;
+        self.require_sound_member()?;
         let r = r.into_inner();
         let key = parse_key(&r.key)?;
         let max = if r.max_nodes == 0 {
@@ -895,14 +914,14 @@ impl Mozen for Service {
     }
 
     async fn functions(&self, _r: Request<pb::FunctionsRequest>) -> Res<pb::FunctionsReply> {
-        self.require_member()?;
+        self.require_sound_member()?;
         Ok(Response::new(pb::FunctionsReply {
             functions: view::functions(&self.agent),
         }))
     }
 
     async fn queue(&self, r: Request<pb::QueueRequest>) -> Res<pb::QueueReply> {
-        self.require_member()?;
+        self.require_sound_member()?;
         let limit = r.into_inner().limit.max(1) as usize;
         let (summary, head) = view::queue(&self.agent, limit);
         Ok(Response::new(pb::QueueReply {
@@ -912,7 +931,7 @@ impl Mozen for Service {
     }
 
     async fn events(&self, r: Request<pb::EventsRequest>) -> Res<pb::EventsReply> {
-        self.require_member()?;
+        self.require_member_or_quarantined()?;
         let limit = r.into_inner().limit;
         Ok(Response::new(pb::EventsReply {
             events: view::events(&self.agent, if limit == 0 { 100 } else { limit as usize }),
@@ -949,8 +968,13 @@ impl Mozen for Service {
         )))
     }
 
-    async fn state_digest(&self, _r: Request<pb::StateDigestRequest>) -> Res<pb::StateDigestReply> {
-        self.require_member()?;
+    async fn state_digest(&self, r: Request<pb::StateDigestRequest>) -> Res<pb::StateDigestReply> {
+        self.require_member_or_quarantined()?;
+        if r.get_ref().checkpoints_only {
+            return Ok(Response::new(crate::integrity::checkpoints_reply(
+                &self.agent,
+            )));
+        }
         Ok(Response::new(view::state_digest(&self.agent)))
     }
 }

@@ -16,6 +16,7 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
     };
     let leader_addr = agent.leader().map(|(_, a)| a).unwrap_or_default();
     let last_log = m.last_log_index.unwrap_or(0);
+    let quarantine = agent.integrity.quarantine();
     pb::RaftStatus {
         node_id: agent.me(),
         leader_id: crate::node::current_leader(&m, agent.me()),
@@ -28,23 +29,37 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
         purged_index: m.purged.map_or(0, |l| l.index),
         voters: mem.voter_ids().map(|id| member(&id)).collect(),
         learners: mem.learner_ids().map(|id| member(&id)).collect(),
-        server_state: if m.state.is_leader() && !crate::node::leads(&m, agent.me()) {
+        server_state: if quarantine.is_some() {
+            "corrupt".into()
+        } else if m.state.is_leader() && !crate::node::leads(&m, agent.me()) {
             "stepped-down".into()
         } else {
             format!("{:?}", m.state).to_lowercase()
         },
         log_entries: agent.log.log_len(),
         disk_bytes: agent.log.disk_size(),
+        mismatches: agent
+            .integrity
+            .mismatches()
+            .into_iter()
+            .map(|m| pb::StateMismatch {
+                node_id: m.node,
+                index: m.index,
+                others: m.others,
+                outvoted: m.outvoted,
+            })
+            .collect(),
+        quarantined: quarantine.map(|q| q.reason.clone()).unwrap_or_default(),
     }
 }
 
-/// This agent's applied index with a digest of its state at that index.
+/// This agent's applied index with a digest of its state at that index, and its checkpoints.
 pub fn state_digest(agent: &Agent) -> pb::StateDigestReply {
     let (applied_index, digest) = agent.sm.digest();
     pb::StateDigestReply {
-        node_id: agent.me(),
         applied_index,
         digest: digest.to_vec(),
+        ..crate::integrity::checkpoints_reply(agent)
     }
 }
 

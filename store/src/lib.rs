@@ -4,6 +4,8 @@
 //! - [`state`]: `ClusterState`, the pure and deterministic transition function with the read
 //!   indexes the rest of the system uses (queue order, running-by-node, children, counters).
 //!   Finished requests are kept as compact records (module `finished`).
+//! - [`checkpoint`]: state digests taken at agreed log indexes, and the rule that compares
+//!   the voters' checkpoints (corruption checks across members).
 //! - [`raft_types`]: the openraft type configuration.
 //! - [`storage`]: openraft `RaftLogStorage` + `RaftStateMachine` (storage-v2) on one sled `Db`.
 //! - [`error`]: `StoreError`, naming the tree and key of anything damaged.
@@ -14,6 +16,7 @@
 //! Dependency rule: depends on mozen-model, openraft and sled; never on gRPC, the scheduler or
 //! the agent. See docs/architecture.md for the persistence design.
 
+pub mod checkpoint;
 pub mod command;
 pub mod error;
 mod finished;
@@ -23,6 +26,7 @@ pub mod seal;
 pub mod state;
 pub mod storage;
 
+pub use checkpoint::{Checkpoint, Checkpoints};
 pub use command::*;
 pub use error::StoreError;
 pub use raft_types::*;

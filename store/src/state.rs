@@ -1142,10 +1142,15 @@ impl ClusterState {
         Ok(())
     }
 
-    /// A digest of the encoded state, to compare voters.
+    /// A digest of the encoded state, to compare voters: blake3 of its postcard encoding.
+    ///
+    /// The encoding is streamed into the hasher through a 64 KiB buffer instead of being built
+    /// whole first: no allocation the size of the state, and blake3 gets large inputs.
     pub fn digest(&self) -> [u8; 32] {
-        let bytes = postcard::to_allocvec(self).expect("state encodes");
-        *blake3::hash(&bytes).as_bytes()
+        let out = std::io::BufWriter::with_capacity(64 << 10, blake3::Hasher::new());
+        let out = postcard::to_io(self, out).expect("state encodes");
+        let hasher = out.into_inner().expect("hashing does not fail");
+        *hasher.finalize().as_bytes()
     }
 
     /// Role of a node as recorded in the table.

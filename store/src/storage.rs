@@ -103,6 +103,7 @@
 //! past the last flush (a torn tail) is trimmed and logged. Nothing read from disk is
 //! unwrapped.
 
+use crate::checkpoint::Checkpoints;
 use crate::command::{Command, Response};
 use crate::error::StoreError;
 use crate::mark::{self, Mark, Watermark};
@@ -1128,6 +1129,8 @@ struct SmInner {
     receiving: Mutex<HashMap<(u64, u64), PathBuf>>,
     /// Sequence number of the next snapshot file; file names sort in creation order.
     next_file: AtomicU64,
+    /// State digests taken by `apply()` at every multiple of the interval (module `checkpoint`).
+    checkpoints: Checkpoints,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -1251,6 +1254,7 @@ impl StateMachineStore {
             snapshot_lock: tokio::sync::Mutex::new(()),
             receiving: Mutex::new(HashMap::new()),
             next_file: AtomicU64::new(next_file),
+            checkpoints: Checkpoints::default(),
         };
         inner.finish_pending_load(newest.as_ref().map(|(_, p)| p.as_path()))?;
         Ok(StateMachineStore {
@@ -1269,6 +1273,11 @@ impl StateMachineStore {
         let state = self.inner.state.read().expect("state");
         let index = lock(&self.inner.applied).last.map_or(0, |l| l.index);
         (index, state.digest())
+    }
+
+    /// The state checkpoints taken while applying (see [`crate::checkpoint`]).
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.inner.checkpoints
     }
 
     /// The memoized result of a request, read from sled.
@@ -1667,6 +1676,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 };
                 responses.push(r);
+                self.inner.checkpoints.after_apply(e.log_id.index, &state);
             }
             let effects = state.take_effects();
             if !effects.is_empty()

@@ -262,6 +262,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// Fails `mozen status` when the answering agent is quarantined or its corruption checks
+/// found voters whose states differ (see docs/operations.md, "Corruption checks").
+fn state_health(s: &pb::RaftStatus) -> Result<(), Fail> {
+    let mut problems = Vec::new();
+    if !s.quarantined.is_empty() {
+        problems.push(format!(
+            "MZ-CORRUPT: node {} (the agent answering) is quarantined: {}; repair its data dir with `mozen-agent repair`",
+            s.node_id, s.quarantined
+        ));
+    }
+    for m in s
+        .mismatches
+        .iter()
+        .filter(|m| m.node_id != s.node_id || s.quarantined.is_empty())
+    {
+        let others: Vec<String> = m.others.iter().map(|o| o.to_string()).collect();
+        problems.push(if m.outvoted {
+            format!(
+                "MZ-CORRUPT: voter {}'s state differs at log index {} from the one a majority holds (voters {}); it is quarantined: repair its data dir with `mozen-agent repair`",
+                m.node_id,
+                m.index,
+                others.join(", ")
+            )
+        } else {
+            format!(
+                "MZ-STATE-CONFLICT: voter {}'s state differs at log index {} from voter(s) {} and no state has a majority; check these members' data dirs",
+                m.node_id,
+                m.index,
+                others.join(", ")
+            )
+        });
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Fail::Runtime(problems.join("\nmozen: ")))
+    }
+}
+
 fn parse_args(function: &str, args: Option<&str>) -> Result<Value, Fail> {
     match args {
         None => Ok(Value::Null),
@@ -359,6 +398,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     "snapshot_index": s.snapshot_index, "purged_index": s.purged_index, "log_entries": s.log_entries, "disk_bytes": s.disk_bytes,
                     "members": s.voters.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": role(m.id)}))
                         .chain(s.learners.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": "learner"}))).collect::<Vec<_>>(),
+                    "server_state": s.server_state, "quarantined": s.quarantined,
+                    "mismatches": s.mismatches.iter().map(|m| json!({"node": m.node_id, "index": m.index, "others": m.others, "outvoted": m.outvoted})).collect::<Vec<_>>(),
                 }));
             } else {
                 println!(
@@ -378,7 +419,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 for m in &s.learners {
                     println!("  {:>4}  {:<22} learner", m.id, m.addr);
                 }
+                for m in &s.mismatches {
+                    let what = if m.outvoted { "corrupt" } else { "conflict" };
+                    println!(
+                        "state    voter {} {what} at log index {} (others: {:?})",
+                        m.node_id, m.index, m.others
+                    );
+                }
             }
+            state_health(&s)?;
         }
         Cmd::Nodes { json } => {
             let r = client

@@ -220,7 +220,7 @@ async fn converge(
         for id in voters {
             let c = cluster.agent(*id).client(Duration::from_secs(1));
             match c
-                .rpc(|mut c| async move { c.state_digest(pb::StateDigestRequest {}).await })
+                .rpc(|mut c| async move { c.state_digest(pb::StateDigestRequest::default()).await })
                 .await
             {
                 Ok(r) => seen.push((*id, r.applied_index, hex::encode(r.digest))),

@@ -148,6 +148,15 @@ impl LocalCluster {
             .args(["--peers", &peers, "--voters", &voters, "--lease", "2s"])
             .args(["--slots", "4", "--shutdown-deadline", "2s", "--fault-file"])
             .arg(&a.fault_file)
+            // Checkpoints every few calls and frequent corruption checks: a voter quarantined
+            // under these faults (its state diverged, or the check is wrong) stops applying,
+            // which the final convergence check reports.
+            .args([
+                "--checkpoint-every",
+                "64",
+                "--corruption-check-interval",
+                "1s",
+            ])
             .env("MOZEN_LOG", "info,openraft=error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

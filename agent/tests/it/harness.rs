@@ -59,6 +59,14 @@ impl Agent {
                 .as_nanos()
         ));
         let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = self.command(prefix);
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn mozen-agent"));
+        log_path
+    }
+
+    /// The agent's command line, `prefix` before its usual flags.
+    fn command(&self, prefix: &[&str]) -> Command {
         let mut cmd = Command::new(AGENT);
         cmd.args(prefix)
             .args([
@@ -71,15 +79,13 @@ impl Agent {
             .arg(&self.dir)
             .args(["--peers", &self.peers, "--lease", "2s"])
             .args(&self.extra)
-            .env("MOZEN_LOG", "info,openraft=error")
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn mozen-agent"));
-        log_path
+            .env("MOZEN_LOG", "info,openraft=error");
+        cmd
     }
 
-    /// Starts the agent and waits up to `limit` for it to exit on its own: its exit code and
-    /// what it wrote to stderr. Panics if it is still running then.
+    /// Starts the agent and waits up to `limit` for it to exit on its own (a refusal to
+    /// start): its exit code and what it wrote to stderr. Fails the test if it is still
+    /// running then.
     pub fn run_to_exit(&mut self, limit: Duration) -> (Option<i32>, String) {
         let log = self.start_with(&[]);
         let mut c = self.child.take().unwrap();
@@ -99,6 +105,15 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs the `mozen` CLI against this agent alone.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CLI)
+            .env("MOZEN_ADDR", &self.addr)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     pub fn kill(&mut self) {
@@ -293,6 +308,11 @@ impl Cluster {
 
     pub async fn status(&self) -> Option<pb::RaftStatus> {
         status_via(self.client()).await
+    }
+
+    /// The Raft status as the agents `ids` answer it (the first of them that answers).
+    pub async fn status_of(&self, ids: &[u64]) -> Option<pb::RaftStatus> {
+        status_via(self.client_of(ids)).await
     }
 
     pub async fn nodes(&self) -> Vec<pb::Node> {

@@ -7,6 +7,7 @@ mod bench;
 mod chaos;
 mod cluster;
 mod core_death;
+mod corruption;
 mod elastic;
 mod execution;
 mod express;

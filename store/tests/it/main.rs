@@ -1,6 +1,7 @@
 //! Integration tests of mozen-store: one binary, one module per concern.
 
 mod bad_input;
+mod checkpoints;
 mod committed;
 mod common;
 mod corruption;

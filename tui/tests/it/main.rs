@@ -79,6 +79,7 @@ pub fn fixture() -> pb::ClusterUpdate {
             server_state: "leader".into(),
             log_entries: 30,
             disk_bytes: 3 << 20,
+            ..Default::default()
         }),
         nodes: vec![
             node(1, "active", "voter", 3, true),

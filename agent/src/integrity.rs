@@ -389,6 +389,7 @@ pub async fn quarantine(agent: &Agent, m: Mismatch) {
         );
     }
     agent.stopping.cancel();
+    agent.supervisor.expect_raft_stop();
     if let Err(e) = agent.raft.shutdown().await {
         warn!("raft shutdown for the quarantine: {e}");
     }

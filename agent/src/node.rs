@@ -635,11 +635,18 @@ async fn cluster_info_at(cfg: &AgentConfig, addr: &str) -> Result<pb::ClusterInf
 /// an empty log could help elect a leader without acknowledged entries. Peers that do not
 /// answer are skipped: a new cluster's members all start empty.
 async fn refuse_lost_voter(cfg: &AgentConfig) -> Result<(), AgentError> {
+    // Bounded: a peer starting at the same time has bound its port but serves nothing yet
+    // (it runs this same check), so a request to it would wait for its server.
     let asks = cfg
         .peers
         .iter()
         .filter(|p| p.id != cfg.id)
-        .map(|p| async move { (p, cluster_info_at(cfg, &p.addr).await) });
+        .map(|p| async move {
+            let info = tokio::time::timeout(Duration::from_secs(1), cluster_info_at(cfg, &p.addr))
+                .await
+                .unwrap_or_else(|_| Err("no answer within 1 s".into()));
+            (p, info)
+        });
     for (peer, info) in futures::future::join_all(asks).await {
         if let Ok(info) = info
             && info.initialized

@@ -77,6 +77,9 @@ pub struct Supervisor {
     died: CancellationToken,
     /// The first death; later ones are only logged.
     first: Mutex<Option<Death>>,
+    /// Set before the agent stops its own Raft core on purpose (a quarantine): that stop is
+    /// no death.
+    raft_stop_expected: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
@@ -86,6 +89,7 @@ impl Supervisor {
             stopping: shutdown.child_token(),
             died: CancellationToken::new(),
             first: Mutex::new(None),
+            raft_stop_expected: Default::default(),
         })
     }
 
@@ -96,6 +100,12 @@ impl Supervisor {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.is_cancelled()
+    }
+
+    /// Says the Raft core is about to be stopped on purpose (see [`watch_raft_core`]).
+    pub fn expect_raft_stop(&self) {
+        self.raft_stop_expected
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Records a death (ignored once the agent is stopping on purpose).
@@ -185,7 +195,11 @@ pub async fn watch_raft_core(raft: Raft, sup: Arc<Supervisor>) {
             break None;
         }
     };
-    if sup.is_stopping() {
+    if sup.is_stopping()
+        || sup
+            .raft_stop_expected
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
         return;
     }
     // A core that returns reports why first: ending without a report is a panic.

@@ -7,4 +7,5 @@ mod damaged;
 mod golden;
 mod props;
 mod restart;
+mod sled_recovery;
 mod suite;

@@ -10,5 +10,6 @@ mod damaged;
 mod golden;
 mod props;
 mod restart;
+mod sled_recovery;
 mod suite;
 mod upgrade;

@@ -237,6 +237,15 @@ impl Db {
         self.context.was_recovered()
     }
 
+    /// Mozen addition: where log recovery stopped short of the written log when this `Db`
+    /// was opened, and dropped what followed; `None` after a clean recovery. When several
+    /// spots failed, the one with the lowest lsn. Recovery acts before this can be read:
+    /// where it ends the log, it zeroes what follows, so the next open does not report the
+    /// same tear again.
+    pub fn recovery_tear(&self) -> Option<RecoveryTear> {
+        self.context.recovery_tear.lock().clone()
+    }
+
     /// Generate a monotonic ID. Not guaranteed to be
     /// contiguous. Written to disk every `idgen_persist_interval`
     /// operations, followed by a blocking flush. During recovery, we

@@ -312,6 +312,7 @@ pub use self::{
     db::{open, Db},
     iter::Iter,
     ivec::IVec,
+    pagecache::RecoveryTear,
     result::{Error, Result},
     subscriber::{Event, Subscriber},
     transaction::Transactional,

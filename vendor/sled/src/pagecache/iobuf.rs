@@ -512,6 +512,7 @@ impl IoBufs {
             segment_base: None,
             segments,
             last_stage: false,
+            report_tears: false,
         }
     }
 

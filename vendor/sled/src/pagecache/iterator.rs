@@ -1,8 +1,8 @@
 use std::{collections::BTreeMap, io};
 
 use super::{
-    pread_exact_or_eof, read_message, read_segment_header, BasedBuf, DiskPtr,
-    LogKind, LogOffset, LogRead, Lsn, SegmentHeader, SegmentNumber,
+    pread_exact_or_eof, read_message, read_segment_header, tear, BasedBuf,
+    DiskPtr, LogKind, LogOffset, LogRead, Lsn, SegmentHeader, SegmentNumber,
     MAX_MSG_HEADER_LEN, SEG_HEADER_LEN,
 };
 use crate::*;
@@ -15,6 +15,8 @@ pub struct LogIter {
     pub max_lsn: Option<Lsn>,
     pub cur_lsn: Option<Lsn>,
     pub last_stage: bool,
+    /// Set for recovery's passes, which report where they stop short (see `tear`).
+    pub report_tears: bool,
 }
 
 impl Iterator for LogIter {
@@ -41,6 +43,7 @@ impl Iterator for LogIter {
             if self.segment_base.is_none() {
                 if let Err(e) = self.read_segment() {
                     debug!("unable to load new segment: {:?}", e);
+                    self.report_segment_stop(&e);
                     return None;
                 }
             }
@@ -110,6 +113,15 @@ impl Iterator for LogIter {
                 Ok(LogRead::BatchManifest(last_lsn_in_batch, inline_len)) => {
                     if let Some(max_lsn) = self.max_lsn {
                         if last_lsn_in_batch > max_lsn {
+                            if self.report_tears {
+                                tear::note_torn_batch(
+                                    &self.config,
+                                    lid,
+                                    lsn,
+                                    last_lsn_in_batch,
+                                    max_lsn,
+                                );
+                            }
                             debug!(
                                 "cutting recovery short due to torn batch. \
                             required stable lsn: {} actual max possible lsn: {}",
@@ -132,6 +144,17 @@ impl Iterator for LogIter {
                         lid,
                         lsn
                     );
+                    if self.report_tears {
+                        tear::examine_stop(
+                            &self.config,
+                            segment_base,
+                            lid,
+                            lsn,
+                            expected_segment_number,
+                            None,
+                            self.last_stage,
+                        );
+                    }
                     if self.last_stage {
                         // this happens when the second half of a freed segment
                         // is overwritten before its segment header. it's fine
@@ -168,6 +191,17 @@ impl Iterator for LogIter {
                          with expected lsn {} during iteration: {}",
                         lid, lsn, e
                     );
+                    if self.report_tears {
+                        tear::examine_stop(
+                            &self.config,
+                            segment_base,
+                            lid,
+                            lsn,
+                            expected_segment_number,
+                            Some(&e),
+                            false,
+                        );
+                    }
                     return None;
                 }
             }
@@ -176,6 +210,19 @@ impl Iterator for LogIter {
 }
 
 impl LogIter {
+    /// Reports a failed `read_segment` as a tear, unless the pass had read all its segments
+    /// or reached its configured end.
+    fn report_segment_stop(&self, e: &Error) {
+        let (lsn, offset) = match self.segments.iter().next() {
+            Some((lsn, offset)) => (*lsn, *offset),
+            None => return,
+        };
+        if !self.report_tears || self.max_lsn.map_or(false, |max| lsn > max) {
+            return;
+        }
+        tear::examine_segment_stop(&self.config, offset, lsn, e);
+    }
+
     /// read a segment of log messages. Only call after
     /// pausing segment rewriting on the segment accountant!
     fn read_segment(&mut self) -> Result<()> {
@@ -293,6 +340,9 @@ fn scan_segment_headers_and_tail(
         let segment_len = u64::try_from(config.segment_size).unwrap();
         let base_lid = idx * segment_len;
         let segment = read_segment_header(&config.file, base_lid).ok()?;
+        if !segment.ok {
+            tear::examine_segment_header(config, base_lid);
+        }
         trace!(
             "SA scanned header at lid {} during startup: {:?}",
             base_lid,
@@ -446,10 +496,16 @@ fn check_contiguity_in_unstable_tail(
         max_lsn: missing_item_in_tail,
         cur_lsn: None,
         last_stage: false,
+        report_tears: true,
     };
 
     // run the iterator to completion
     while let Some(_) = iter.next() {}
+
+    if let Some(missing) = missing_item_in_tail {
+        let next = ordering.range(missing..).next().map(|(l, o)| (*l, *o));
+        tear::note_gap(config, missing, next);
+    }
 
     // `cur_lsn` is set to the beginning
     // of the next message
@@ -513,5 +569,6 @@ pub fn raw_segment_iter_from(
         segment_base: None,
         segments,
         last_stage: true,
+        report_tears: true,
     })
 }

@@ -20,6 +20,7 @@ mod parallel_io_windows;
 mod reservation;
 mod segment;
 mod snapshot;
+mod tear;
 
 use std::{collections::BinaryHeap, ops::Deref};
 
@@ -63,6 +64,7 @@ pub use self::{
     },
     disk_pointer::DiskPtr,
     logger::{Log, LogRead},
+    tear::RecoveryTear,
 };
 
 /// The offset of a segment. This equals its `LogOffset` (or the offset of any

@@ -193,7 +193,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
     let config = sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(opts.cache_capacity_bytes);
-    let db = open_db(&config).map_err(|e| match e {
+    let db = open_db(dir, &config).map_err(|e| match e {
         StoreError::Sled { source, .. } if matches!(source, sled::Error::Corruption { .. }) => {
             damaged(format!(
                 "{}: sled cannot recover it: {source}",
@@ -202,7 +202,9 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
         }
         e => e,
     })?;
-    let tear: Option<String> = None; // SWAP: db.recovery_tear()
+    // What sled's recovery dropped, if it stopped short of its written log: said once, at
+    // this open (sled has rewritten the tail by the next one).
+    let tear = db.recovery_tear();
     let log = db.open_tree(TREE_LOG).map_err(sled_err(TREE_LOG))?;
     let meta = db.open_tree(TREE_META).map_err(sled_err(TREE_META))?;
     let outcomes = db
@@ -276,6 +278,7 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<(LogStore, StateMachineSt
             meta: meta.clone(),
             snap_dir: snap_dir.clone(),
             mark: watermark.clone(),
+            torn_tail: tear.as_ref().map(|t| t.to_string()),
             flush_tx: Some(flush_tx),
             flusher: Some(flusher),
         }),
@@ -451,10 +454,30 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// from a background thread shortly after the last handle of an earlier open in this process
 /// is dropped (seen as EWOULDBLOCK under load). A directory held by another live process still
 /// fails once the wait is over.
-fn open_db(config: &sled::Config) -> Result<sled::Db, StoreError> {
+fn open_db(dir: &Path, config: &sled::Config) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match config.open() {
+        // sled's recovery panics on some damage to older segments of its file: that is a
+        // damaged store, not a crash of the agent.
+        let opened = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+        {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                return Err(StoreError::Damaged {
+                    dir: dir.display().to_string(),
+                    detail: format!(
+                        "sled's recovery of {} failed: it panicked: {what}",
+                        dir.join("db").display()
+                    ),
+                });
+            }
+        };
+        match opened {
             Err(sled::Error::Io(e)) if lock_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -578,6 +601,8 @@ struct LogInner {
     snap_dir: PathBuf,
     /// What has been flushed, kept in step with every flush, truncation and purge.
     mark: Arc<Watermark>,
+    /// What sled's recovery dropped at this open, past the last acknowledged write.
+    torn_tail: Option<String>,
     /// Appends whose flush Raft does not wait for (the leader's own), to the flusher thread.
     flush_tx: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
     flusher: Option<std::thread::JoinHandle<()>>,
@@ -649,6 +674,12 @@ impl LogStore {
             .map_err(sled_err(TREE_META))?;
         self.inner.db.flush().map_err(sled_err(TREE_META))?;
         Ok(())
+    }
+
+    /// What sled's recovery dropped when this store was opened, if anything: written after
+    /// the last flush (never acknowledged), trimmed and logged at open.
+    pub fn torn_tail(&self) -> Option<&str> {
+        self.inner.torn_tail.as_deref()
     }
 
     /// Whether this store has never held a vote, a log entry or a purge point: a new member.

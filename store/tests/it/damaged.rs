@@ -3,7 +3,7 @@
 use crate::common::*;
 use mozen_store::{Command, StoreError, open};
 use openraft::RaftSnapshotBuilder;
-use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use std::path::Path;
 use tempfile::TempDir;
 
@@ -251,6 +251,59 @@ fn truncated_snapshot_is_refused_at_install() -> anyhow::Result<()> {
         // Nothing changed on the receiver.
         assert!(sb.last_snapshot().is_none());
         assert_eq!(sb.shared().read().expect("state").request_count(), 0);
+        anyhow::Ok(())
+    })
+}
+
+/// A crash in the middle of a write leaves a torn last message that was never acknowledged:
+/// the store opens without it, says so, and keeps everything acknowledged.
+#[test]
+fn a_torn_tail_past_the_watermark_is_trimmed_and_reported() -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    let marker = "torn-tail-marker-".repeat(8);
+    runtime().block_on(async {
+        let (mut log, _sm) = open(dir.path(), &test_options())?;
+        for i in 0..9 {
+            log.blocking_append([entry(1, i, event(i))]).await?;
+        }
+        let last = Command::Event {
+            kind: "t".into(),
+            node: None,
+            message: marker.clone(),
+            at: 9,
+        };
+        log.blocking_append([entry(1, 9, last)]).await?;
+        anyhow::Ok(())
+    })?;
+    // As if the crash came before entry 9's flush was done: the watermark says 8.
+    let mut mark = mozen_store::mark::read(dir.path())?.expect("a watermark");
+    mark.flushed = Some(log_id(1, 8));
+    drop(mozen_store::mark::Watermark::create(
+        dir.path(),
+        mark,
+        None,
+    )?);
+    // The torn write: the file ends inside entry 9's message.
+    let db = dir.path().join("db").join("db");
+    let bytes = std::fs::read(&db)?;
+    let at = bytes
+        .windows(marker.len())
+        .rposition(|w| w == marker.as_bytes())
+        .expect("entry 9 is in the file");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)?
+        .set_len((at + marker.len() / 2) as u64)?;
+
+    let (mut log, _sm) = open(dir.path(), &test_options())?;
+    let tear = log
+        .torn_tail()
+        .expect("the torn tail is reported")
+        .to_string();
+    assert!(tear.contains("stopped short"), "{tear}");
+    runtime().block_on(async {
+        let state = log.get_log_state().await?;
+        assert_eq!(state.last_log_id, Some(log_id(1, 8)), "entry 9 was trimmed");
         anyhow::Ok(())
     })
 }

@@ -10,7 +10,7 @@
 
 use crate::common::*;
 use mozen_store::{
-    Command, Entry, LogId, LogStore, Raft, RaftNode, StateMachineStore, TypeConfig, Vote, open,
+    Entry, LogId, LogStore, Raft, RaftNode, StateMachineStore, TypeConfig, Vote, open,
 };
 use openraft::error::{Fatal, InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -90,15 +90,6 @@ fn follower_config() -> Arc<openraft::Config> {
 
 fn leader_log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 1), index)
-}
-
-fn event(i: u64) -> Command {
-    Command::Event {
-        kind: "t".into(),
-        node: None,
-        message: format!("{i}"),
-        at: i,
-    }
 }
 
 /// Entries 0..=last of term 1 (leader 1), the first naming voters 1 and 2.

@@ -111,3 +111,27 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// A small event command, `i` in its message and time.
+pub fn event(i: u64) -> Command {
+    Command::Event {
+        kind: "t".into(),
+        node: None,
+        message: format!("{i}"),
+        at: i,
+    }
+}
+
+/// Copies a directory tree (a data dir) to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}

@@ -54,19 +54,6 @@ fn template() -> &'static Template {
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
 /// The files damage may land in: sled's, the watermark, the snapshot.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.join("db").join("db"), dir.join("watermark")];

@@ -7,15 +7,6 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use std::path::Path;
 use tempfile::TempDir;
 
-fn event(i: u64) -> Command {
-    Command::Event {
-        kind: "t".into(),
-        node: None,
-        message: format!("{i}"),
-        at: i,
-    }
-}
-
 /// A data dir holding log entries 0..=4, appended one at a time so that each is a chunk of
 /// its own under its own index.
 fn dir_with_log() -> anyhow::Result<TempDir> {

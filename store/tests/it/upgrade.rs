@@ -13,19 +13,6 @@ use tempfile::TempDir;
 /// snapshot at index 7, the log purged up to 4, vote committed for node 0 in term 1.
 const FIXTURE: &str = "tests/it/fixtures/format2-data-dir";
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn a_format_2_data_dir_opens_sealed_with_everything_it_held() -> anyhow::Result<()> {
     let dir = TempDir::new()?;

@@ -88,6 +88,10 @@ impl AgentError {
                 death: Death::RaftCore { cause },
                 ..
             } if cause.contains("MZ-DAMAGED") => crate::builder::EXIT_DAMAGED,
+            AgentError::Died {
+                death: Death::Damaged { .. },
+                ..
+            } => crate::builder::EXIT_DAMAGED,
             AgentError::Died { .. } => crate::builder::EXIT_DIED,
             AgentError::Store(e) if e.is_damage() => crate::builder::EXIT_DAMAGED,
             AgentError::LostLog { .. } | AgentError::Quarantined { .. } => {
@@ -815,6 +819,39 @@ mod tests {
 
     fn applied_in(term: u64, index: u64) -> Option<LogId<NodeId>> {
         Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn damage_found_at_start_or_while_running_exits_3_and_other_deaths_4() {
+        let died = |death| AgentError::Died {
+            death,
+            id: 1,
+            dir: "d".into(),
+        };
+        let corrupt = mozen_store::StoreError::Corrupt {
+            tree: "raft_log",
+            key: "index 3".into(),
+            reason: "checksum mismatch".into(),
+        };
+        let damaged_read = died(Death::Damaged {
+            detail: corrupt.to_string(),
+        });
+        let core_on_damage = died(Death::RaftCore {
+            cause: format!("storage error: {corrupt}"),
+        });
+        let core_panic = died(Death::RaftCore {
+            cause: "it panicked".into(),
+        });
+        let task = died(Death::Task {
+            name: "gRPC server",
+            how: "ended".into(),
+        });
+        assert_eq!(AgentError::Store(corrupt).exit_code(), 3);
+        assert_eq!(damaged_read.exit_code(), 3);
+        assert_eq!(core_on_damage.exit_code(), 3);
+        assert_eq!(core_panic.exit_code(), 4);
+        assert_eq!(task.exit_code(), 4);
+        assert_eq!(AgentError::Repair("x".into()).exit_code(), 1);
     }
 
     #[test]

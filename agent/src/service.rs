@@ -169,11 +169,16 @@ impl Service {
         if state.is_terminal() {
             let outcome = match known.filter(|_| done) {
                 Some(v) => Some(mozen_model::Outcome::Value(v.to_vec())),
-                None => self
-                    .agent
-                    .sm
-                    .outcome(key)
-                    .map_err(|e| Status::internal(e.to_string()))?,
+                None => self.agent.sm.outcome(key).map_err(|e| {
+                    if e.is_damage() {
+                        self.agent
+                            .supervisor
+                            .report(crate::supervise::Death::Damaged {
+                                detail: e.to_string(),
+                            });
+                    }
+                    Status::internal(e.to_string())
+                })?,
             };
             match outcome {
                 Some(mozen_model::Outcome::Value(v)) => {

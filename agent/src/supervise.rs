@@ -34,6 +34,9 @@ pub enum Death {
     RaftCore { cause: String },
     /// An essential task panicked or ended.
     Task { name: &'static str, how: String },
+    /// A read of the data dir failed its checksum while the agent ran: the member must not go
+    /// on voting and serving on it.
+    Damaged { detail: String },
 }
 
 impl fmt::Display for Death {
@@ -47,6 +50,11 @@ impl fmt::Display for Death {
                  data dir or the leader's lost committed entries: keep both data dirs and see \
                  docs/operations.md (\"A member that stops with exit code 4\"); otherwise \
                  restart the agent, and report the log if it happens again"
+            ),
+            Death::Damaged { detail } => write!(
+                f,
+                "{detail}. The agent stops rather than go on voting and serving on a damaged \
+                 data dir"
             ),
             Death::Task { name, how } => write!(
                 f,

@@ -14,7 +14,12 @@ use std::time::Duration;
 #[command(
     name = "mozen-agent",
     version,
-    about = "A Mozen cluster member: Raft voter or worker, scheduler when leader"
+    about = "A Mozen cluster member: Raft voter or worker, scheduler when leader",
+    after_help = "Repair a damaged or quarantined data dir (exit code 3): run `mozen-agent repair` \
+                  followed by this agent's usual flags. It moves the dir aside and rejoins the \
+                  cluster from its peers (docs/operations.md, \"A damaged data dir\").\n\n\
+                  Exit codes: 0 clean stop, 1 error, 2 bad flags, 3 damaged data dir, 4 the Raft \
+                  core or an essential task died."
 )]
 pub struct AgentArgs {
     /// This agent's node id (a positive integer, unique in the cluster).

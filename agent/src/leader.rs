@@ -92,7 +92,10 @@ fn start_session(agent: Arc<Agent>, token: CancellationToken, previous: Option<N
         let state = state.read().expect("state");
         let mut l = agent.hub.liveness.lock().expect("liveness");
         l.last_seen.clear();
-        for n in state.nodes() {
+        // Nodes the previous leader had marked down stay unknown until they are heard from in
+        // this term (a heartbeat or a join): seeding them as just seen would turn them active
+        // at the next liveness pass. The others get a whole lease to reconnect.
+        for n in state.nodes().filter(|n| n.state != NodeState::Down) {
             l.last_seen.insert(n.id, now);
         }
         // The previous leader has been silent for at least its lease already (or it gave up
@@ -340,13 +343,34 @@ async fn liveness_loop(agent: Arc<Agent>, token: CancellationToken) {
             let mut l = agent.hub.liveness.lock().expect("liveness");
             l.refresh_rates();
             for n in state.nodes() {
-                let seen = *l.last_seen.entry(n.id).or_insert(now);
+                let seen = match l.last_seen.get(&n.id) {
+                    Some(seen) => *seen,
+                    // Down and not heard from in this term: still down.
+                    None if n.state == NodeState::Down => continue,
+                    // New in the table since this term began: a whole lease from now.
+                    None => *l.last_seen.entry(n.id).or_insert(now),
+                };
                 let fresh = now.duration_since(seen) < lease;
                 match (n.state, fresh) {
                     (NodeState::Down, true) => {
+                        // A node given up for dead is back: what it ran was re-queued and may
+                        // have run twice (safe: functions are pure). Counted for operators.
+                        info!(
+                            node = n.id,
+                            "a node marked down is heard from again: marking active"
+                        );
                         cmds.push(Command::SetNodeState {
                             id: n.id,
                             state: NodeState::Active,
+                            at,
+                        });
+                        cmds.push(Command::Event {
+                            kind: "node-back".into(),
+                            node: Some(n.id),
+                            message: format!(
+                                "node {} was marked down and is heard from again: what it was running had been re-queued",
+                                n.id
+                            ),
                             at,
                         });
                     }

@@ -273,3 +273,40 @@ async fn unreachable_peers_keep_waiting_and_cli_reports_unreachable() {
     c.agents[0].kill();
     drop(silent);
 }
+
+/// A new leader must not take nodes the previous one marked down for alive: a killed worker
+/// stays down across a leader change (it showed active for about a lease before).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_stays_down_across_a_leader_change() {
+    let mut c = Cluster::start(4, &[]);
+    c.ready(4).await;
+    let state_of_4 = |nodes: Vec<mozen_proto::Node>| {
+        nodes
+            .into_iter()
+            .find(|n| n.id == 4)
+            .map(|n| n.state)
+            .unwrap_or_default()
+    };
+    c.agent(4).kill();
+    eventually(Duration::from_secs(20), "node 4 marked down", || async {
+        state_of_4(c.nodes().await) == "down"
+    })
+    .await;
+    let old = c.leader().await;
+    assert_ne!(old, 4, "node 4 is a worker");
+    c.agent(old).kill();
+    let new = c.new_leader(old).await;
+    // Watch for longer than a lease (2 s here): the new leader never shows node 4 active.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut seen = 0;
+    while Instant::now() < until {
+        let nodes = c.nodes().await;
+        if !nodes.is_empty() {
+            seen += 1;
+            let s = state_of_4(nodes);
+            assert_ne!(s, "active", "the new leader {new} revived the dead node 4");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen > 10, "the node table was read {seen} times");
+}

@@ -87,6 +87,23 @@ impl AgentBuilder {
         self
     }
 
+    /// Adds a synchronous function taking typed arguments `A`: each call runs on a blocking
+    /// thread of the work runtime (see [`crate::work`]), so it may compute or block for as long
+    /// as it needs. Prefer it to an `async fn` that computes without awaiting.
+    pub fn function_blocking<A, R, F>(mut self, name: &str, shape: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, A) -> Result<R, TaskError> + Send + Sync + 'static,
+    {
+        let name = name.to_string();
+        let shape = shape.to_string();
+        self.extra.push(Box::new(move |fs: &mut Functions| {
+            fs.register_blocking(&name, &shape, f);
+        }));
+        self
+    }
+
     /// Parses the command line, runs the agent until SIGTERM/SIGINT, and returns the exit code
     /// (the table is in the module doc). A second signal exits at once.
     ///
@@ -127,6 +144,16 @@ impl AgentBuilder {
                 return ExitCode::from(EXIT_ERROR);
             }
         };
+        // Functions run on a runtime of their own, below the agent's priority (crate::work).
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let work = match crate::work::runtime(cores) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("mozen-agent: cannot start the work runtime: {e}");
+                return ExitCode::from(EXIT_ERROR);
+            }
+        };
+        functions.run_on(work.handle().clone());
         let code = rt.block_on(async move {
             let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
                 Ok(l) => l,
@@ -164,6 +191,7 @@ impl AgentBuilder {
         // A function still running on a blocking thread (after a death, say) does not hold
         // the exit back.
         rt.shutdown_timeout(Duration::from_secs(2));
+        work.shutdown_timeout(Duration::from_secs(2));
         code
     }
 }

@@ -183,7 +183,28 @@ pub fn register_functions(functions: &mut Functions) {
             panic!("{message}")
         },
     );
+    functions.register(
+        SPIN_INLINE_FUNCTION,
+        "milliseconds (integer)",
+        |_ctx, ms: u64| async move {
+            // The naive way: computes without ever awaiting, holding its thread throughout.
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut x: u64 = 1;
+            while std::time::Instant::now() < until {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(
+                        x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                    );
+                }
+            }
+            Ok(x % 2)
+        },
+    );
 }
+
+/// The test-only function that computes for its argument's milliseconds inside an `async fn`
+/// without awaiting: what a naive CPU-bound user function does.
+pub const SPIN_INLINE_FUNCTION: &str = "fault.spin_inline";
 
 /// Writes the fault files of a cluster so that every link between the agents in `side` and
 /// the others is cut in both directions (an empty `side` heals everything). `files` pairs each

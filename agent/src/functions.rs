@@ -121,6 +121,30 @@ impl Ctx {
 
     /// Awaits `fut` without holding a worker slot (the cluster may run other requests in it
     /// meanwhile), then takes a slot again: for functions that wait on timers or I/O.
+    /// Runs a CPU-bound or blocking section of an async function on a blocking thread of the
+    /// work runtime, so that the function's async thread (and any other function sharing it)
+    /// is not held meanwhile. A panic in `f` fails the call with `MZ-FUNCTION-FAILED`.
+    ///
+    /// ```no_run
+    /// # use mozen_agent::{Ctx, TaskError};
+    /// async fn checksum(ctx: Ctx, data: Vec<u8>) -> Result<u64, TaskError> {
+    ///     ctx.compute(move || data.iter().map(|b| u64::from(*b)).sum()).await
+    /// }
+    /// ```
+    pub async fn compute<R, F>(&self, f: F) -> Result<R, TaskError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        tokio::task::spawn_blocking(f).await.map_err(|e| {
+            let why = match e.try_into_panic() {
+                Ok(panic) => crate::supervise::panic_message(&*panic),
+                Err(e) => e.to_string(),
+            };
+            fail(format!("a computed section panicked: {why}"))
+        })
+    }
+
     pub async fn idle<F: Future>(&self, fut: F) -> F::Output {
         if let Some(s) = &self.slot {
             s.park().await;
@@ -191,6 +215,8 @@ struct Function {
 #[derive(Clone, Default)]
 pub struct Functions {
     map: BTreeMap<String, Arc<Function>>,
+    /// The runtime functions run on (see [`crate::work`]); `None`: the caller's runtime.
+    pool: Option<tokio::runtime::Handle>,
 }
 
 /// A failure of the function itself (retryable under the request's retry policy).
@@ -210,6 +236,30 @@ impl Functions {
         builtins(&mut f, allow_exec);
         crate::batch::builtins::register(&mut f);
         f
+    }
+
+    /// Runs every function on `pool` (the work runtime) instead of the caller's runtime.
+    pub fn run_on(&mut self, pool: tokio::runtime::Handle) {
+        self.pool = Some(pool);
+    }
+
+    /// Registers a synchronous function: each call runs on a blocking thread of the work
+    /// runtime (see [`crate::work`]), so it may compute or block as long as it likes without
+    /// holding an async thread. `shape` describes the expected arguments for error messages.
+    pub fn register_blocking<A, R, F>(&mut self, name: &str, shape: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, A) -> Result<R, TaskError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.register(name, shape, move |ctx: Ctx, a: A| {
+            let f = f.clone();
+            async move {
+                let inner = ctx.clone();
+                ctx.compute(move || f(inner, a)).await?
+            }
+        })
     }
 
     /// Registers `name`. `shape` describes the expected arguments for error messages.
@@ -276,7 +326,7 @@ impl Functions {
                 // (poisoned locks included); the call's context is dropped with the call.
                 let node = ctx.node;
                 let name = name.to_string();
-                std::panic::AssertUnwindSafe((f.handler)(ctx, args))
+                let call = std::panic::AssertUnwindSafe((f.handler)(ctx, args))
                     .catch_unwind()
                     .map(move |r| {
                         r.unwrap_or_else(|panic| {
@@ -285,8 +335,21 @@ impl Functions {
                                 crate::supervise::panic_message(&*panic)
                             )))
                         })
-                    })
-                    .boxed()
+                    });
+                match &self.pool {
+                    None => call.boxed(),
+                    // On the work runtime; dropping the returned future (a cancelled call)
+                    // stops the function there too.
+                    Some(pool) => {
+                        let running = tokio_util::task::AbortOnDropHandle::new(pool.spawn(call));
+                        async move {
+                            running.await.unwrap_or_else(|e| {
+                                Err(fail(format!("the function did not finish: {e}")))
+                            })
+                        }
+                        .boxed()
+                    }
+                }
             }
             None => {
                 let node = ctx.node;

@@ -15,6 +15,7 @@
 //! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
 //! - [`supervise`]: the Raft core and the essential tasks watched; a death stops the agent.
 //! - [`worker`]: runs assigned requests and reports outcomes.
+//! - [`work`]: the work runtime functions run on, below the agent's own priority.
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
 //! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`).
@@ -60,6 +61,7 @@ pub mod security;
 pub mod service;
 pub mod supervise;
 pub mod view;
+pub mod work;
 pub mod worker;
 
 pub use builder::AgentBuilder;

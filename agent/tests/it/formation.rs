@@ -310,3 +310,33 @@ async fn a_killed_worker_stays_down_across_a_leader_change() {
     }
     assert!(seen > 10, "the node table was read {seen} times");
 }
+
+/// Functions run on a runtime of their own below the agent's priority: naive CPU-bound
+/// `async fn`s (computing without awaiting) on every slot of every voter of this 2-core
+/// machine, two rounds, leave Raft alone: no election.
+#[tokio::test(flavor = "multi_thread")]
+async fn naive_cpu_bound_functions_on_every_slot_cause_no_election() {
+    let mut c = Cluster::new(3, &[]).with_fault_control();
+    for a in &mut c.agents {
+        a.start();
+    }
+    c.ready(3).await;
+    let before = c.status().await.unwrap().term;
+    let slots: u32 = c.nodes().await.iter().map(|n| n.slots).sum();
+    let client = c.client();
+    for round in 0..2u64 {
+        let calls = (0..u64::from(slots)).map(|i| {
+            let client = client.clone();
+            async move {
+                client
+                    .call::<_, u64>("fault.spin_inline", json!(1500 + round * 1000 + i))
+                    .await
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.expect("every call completes");
+        }
+        let s = c.status().await.unwrap();
+        assert_eq!(s.term, before, "round {round}: an election happened");
+    }
+}

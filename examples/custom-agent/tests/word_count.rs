@@ -1,4 +1,4 @@
-//! The example agent's user function called through a real one-agent cluster.
+//! The example agent's user functions called through a real one-agent cluster.
 
 use mozen_agent::client::Client;
 use serde_json::{Value, json};
@@ -35,7 +35,12 @@ async fn user_function_runs_on_the_cluster() {
     )
     .unwrap();
     let r: Result<Value, _> = client.call("word_count", "one two\nthree four five").await;
+    // A blocking function and an async one with a computed section.
+    let primes: Result<u64, _> = client.call("primes_below", 100).await;
+    let digest: Result<u64, _> = client.call("digest_words", "one two").await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(r.unwrap(), json!({"words": 5, "lines": 2}));
+    assert_eq!(primes.unwrap(), 25);
+    assert!(digest.is_ok(), "{digest:?}");
 }

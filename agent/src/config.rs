@@ -2,7 +2,7 @@
 //!
 //! Errors quote the bad value and say how to fix it; nothing downstream re-validates.
 
-use crate::security::{Security, TlsFiles, Token};
+use crate::security::{Security, TlsFiles, read_token};
 use clap::Parser;
 use mozen_model::NodeId;
 use std::net::SocketAddr;
@@ -408,7 +408,7 @@ impl AgentArgs {
             token: self
                 .token_file
                 .as_deref()
-                .map(|p| Token::read("token-file", p))
+                .map(|p| read_token("token-file", p))
                 .transpose()?,
             tls: TlsFiles::load(
                 self.tls_ca.as_deref(),

@@ -1,10 +1,12 @@
-//! mozen-agent: the daemon every machine runs, the Rust client library, and the `mozen` CLI.
+//! mozen-agent: the daemon every machine runs, the builder for custom agents, and the `mozen`
+//! CLI.
 //!
 //! - [`config`]: flags of `mozen-agent`, validated into `AgentConfig`.
 //! - [`node`]: `run`: store, Raft, gRPC server, cluster formation, graceful shutdown;
 //!   node operations (drain, promote, demote, remove).
 //! - [`network`]: the peer-only Raft transport over gRPC.
-//! - [`security`]: the cluster token and TLS on both services, for servers and clients.
+//! - [`security`]: the cluster token and TLS on both services: the flags and the server side
+//!   here, the client side re-exported from mozen-client.
 //! - [`faults`]: test-only fault injection (cutting links between agents, diverging digests).
 //! - [`integrity`]: corruption checks across members: voters compare state checkpoints; an
 //!   outvoted one quarantines itself.
@@ -18,7 +20,8 @@
 //! - [`work`]: the work runtime functions run on, below the agent's own priority.
 //! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
-//! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`).
+//! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`),
+//!   re-exported from mozen-client so `mozen_agent::client::Client` keeps working.
 //! - [`bench`]: `mozen bench`, the benchmark harness on local clusters of real agents.
 //! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
@@ -30,8 +33,8 @@
 //! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
 //! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
 //!
-//! Dependency rule: depends on model, proto, store and scheduler; nothing depends on it but
-//! its binaries and user agents.
+//! Dependency rule: depends on model, proto, store, scheduler and client; nothing depends on it
+//! but its binaries and user agents.
 
 pub mod autoscale;
 pub mod batch;

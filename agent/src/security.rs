@@ -7,7 +7,9 @@
 //!   table ([`crate::faults`]).
 //! - Client side, [`ClientTransport`] builds channels: `http` or `https` with the cluster CA,
 //!   a client certificate when mutual TLS is on, and [`Credentials`] that add the token and,
-//!   for agents, the sender's node id (`mozen-node-id`) to every request.
+//!   for agents, the sender's node id (`mozen-node-id`) to every request. It lives in
+//!   [`mozen_client::transport`] and is re-exported here with [`Token`]; this module reads the
+//!   flags into a [`Security`] and keeps the server side.
 //!
 //! TLS rules (see docs/operations.md): an agent with TLS has a certificate, its key and the
 //! cluster CA. The CA verifies the peers it dials and the clients that dial it: the server
@@ -19,55 +21,17 @@ use crate::faults::Faults;
 use mozen_model::NodeId;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
-/// Metadata header naming the agent that sends a request (absent from non-agent clients).
-pub const NODE_ID_HEADER: &str = "mozen-node-id";
+pub use mozen_client::transport::{
+    AuthChannel, ClientTransport, Credentials, MIN_TOKEN_LEN, NODE_ID_HEADER, Token,
+};
 
-/// Shortest token accepted, in characters.
-pub const MIN_TOKEN_LEN: usize = 16;
-
-/// The cluster secret. Its `Debug` form never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(Arc<str>);
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-impl Token {
-    /// Checks a token's text: visible ASCII (it travels in an HTTP header), long enough.
-    pub fn new(text: &str) -> Result<Token, String> {
-        let t = text.trim();
-        if t.len() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "the token has {} characters; at least {MIN_TOKEN_LEN} are needed (e.g. `openssl rand -hex 32`)",
-                t.len()
-            ));
-        }
-        if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
-            return Err(format!(
-                "the token contains {c:?}; only visible ASCII characters are allowed"
-            ));
-        }
-        Ok(Token(t.into()))
-    }
-
-    /// Reads a token file for `--{flag}`.
-    pub fn read(flag: &str, path: &Path) -> Result<Token, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("--{flag} '{}': cannot read: {e}", path.display())))?;
-        Token::new(&text).map_err(|e| ConfigError(format!("--{flag} '{}': {e}", path.display())))
-    }
+/// Reads a token file for `--{flag}`.
+pub fn read_token(flag: &str, path: &Path) -> Result<Token, ConfigError> {
+    Token::read(flag, path).map_err(ConfigError)
 }
 
 fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -232,7 +196,7 @@ impl Security {
     ) -> Result<Security, ConfigError> {
         Ok(Security {
             token: token_file
-                .map(|p| Token::read("token-file", p))
+                .map(|p| read_token("token-file", p))
                 .transpose()?,
             tls: TlsFiles::load(ca, cert, key)?,
         })
@@ -240,11 +204,10 @@ impl Security {
 
     /// The transport this security setting gives a client.
     pub fn client(&self) -> ClientTransport {
-        ClientTransport {
-            token: self.token.clone(),
-            tls: self.tls.as_ref().map(TlsFiles::client_config),
-            node: None,
-        }
+        ClientTransport::new(
+            self.token.clone(),
+            self.tls.as_ref().map(TlsFiles::client_config),
+        )
     }
 
     /// The gRPC server with TLS applied when configured.
@@ -254,71 +217,6 @@ impl Security {
             Some(tls) => builder.tls_config(tls).map_err(|e| chain(&e)),
             None => Ok(builder),
         }
-    }
-}
-
-/// A channel whose requests carry [`Credentials`].
-pub type AuthChannel = InterceptedService<Channel, Credentials>;
-
-/// Builds client channels: scheme, TLS, token and sender id.
-#[derive(Clone, Debug, Default)]
-pub struct ClientTransport {
-    token: Option<Token>,
-    tls: Option<ClientTlsConfig>,
-    node: Option<NodeId>,
-}
-
-impl ClientTransport {
-    /// Marks every request as sent by agent `id` (used by the fault control).
-    pub fn from_node(mut self, id: NodeId) -> Self {
-        self.node = Some(id);
-        self
-    }
-
-    /// A lazily connecting channel to `addr` (HOST:PORT).
-    pub fn channel(&self, addr: &str) -> Result<AuthChannel, tonic::transport::Error> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if let Some(tls) = &self.tls {
-            ep = ep.tls_config(tls.clone())?;
-        }
-        Ok(InterceptedService::new(
-            ep.connect_lazy(),
-            self.credentials(),
-        ))
-    }
-
-    fn credentials(&self) -> Credentials {
-        Credentials {
-            authorization: self
-                .token
-                .as_ref()
-                .and_then(|t| format!("Bearer {}", t.0).parse().ok()),
-            node: self.node.and_then(|n| n.to_string().parse().ok()),
-        }
-    }
-}
-
-/// Adds the token and the sender's node id to each outgoing request.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    authorization: Option<MetadataValue<Ascii>>,
-    node: Option<MetadataValue<Ascii>>,
-}
-
-impl Interceptor for Credentials {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(a) = &self.authorization {
-            req.metadata_mut().insert("authorization", a.clone());
-        }
-        if let Some(n) = &self.node {
-            req.metadata_mut().insert(NODE_ID_HEADER, n.clone());
-        }
-        Ok(req)
     }
 }
 
@@ -334,7 +232,7 @@ pub struct Guard {
 impl Guard {
     pub fn new(me: NodeId, token: Option<&Token>, faults: Option<Arc<Faults>>) -> Guard {
         Guard {
-            token: token.map(|t| blake3::hash(t.0.as_bytes())),
+            token: token.map(|t| blake3::hash(t.expose().as_bytes())),
             faults,
             me,
         }
@@ -409,22 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn credentials_carry_token_and_node() {
-        let t = Security {
-            token: Some(Token::new("0123456789abcdef").unwrap()),
-            tls: None,
-        }
-        .client()
-        .from_node(7);
-        let r = t.credentials().call(Request::new(())).unwrap();
-        assert_eq!(
-            r.metadata().get("authorization").unwrap(),
-            "Bearer 0123456789abcdef"
-        );
-        assert_eq!(r.metadata().get(NODE_ID_HEADER).unwrap(), "7");
-    }
-
-    #[test]
     fn guard_refuses_blocked_peers() {
         let faults = Arc::new(Faults::default());
         faults.set([2].into());
@@ -437,20 +319,6 @@ mod tests {
         r.metadata_mut()
             .insert(NODE_ID_HEADER, "3".parse().unwrap());
         assert!(g.call(r).is_ok());
-    }
-
-    #[test]
-    fn tokens_are_checked() {
-        assert!(Token::new("short").unwrap_err().contains("at least 16"));
-        assert!(
-            Token::new("0123456789abcdef 0123")
-                .unwrap_err()
-                .contains("' '")
-        );
-        assert_eq!(
-            format!("{:?}", Token::new("0123456789abcdef\n").unwrap()),
-            "Token(<redacted>)"
-        );
     }
 
     #[test]

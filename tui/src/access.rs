@@ -1,12 +1,11 @@
 //! How the console gets into a secured cluster: the cluster token (sent as
 //! `authorization: Bearer <token>` on every RPC) and TLS with the cluster CA and, for agents
-//! that demand one, a client certificate. Same flags and environment variables as `mozen`.
+//! that demand one, a client certificate. Same flags and environment variables as `mozen`;
+//! the flags become a [`ClientTransport`] of mozen-client, which puts them on every channel.
 
+use mozen_client::{ClientTransport, Token};
 use std::path::{Path, PathBuf};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use tonic::{Request, Status};
 
 /// The console's security flags.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -25,47 +24,18 @@ pub struct AccessArgs {
     pub tls_key: Option<PathBuf>,
 }
 
-/// What every channel of the console carries.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    pub bearer: Bearer,
-    pub tls: Option<ClientTlsConfig>,
-}
-
-/// Adds the token, if any, to each request.
-#[derive(Debug, Clone, Default)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("--{flag} '{}': cannot read: {e}", path.display()))
 }
 
 impl AccessArgs {
     /// Reads the files; errors name the flag and the path.
-    pub fn load(&self) -> Result<Access, String> {
-        let bearer = match &self.token_file {
-            None => Bearer(None),
-            Some(p) => {
-                let text = String::from_utf8(read("token-file", p)?)
-                    .map_err(|_| format!("--token-file '{}': not UTF-8 text", p.display()))?;
-                let value = format!("Bearer {}", text.trim()).parse().map_err(|_| {
-                    format!(
-                        "--token-file '{}': the token must be visible ASCII",
-                        p.display()
-                    )
-                })?;
-                Bearer(Some(value))
-            }
-        };
+    pub fn load(&self) -> Result<ClientTransport, String> {
+        let token = self
+            .token_file
+            .as_deref()
+            .map(|p| Token::read("token-file", p))
+            .transpose()?;
         let identity = match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => Some(Identity::from_pem(
                 read("tls-cert", c)?,
@@ -88,13 +58,15 @@ impl AccessArgs {
             }
             (None, None) => None,
         };
-        Ok(Access { bearer, tls })
+        Ok(ClientTransport::new(token, tls))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Request;
+    use tonic::service::Interceptor;
 
     #[test]
     fn token_goes_into_every_request() {
@@ -102,11 +74,11 @@ mod tests {
         let p = dir.path().join("t");
         std::fs::write(&p, "secret-token-0123456789\n").unwrap();
         let args = AccessArgs {
-            token_file: Some(p),
+            token_file: Some(p.clone()),
             ..Default::default()
         };
-        let mut a = args.load().unwrap();
-        let r = a.bearer.call(Request::new(())).unwrap();
+        let transport = args.load().unwrap();
+        let r = transport.credentials().call(Request::new(())).unwrap();
         assert_eq!(
             r.metadata().get("authorization").unwrap(),
             "Bearer secret-token-0123456789"
@@ -117,5 +89,11 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.load().unwrap_err().contains("cannot read"));
+        std::fs::write(&p, "short\n").unwrap();
+        let short = AccessArgs {
+            token_file: Some(p),
+            ..Default::default()
+        };
+        assert!(short.load().unwrap_err().contains("at least 16"));
     }
 }

@@ -1,30 +1,34 @@
-//! The background side: the gRPC connection to the cluster.
+//! The background side: the console's feed of the cluster.
 //!
 //! [`run`] owns it. It keeps one `Watch` stream open to the leader and forwards every
 //! `ClusterUpdate` to the UI as an [`Action::Update`]; when a follower answers
 //! `MZ-NOT-LEADER` it follows the `mozen-leader-addr` header; when the stream breaks or goes
 //! quiet it reports [`Conn::Lost`] and reconnects with exponential backoff, trying every seed
 //! address in turn. Effects from the UI run concurrently, each in its own task, through
-//! [`Cluster::rpc`] (which follows the leader the same way) and come back as actions.
+//! [`Cluster::rpc`] and come back as actions.
+//!
+//! The connection itself is mozen-client's: [`Cluster`] wraps a [`Client`], which follows the
+//! leader for the effects and carries the token and TLS; its refusal classification
+//! ([`leader_hint`], [`is_not_leader`], [`describe`]) also drives the `Watch` loop. What stays
+//! here is the console's own: the stream, its reconnection pacing, and the status lines.
 
-use crate::access::{Access, Bearer};
 use crate::app::{Action, Conn, Effect, call_label};
+use mozen_client::{AuthChannel, Client, ClientTransport, describe, is_not_leader, leader_hint};
 use mozen_proto as pb;
 use mozen_proto::mozen_client::MozenClient;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// A client of one agent whose requests carry the console's token.
-pub type AgentClient = MozenClient<InterceptedService<Channel, Bearer>>;
+pub type AgentClient = MozenClient<AuthChannel>;
 
-/// The longest wait for a unary RPC or for a `Watch` stream to start.
+/// The longest wait for a unary RPC or for a `Watch` stream to start; also how long an effect
+/// may look for the leader before it reports the cluster unreachable.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stream with no update for this long is treated as broken (the agent sends every 500 ms).
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
@@ -67,198 +71,80 @@ impl Backoff {
     }
 }
 
-/// The leader address a follower put in its `MZ-NOT-LEADER` refusal, if any.
-pub fn leader_hint(s: &Status) -> Option<String> {
-    if !is_not_leader(s) {
-        return None;
-    }
-    s.metadata()
-        .get(pb::LEADER_ADDR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|a| !a.is_empty())
-        .map(String::from)
+/// An agent that could not be reached: a connection refused or broken. An agent that answers
+/// with its own `MZ-` refusal is up, and is not skipped.
+fn unreachable(s: &Status) -> bool {
+    mozen_client::is_transport(s) && !s.message().starts_with("MZ-")
 }
 
-fn is_not_leader(s: &Status) -> bool {
-    s.code() == Code::FailedPrecondition && s.message().starts_with("MZ-NOT-LEADER")
-}
-
-fn is_transport(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
-    ) && !s.message().starts_with("MZ-")
-}
-
-/// An operator-facing message for a failed RPC, always starting with an `MZ-` code.
-pub fn describe(addr: &str, s: &Status) -> String {
-    let msg = s.message();
-    if msg.starts_with("MZ-") {
-        msg.to_string()
-    } else if is_transport(s) {
-        format!(
-            "MZ-UNREACHABLE: {addr}: {}",
-            if msg.is_empty() { "no answer" } else { msg }
-        )
-    } else {
-        format!(
-            "MZ-RPC-{}: {addr}: {msg}",
-            format!("{:?}", s.code()).to_uppercase()
-        )
-    }
-}
-
-/// Where the cluster is: the seed addresses and the leader last seen, with one cached channel
-/// per address (channels reconnect by themselves).
-#[derive(Debug)]
+/// The cluster as the console sees it: its seed addresses and a [`Client`] on them.
+#[derive(Clone)]
 pub struct Cluster {
     seeds: Vec<String>,
-    inner: Mutex<Inner>,
-    access: Access,
+    client: Client,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    leader: Option<String>,
-    channels: HashMap<String, Channel>,
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("seeds", &self.seeds)
+            .field("current", &self.client.current_addr())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cluster {
     /// `seeds` are HOST:PORT; at least one. Creating channels needs a tokio runtime.
     pub fn new(seeds: Vec<String>) -> Self {
-        Self::with_access(seeds, Access::default())
+        Self::with_access(seeds, ClientTransport::default())
     }
 
     /// Like [`new`](Self::new) for a cluster that wants a token or TLS.
-    pub fn with_access(seeds: Vec<String>, access: Access) -> Self {
+    pub fn with_access(seeds: Vec<String>, transport: ClientTransport) -> Self {
         assert!(!seeds.is_empty(), "at least one address");
-        Cluster {
-            seeds,
-            inner: Mutex::new(Inner::default()),
-            access,
-        }
+        let client = Client::with_transport(
+            seeds.clone(),
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            RPC_TIMEOUT,
+            transport,
+        )
+        .expect("at least one address");
+        Cluster { seeds, client }
     }
 
     pub fn seeds(&self) -> &[String] {
         &self.seeds
     }
 
-    /// The leader's address as last learned (from a working `Watch` or a redirect).
-    pub fn leader(&self) -> Option<String> {
-        self.inner.lock().expect("cluster").leader.clone()
-    }
-
-    fn set_leader(&self, leader: Option<String>) {
-        self.inner.lock().expect("cluster").leader = leader;
-    }
-
-    /// Forgets `addr` as the leader (it stopped answering as one).
-    fn forget_leader(&self, addr: &str) {
-        let mut i = self.inner.lock().expect("cluster");
-        if i.leader.as_deref() == Some(addr) {
-            i.leader = None;
-        }
-    }
-
-    /// A client for `addr`, reusing its channel.
+    /// A client of the agent at `addr` alone (for the `Watch` stream, which the console
+    /// steers itself).
     pub fn client(&self, addr: &str) -> Result<AgentClient, Status> {
-        let mut i = self.inner.lock().expect("cluster");
-        let ch = match i.channels.get(addr) {
-            Some(ch) => ch.clone(),
-            None => {
-                let scheme = if self.access.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
-                let bad = |e: tonic::transport::Error| {
-                    Status::invalid_argument(format!(
-                        "MZ-BAD-ARGUMENTS: '{addr}' is not HOST:PORT or TLS is unusable: {e}"
-                    ))
-                };
-                let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
-                if let Some(tls) = &self.access.tls {
-                    ep = ep.tls_config(tls.clone()).map_err(bad)?;
-                }
-                let ch = ep
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
-                i.channels.insert(addr.to_string(), ch.clone());
-                ch
-            }
-        };
-        Ok(
-            MozenClient::with_interceptor(ch, self.access.bearer.clone())
-                .max_decoding_message_size(pb::DEFAULT_MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(pb::DEFAULT_MAX_MESSAGE_BYTES),
-        )
+        self.client.agent(addr)
     }
 
-    /// Runs one RPC against the cluster: at the known leader first, then each seed; follows
-    /// `MZ-NOT-LEADER` redirects; waits out an election briefly. Errors come back as operator
-    /// messages with their `MZ-` code.
-    pub async fn rpc<T, F, Fut>(&self, per_try: Duration, mut f: F) -> Result<T, String>
+    /// Runs one RPC against the leader, following redirects and waiting out an election for
+    /// up to [`RPC_TIMEOUT`]; one attempt that takes longer than `per_try` ends it with
+    /// `MZ-TIMEOUT`. Errors come back as operator messages with their `MZ-` code.
+    pub async fn rpc<T, F, Fut>(&self, per_try: Duration, f: F) -> Result<T, String>
     where
-        F: FnMut(AgentClient) -> Fut,
+        F: Fn(AgentClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut queue: VecDeque<String> = self.leader().into_iter().collect();
-        queue.extend(self.seeds.iter().cloned());
-        let mut last = String::new();
-        let mut hops = 0;
-        let mut elections = 0;
-        let mut tried = 0;
-        while let Some(addr) = queue.pop_front() {
-            tried += 1;
-            if tried > 12 {
-                break;
-            }
-            let client = self.client(&addr).map_err(|s| describe(&addr, &s))?;
-            let status = match tokio::time::timeout(per_try, f(client)).await {
-                Ok(Ok(r)) => return Ok(r.into_inner()),
-                Ok(Err(s)) => s,
-                Err(_) => {
-                    return Err(format!(
-                        "MZ-TIMEOUT: {addr} did not answer within {}s",
-                        per_try.as_secs()
-                    ));
+        self.client
+            .rpc(|c| {
+                let call = tokio::time::timeout(per_try, f(c));
+                let addr = self.client.current_addr().unwrap_or_default();
+                async move {
+                    call.await.unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "MZ-TIMEOUT: {addr} did not answer within {}s",
+                            per_try.as_secs()
+                        )))
+                    })
                 }
-            };
-            last = describe(&addr, &status);
-            if is_not_leader(&status) {
-                match leader_hint(&status) {
-                    Some(h) if hops < MAX_HOPS => {
-                        hops += 1;
-                        self.set_leader(Some(h.clone()));
-                        queue.push_front(h);
-                    }
-                    _ if elections < 5 => {
-                        // No leader yet: give the election a moment, then ask again.
-                        elections += 1;
-                        self.forget_leader(&addr);
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        queue.push_back(addr);
-                    }
-                    _ => {}
-                }
-            } else if is_transport(&status) {
-                self.forget_leader(&addr);
-            } else {
-                return Err(last);
-            }
-        }
-        Err(if last.is_empty() {
-            format!(
-                "MZ-UNREACHABLE: no Mozen agent answered at {}",
-                self.seeds.join(",")
-            )
-        } else {
-            last
-        })
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -355,12 +241,14 @@ async fn watch_until_closed(
 ) -> Option<()> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut targets = Targets::new(cluster.seeds.clone());
+    // The leader as last learned, from a working stream or a redirect.
+    let mut leader: Option<String> = None;
     let mut hops = 0;
     // Failed attempts since the last working stream: the first round over the seeds goes
     // quickly (another agent is likely fine); only then does the backoff grow.
     let mut failures = 0usize;
     loop {
-        let addr = targets.next(cluster.leader());
+        let addr = targets.next(leader.clone());
         tx.send(Action::Conn(Conn::Connecting { addr: addr.clone() }))
             .await
             .ok()?;
@@ -372,7 +260,7 @@ async fn watch_until_closed(
         };
         let error = match started {
             Ok(Ok(resp)) => {
-                cluster.set_leader(Some(addr.clone()));
+                leader = Some(addr.clone());
                 targets.down.remove(&addr);
                 hops = 0;
                 failures = 0;
@@ -397,7 +285,7 @@ async fn watch_until_closed(
                     }
                 };
                 // Ask the same agent first: if it lost the leadership it names the new leader.
-                cluster.forget_leader(&addr);
+                forget(&mut leader, &addr);
                 targets.follow(addr);
                 why
             }
@@ -407,24 +295,24 @@ async fn watch_until_closed(
                     && targets.follow(h.clone())
                 {
                     hops += 1;
-                    cluster.set_leader(Some(h));
+                    leader = Some(h);
                     continue;
                 }
                 hops = 0;
-                cluster.forget_leader(&addr);
+                forget(&mut leader, &addr);
                 if is_not_leader(&s) {
                     // The cluster answers but has no (live) leader yet: an election is under
                     // way. Ask again soon, without growing the backoff.
                     lost(&tx, describe(&addr, &s), ELECTION_POLL).await?;
                     continue;
                 }
-                if is_transport(&s) {
+                if unreachable(&s) {
                     targets.down.insert(addr.clone(), Instant::now());
                 }
                 describe(&addr, &s)
             }
             Err(_) => {
-                cluster.forget_leader(&addr);
+                forget(&mut leader, &addr);
                 targets.down.insert(addr.clone(), Instant::now());
                 format!(
                     "MZ-TIMEOUT: {addr} did not answer within {}s",
@@ -439,6 +327,13 @@ async fn watch_until_closed(
             backoff.next_delay()
         };
         lost(&tx, error, delay).await?;
+    }
+}
+
+/// Forgets `addr` as the leader (it stopped answering as one).
+fn forget(leader: &mut Option<String>, addr: &str) {
+    if leader.as_deref() == Some(addr) {
+        *leader = None;
     }
 }
 
@@ -593,32 +488,6 @@ mod tests {
             t.down.insert(a.into(), Instant::now());
         }
         assert!(["a", "b", "c"].contains(&t.next(None).as_str()));
-    }
-
-    #[test]
-    fn refusals_name_the_leader() {
-        let mut s = Status::failed_precondition("MZ-NOT-LEADER: node 2 is not the leader");
-        s.metadata_mut()
-            .insert(pb::LEADER_ADDR_HEADER, "127.0.0.1:7001".parse().unwrap());
-        assert_eq!(leader_hint(&s).as_deref(), Some("127.0.0.1:7001"));
-        assert_eq!(leader_hint(&Status::unavailable("x")), None);
-    }
-
-    #[test]
-    fn errors_carry_a_code() {
-        let a = "h:1";
-        assert_eq!(
-            describe(a, &Status::not_found("MZ-UNKNOWN-NODE: node 9")),
-            "MZ-UNKNOWN-NODE: node 9"
-        );
-        assert_eq!(
-            describe(a, &Status::unavailable("tcp connect error")),
-            "MZ-UNREACHABLE: h:1: tcp connect error"
-        );
-        assert_eq!(
-            describe(a, &Status::invalid_argument("bad")),
-            "MZ-RPC-INVALIDARGUMENT: h:1: bad"
-        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use clap::Parser;
 use crossterm::event::{Event, EventStream, KeyEventKind};
 use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen};
 use futures::StreamExt;
-use mozen_console::access::Access;
+use mozen_client::ClientTransport;
 use mozen_console::app::{Action, App, Effect};
 use mozen_console::client::{self, Cluster};
 use mozen_console::error::parse_addrs;
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args, access: Access) -> anyhow::Result<()> {
+fn run(args: Args, access: ClientTransport) -> anyhow::Result<()> {
     let addrs = if args.demo {
         Vec::new()
     } else {
@@ -107,7 +107,7 @@ fn run(args: Args, access: Access) -> anyhow::Result<()> {
 
 async fn console(
     addrs: Vec<String>,
-    access: Access,
+    access: ClientTransport,
     readonly: bool,
     demo: bool,
     requests: u32,

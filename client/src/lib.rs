@@ -1,0 +1,24 @@
+//! mozen-client: the Rust client of a Mozen cluster, for programs that call it (the `mozen`
+//! CLI, the console, user programs, and agents calling each other).
+//!
+//! - [`client`]: [`Client`]: `connect`, `call`, `submit`, `map`, `call_or_local`, and `rpc`
+//!   for any other operation; it follows the leader (`MZ-NOT-LEADER` redirects, one search
+//!   for the leader when an agent is lost) and re-attaches to a call in flight by its key.
+//! - [`status`]: what a gRPC refusal means (a redirect, a lost agent, the cluster's answer)
+//!   and operator messages with their `MZ-` code.
+//! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]).
+//! - [`error`]: [`ClientError`], typed and with a stable code.
+//!
+//! Dependency rule: depends on mozen-model, mozen-proto and tonic (with tokio, serde and
+//! futures); never on sled, openraft, the store or the agent. It sees the cluster only
+//! through the public gRPC API.
+
+pub mod client;
+pub mod error;
+pub mod status;
+pub mod transport;
+
+pub use client::{CallOptions, Client, Handle, call_request, split_addrs};
+pub use error::ClientError;
+pub use status::{describe, is_not_leader, is_transport, leader_hint, rejected};
+pub use transport::{AuthChannel, ClientTransport, Credentials, Token};

@@ -1,0 +1,179 @@
+//! How a client reaches a secured cluster: the cluster token and TLS on its channels.
+//!
+//! [`ClientTransport`] builds channels: `http`, or `https` with the cluster CA and, when the
+//! agents demand mutual TLS, a client certificate; its [`Credentials`] add the token and, for
+//! agents calling each other, the sender's node id (`mozen-node-id`) to every request. The
+//! server side (checking the token, serving TLS) belongs to the agent.
+
+use mozen_model::NodeId;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+/// Metadata header naming the agent that sends a request (absent from non-agent clients).
+pub const NODE_ID_HEADER: &str = "mozen-node-id";
+
+/// Shortest token accepted, in characters.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The cluster secret. Its `Debug` form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// Checks a token's text: visible ASCII (it travels in an HTTP header), long enough.
+    pub fn new(text: &str) -> Result<Token, String> {
+        let t = text.trim();
+        if t.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the token has {} characters; at least {MIN_TOKEN_LEN} are needed (e.g. `openssl rand -hex 32`)",
+                t.len()
+            ));
+        }
+        if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "the token contains {c:?}; only visible ASCII characters are allowed"
+            ));
+        }
+        Ok(Token(t.into()))
+    }
+
+    /// Reads a token file for `--{flag}`; the error quotes the flag and the path.
+    pub fn read(flag: &str, path: &Path) -> Result<Token, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--{flag} '{}': cannot read: {e}", path.display()))?;
+        Token::new(&text).map_err(|e| format!("--{flag} '{}': {e}", path.display()))
+    }
+
+    /// The secret itself, for the request header and the server's comparison; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A channel whose requests carry [`Credentials`].
+pub type AuthChannel = InterceptedService<Channel, Credentials>;
+
+/// Builds client channels: scheme, TLS, token and sender id.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTransport {
+    token: Option<Token>,
+    tls: Option<ClientTlsConfig>,
+    node: Option<NodeId>,
+}
+
+impl ClientTransport {
+    /// Sends `token` with every request, and speaks TLS when `tls` is given (the cluster CA and,
+    /// for mutual TLS, the client's identity).
+    pub fn new(token: Option<Token>, tls: Option<ClientTlsConfig>) -> Self {
+        ClientTransport {
+            token,
+            tls,
+            node: None,
+        }
+    }
+
+    /// Marks every request as sent by agent `id` (used by the fault control).
+    pub fn from_node(mut self, id: NodeId) -> Self {
+        self.node = Some(id);
+        self
+    }
+
+    /// A lazily connecting channel to `addr` (HOST:PORT).
+    pub fn channel(&self, addr: &str) -> Result<AuthChannel, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone())?;
+        }
+        Ok(InterceptedService::new(
+            ep.connect_lazy(),
+            self.credentials(),
+        ))
+    }
+
+    /// What every request on this transport's channels carries.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            authorization: self
+                .token
+                .as_ref()
+                .and_then(|t| format!("Bearer {}", t.0).parse().ok()),
+            node: self.node.and_then(|n| n.to_string().parse().ok()),
+        }
+    }
+}
+
+/// Adds the token and the sender's node id to each outgoing request.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+    node: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(a) = &self.authorization {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        if let Some(n) = &self.node {
+            req.metadata_mut().insert(NODE_ID_HEADER, n.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_carry_token_and_node() {
+        let t =
+            ClientTransport::new(Some(Token::new("0123456789abcdef").unwrap()), None).from_node(7);
+        let r = t.credentials().call(Request::new(())).unwrap();
+        assert_eq!(
+            r.metadata().get("authorization").unwrap(),
+            "Bearer 0123456789abcdef"
+        );
+        assert_eq!(r.metadata().get(NODE_ID_HEADER).unwrap(), "7");
+        let plain = ClientTransport::default().credentials();
+        let r = plain.clone().call(Request::new(())).unwrap();
+        assert!(r.metadata().get("authorization").is_none());
+        assert!(r.metadata().get(NODE_ID_HEADER).is_none());
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        assert!(Token::new("short").unwrap_err().contains("at least 16"));
+        assert!(
+            Token::new("0123456789abcdef 0123")
+                .unwrap_err()
+                .contains("' '")
+        );
+        assert_eq!(
+            format!("{:?}", Token::new("0123456789abcdef\n").unwrap()),
+            "Token(<redacted>)"
+        );
+        let missing = Token::read("token-file", Path::new("/nonexistent")).unwrap_err();
+        assert!(
+            missing.starts_with("--token-file '/nonexistent': cannot read"),
+            "{missing}"
+        );
+    }
+}

@@ -2,18 +2,21 @@
 //!
 //! Plain data shared by every other crate: node records and their capacity score
 //! ([`node`]), content-addressed request keys and canonical arguments ([`key`]), request
-//! records with their life-cycle state ([`request`]) and the outcome of running one
-//! ([`outcome`]).
+//! records with their life-cycle state ([`request`]), the outcome of running one
+//! ([`outcome`]), and node loads ranked for placement ([`load`]), which the state machine
+//! keeps up to date and the scheduler reads.
 //!
 //! Dependency rule: this crate depends on serde (and hashing/hex helpers) only. It knows
 //! nothing of Raft, sled, gRPC or tokio, so the scheduler and the console can use it freely.
 
 pub mod key;
+pub mod load;
 pub mod node;
 pub mod outcome;
 pub mod request;
 
 pub use key::{KeyParseError, RequestKey, canonical_args};
+pub use load::{LoadIndex, NodeLoad, Rank};
 pub use node::{
     NodeId, NodeInfo, NodeRole, NodeState, QUEUED_PER_SLOT, default_slots, max_assigned, score,
 };

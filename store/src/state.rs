@@ -8,10 +8,9 @@
 use crate::command::*;
 use crate::finished::{Finished, Profiles, packed};
 use mozen_model::{
-    Millis, NodeId, NodeInfo, NodeRole, NodeState, Outcome, Request, RequestKey, RequestState,
-    RetryPolicy, TaskError, codes,
+    LoadIndex, Millis, NodeId, NodeInfo, NodeLoad, NodeRole, NodeState, Outcome, Request,
+    RequestKey, RequestState, RetryPolicy, TaskError, codes,
 };
-use mozen_scheduler::{LoadIndex, NodeLoad};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::cmp::Reverse;

@@ -305,6 +305,16 @@ mod tests {
         assert!(Code::ALL.len() >= 50);
     }
 
+    /// docs/protocol.md lists every code with the same meaning and remedy.
+    #[test]
+    fn the_protocol_doc_lists_every_code() {
+        let doc = include_str!("../../docs/protocol.md");
+        for &c in Code::ALL {
+            let row = format!("| `{}` | {} | {} |", c.as_str(), c.meaning(), c.remedy());
+            assert!(doc.contains(&row), "docs/protocol.md lacks the row\n{row}");
+        }
+    }
+
     #[test]
     fn unknown_strings_are_not_codes() {
         assert_eq!(Code::parse("MZ-RPC-INTERNAL"), None);

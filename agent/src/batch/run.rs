@@ -32,14 +32,22 @@ pub enum JobError {
     #[error("{0}")]
     Client(#[from] ClientError),
     /// A slice failed and the error policy stops the job.
-    #[error("{}: slice {slice} failed under policy {policy}: {}", Code::JobFailed, show_chain(.error))]
+    #[error(
+        "{}: slice {slice} failed under policy {policy}: {}",
+        Code::JobFailed,
+        show_chain(.error)
+    )]
     Slice {
         slice: String,
         policy: &'static str,
         error: TaskError,
     },
     /// A reduce request failed (reduces are not skipped).
-    #[error("{}: reduce {function} failed: {}", Code::JobFailed, show_chain(.error))]
+    #[error(
+        "{}: reduce {function} failed: {}",
+        Code::JobFailed,
+        show_chain(.error)
+    )]
     Reduce { function: String, error: TaskError },
     /// The job's root request failed: a slice under its error policy, a reduce, or the root.
     #[error("{}", show_chain(.0))]

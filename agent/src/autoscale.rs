@@ -24,7 +24,7 @@ use crate::batch::cost::CostModel;
 use crate::hosts::{Autoscale, HostsFile, Pool};
 use crate::launch::{self, Target};
 use crate::node::{Agent, now_ms};
-use mozen_model::{NodeId, NodeRole, NodeState, RequestKey};
+use mozen_model::{Code, NodeId, NodeRole, NodeState, RequestKey, code_of};
 use mozen_store::Command;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -517,7 +517,7 @@ async fn finish_stops(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memor
         mem.stopping.remove(&id);
         mem.last_busy.remove(&id);
         if let Err(e) = crate::node::node_op(agent, id, "remove").await
-            && !e.starts_with("MZ-UNKNOWN-NODE")
+            && code_of(&e) != Some(Code::UnknownNode)
         {
             event(
                 agent,

@@ -14,7 +14,7 @@ use crate::client::{Client, ClientError};
 use crate::hosts::{HostsError, HostsFile};
 use crate::launch::{self, LaunchError, Target};
 use crate::security::ClientTransport;
-use mozen_model::NodeId;
+use mozen_model::{Code, NodeId};
 use mozen_proto as pb;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -31,7 +31,7 @@ pub enum ElasticError {
     Launch(#[from] LaunchError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("MZ-UP-TIMEOUT: {0}")]
+    #[error("{code}: {0}", code = Code::UpTimeout)]
     Timeout(String),
 }
 

@@ -8,7 +8,7 @@
 //! docs/operations.md.
 
 use crate::config::{parse_host_port, parse_size};
-use mozen_model::NodeId;
+use mozen_model::{Code, NodeId};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -199,7 +199,7 @@ pub struct HostsFile {
 
 /// A hosts file that cannot be used, with the text to show.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("MZ-BAD-HOSTS: {0}")]
+#[error("{code}: {0}", code = Code::BadHosts)]
 pub struct HostsError(pub String);
 
 /// 1-based line and column of byte `offset` in `text`.

@@ -21,7 +21,7 @@
 //! notes: docs/architecture.md, "Corruption checks".
 
 use crate::node::Agent;
-use mozen_model::NodeId;
+use mozen_model::{Code, NodeId};
 use mozen_proto as pb;
 use mozen_store::checkpoint::{Checkpoint, Comparison, Mismatch, compare};
 use mozen_store::{Command, FORMAT_VERSION};
@@ -97,8 +97,9 @@ impl Integrity {
     pub fn refusal(&self, me: NodeId) -> Option<String> {
         self.quarantine.get().map(|q| {
             format!(
-                "MZ-CORRUPT: node {me} is quarantined and serves no reads: {}; ask another \
+                "{}: node {me} is quarantined and serves no reads: {}; ask another \
                  member, and repair this one with `mozen-agent repair`",
+                Code::Corrupt,
                 q.reason
             )
         })
@@ -167,18 +168,20 @@ fn ids(list: &[NodeId]) -> String {
 pub fn describe(m: &Mismatch) -> String {
     if m.outvoted {
         format!(
-            "MZ-CORRUPT: voter {}'s replicated state differs at log index {} from the one \
+            "{}: voter {}'s replicated state differs at log index {} from the one \
              voters {} hold, a majority; it is quarantined (no reads, no part in Raft): repair \
              its data dir with `mozen-agent repair` on its machine",
+            Code::Corrupt,
             m.node,
             m.index,
             ids(&m.others)
         )
     } else {
         format!(
-            "MZ-STATE-CONFLICT: voter {}'s replicated state differs at log index {} from the \
+            "{}: voter {}'s replicated state differs at log index {} from the \
              one voter(s) {} hold, and no state has a majority, so nobody is quarantined: \
              check these members' data dirs (`mozen-agent repair`) and their logs",
+            Code::StateConflict,
             m.node,
             m.index,
             ids(&m.others)
@@ -381,7 +384,10 @@ pub async fn quarantine(agent: &Agent, m: Mismatch) {
     if agent.integrity.quarantine.set(q).is_err() {
         return;
     }
-    error!("MZ-CORRUPT: quarantining this agent: {reason}; it stops serving reads and leaves Raft");
+    error!(
+        "{}: quarantining this agent: {reason}; it stops serving reads and leaves Raft",
+        Code::Corrupt
+    );
     if let Err(e) = write_marker(&agent.cfg.data_dir, &reason) {
         error!(
             path = %marker_path(&agent.cfg.data_dir).display(),

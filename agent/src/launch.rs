@@ -7,7 +7,7 @@
 //! agent's graceful stop; callers then wait for its address to go quiet.
 
 use crate::hosts::{Capacity, Host, HostsFile, Launcher, Pool};
-use mozen_model::NodeId;
+use mozen_model::{Code, NodeId};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub enum Kind<'a> {
 
 /// Why an agent could not be started or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("MZ-LAUNCH: {0}")]
+#[error("{code}: {0}", code = Code::Launch)]
 pub struct LaunchError(pub String);
 
 impl<'a> Target<'a> {

@@ -17,17 +17,17 @@
 //! `--max-message` (the gRPC message bound) is older and lives in the config alone.
 
 use crate::security::NODE_ID_HEADER;
-use mozen_model::{Outcome, TaskError};
+use mozen_model::{Code, Outcome, TaskError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tonic::Status;
 
 /// Stable codes of the limit refusals.
-pub const TOO_LARGE: &str = "MZ-TOO-LARGE";
-pub const RESULT_TOO_LARGE: &str = "MZ-RESULT-TOO-LARGE";
-pub const QUEUE_FULL: &str = "MZ-QUEUE-FULL";
-pub const TOO_MANY_STREAMS: &str = "MZ-TOO-MANY-STREAMS";
+pub const TOO_LARGE: &str = Code::TooLarge.as_str();
+pub const RESULT_TOO_LARGE: &str = Code::ResultTooLarge.as_str();
+pub const QUEUE_FULL: &str = Code::QueueFull.as_str();
+pub const TOO_MANY_STREAMS: &str = Code::TooManyStreams.as_str();
 
 /// Longest function name accepted. Names are quoted in errors, and gRPC errors travel in
 /// headers that peers bound (a 100 KB name made the client drop the connection).
@@ -38,7 +38,8 @@ pub fn check_function_name(name: &str) -> Result<(), Status> {
     if name.len() > MAX_FUNCTION_NAME {
         let cut = name.char_indices().nth(40).map_or(name.len(), |(i, _)| i);
         return Err(Status::invalid_argument(format!(
-            "MZ-BAD-ARGUMENTS: function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+            "{}: function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+            Code::BadArguments,
             &name[..cut],
             name.len()
         )));

@@ -17,7 +17,7 @@ use crate::hub::Hub;
 use crate::network::Network;
 use crate::proposer::{ProposeError, Proposer};
 use crate::supervise::{Death, Lives, Supervisor};
-use mozen_model::{NodeId, NodeInfo, NodeRole, NodeState};
+use mozen_model::{Code, NodeId, NodeInfo, NodeRole, NodeState};
 use mozen_proto as pb;
 use mozen_store::{Command, LogStore, Raft, RaftNode, StateMachineStore, StoreOptions};
 use openraft::ChangeMembers;
@@ -43,21 +43,23 @@ pub enum AgentError {
     #[error(transparent)]
     Store(#[from] mozen_store::StoreError),
     #[error(
-        "MZ-IDENTITY: data dir {dir} belongs to node {stored}, but --id is {given}; use --id {stored} or another --data-dir"
+        "{}: data dir {dir} belongs to node {stored}, but --id is {given}; use --id {stored} or another --data-dir",
+        Code::Identity
     )]
     Identity {
         dir: String,
         stored: NodeId,
         given: NodeId,
     },
-    #[error("MZ-RAFT: {0}")]
+    #[error("{code}: {0}", code = Code::Raft)]
     Raft(String),
-    #[error("MZ-SERVER: {0}")]
+    #[error("{code}: {0}", code = Code::Server)]
     Server(String),
-    #[error("MZ-REPAIR: {0}")]
+    #[error("{code}: {0}", code = Code::Repair)]
     Repair(String),
     #[error(
-        "MZ-DAMAGED: data dir {dir} is empty, but node {id} is a registered voter of the cluster (peer {peer} says so): its log and vote were lost, and it must not vote with an empty log; repair it with `mozen-agent repair` and the same flags (it leaves the voters, rejoins from the peers and is promoted back once caught up)"
+        "{}: data dir {dir} is empty, but node {id} is a registered voter of the cluster (peer {peer} says so): its log and vote were lost, and it must not vote with an empty log; repair it with `mozen-agent repair` and the same flags (it leaves the voters, rejoins from the peers and is promoted back once caught up)",
+        Code::Damaged
     )]
     LostLog {
         dir: String,
@@ -66,7 +68,8 @@ pub enum AgentError {
     },
     /// The data dir holds the marker a quarantined agent writes (see [`crate::integrity`]).
     #[error(
-        "MZ-QUARANTINED: data dir {dir} is quarantined ({reason}); this agent does not start on it: repair it with `mozen-agent repair`, then start the agent again"
+        "{}: data dir {dir} is quarantined ({reason}); this agent does not start on it: repair it with `mozen-agent repair`, then start the agent again",
+        Code::Quarantined
     )]
     Quarantined { dir: String, reason: String },
     /// The Raft core or an essential task died while the agent ran (see [`crate::supervise`]).
@@ -87,7 +90,7 @@ impl AgentError {
             AgentError::Died {
                 death: Death::RaftCore { cause },
                 ..
-            } if cause.contains("MZ-DAMAGED") => crate::builder::EXIT_DAMAGED,
+            } if cause.contains(Code::Damaged.as_str()) => crate::builder::EXIT_DAMAGED,
             AgentError::Died {
                 death: Death::Damaged { .. },
                 ..
@@ -676,7 +679,8 @@ pub fn quorum_check(agent: &Agent, removing: NodeId) -> Result<(), String> {
     let after: Vec<NodeId> = voters.iter().copied().filter(|v| *v != removing).collect();
     if after.is_empty() {
         return Err(format!(
-            "MZ-QUORUM: node {removing} is the last voter; promote another node first"
+            "{}: node {removing} is the last voter; promote another node first",
+            Code::Quorum
         ));
     }
     let lease = agent.cfg.lease;
@@ -692,7 +696,8 @@ pub fn quorum_check(agent: &Agent, removing: NodeId) -> Result<(), String> {
     let need = after.len() / 2 + 1;
     if live < need {
         return Err(format!(
-            "MZ-QUORUM: removing voter {removing} leaves {live} live of {} voters; a majority ({need}) is needed",
+            "{}: removing voter {removing} leaves {live} live of {} voters; a majority ({need}) is needed",
+            Code::Quorum,
             after.len()
         ));
     }
@@ -707,10 +712,13 @@ pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, Stri
     let at = now_ms();
     let node = agent.sm.shared().read().expect("state").node(id).cloned();
     let Some(node) = node else {
-        return Err(format!("MZ-UNKNOWN-NODE: no node {id} in the node table"));
+        return Err(format!(
+            "{}: no node {id} in the node table",
+            Code::UnknownNode
+        ));
     };
     let perr = |e: ProposeError| e.to_string();
-    let raft_err = |e: String| format!("MZ-RAFT: {e}");
+    let raft_err = |e: String| format!("{}: {e}", Code::Raft);
     match op {
         "drain" => {
             agent
@@ -788,7 +796,8 @@ pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, Stri
             Ok(format!("node {id} was removed"))
         }
         other => Err(format!(
-            "MZ-BAD-OP: unknown node operation '{other}' (drain, undrain, promote, demote, remove)"
+            "{}: unknown node operation '{other}' (drain, undrain, promote, demote, remove)",
+            Code::BadOp
         )),
     }
 }
@@ -809,7 +818,7 @@ async fn leave_membership(agent: &Agent, id: NodeId) -> Result<(), String> {
         .change_membership(change, false)
         .await
         .map(|_| ())
-        .map_err(|e| format!("MZ-RAFT: {e}"))
+        .map_err(|e| format!("{}: {e}", Code::Raft))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! one entry is being written the next gathers (group commit); up to [`IN_FLIGHT`] entries are
 //! in flight when each carries at least [`PIPELINE_BATCH`] commands (or is full by size).
 
-use mozen_model::NodeId;
+use mozen_model::{Code, NodeId};
 use mozen_store::{Command, Raft, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
@@ -25,14 +25,14 @@ pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 /// Why a proposal did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
-    #[error("MZ-NOT-LEADER: node {me} is not the leader")]
+    #[error("{}: node {me} is not the leader", Code::NotLeader)]
     NotLeader {
         me: NodeId,
         leader: Option<(NodeId, String)>,
     },
-    #[error("MZ-RAFT: {0}")]
+    #[error("{code}: {0}", code = Code::Raft)]
     Raft(String),
-    #[error("MZ-SHUTTING-DOWN: the agent is stopping")]
+    #[error("{}: the agent is stopping", Code::ShuttingDown)]
     Closed,
 }
 

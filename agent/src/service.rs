@@ -11,7 +11,8 @@ use crate::node::{Agent, node_op, now_ms};
 use crate::proposer::ProposeError;
 use crate::view;
 use mozen_model::{
-    NodeInfo, NodeRole, NodeState, RequestKey, RequestState, RetryPolicy, canonical_args,
+    Code, NodeInfo, NodeRole, NodeState, RequestKey, RequestState, RetryPolicy, canonical_args,
+    code_of,
 };
 use mozen_proto as pb;
 use mozen_proto::mozen_server::{Mozen, MozenServer};
@@ -154,6 +155,7 @@ impl Service {
             return Ok(pb::CallReply {
                 key: key.to_hex(),
                 state: "unknown".into(),
+                state_enum: pb::RequestState::Unknown.into(),
                 ..Default::default()
             });
         };
@@ -163,6 +165,7 @@ impl Service {
             node,
             duration_ms,
             state: state.name().into(),
+            state_enum: pb::RequestState::from(&state).into(),
             ..Default::default()
         };
         let done = state == RequestState::Done;
@@ -278,7 +281,7 @@ impl Service {
     fn parse_call(&self, c: &pb::CallRequest) -> Result<(RequestKey, NewRequest), Status> {
         if c.function.is_empty() {
             return Err(Status::invalid_argument(
-                "MZ-BAD-ARGUMENTS: function name is empty",
+                Code::BadArguments.message("function name is empty"),
             ));
         }
         crate::limits::check_function_name(&c.function)?;
@@ -290,20 +293,20 @@ impl Service {
         };
         let args: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             Status::invalid_argument(format!(
-                "MZ-BAD-ARGUMENTS: arguments of {} are not one JSON value: {e}",
+                "{}: arguments of {} are not one JSON value: {e}",
+                Code::BadArguments,
                 c.function
             ))
         })?;
         let canon = canonical_args(&args);
         let key = RequestKey::of(&c.function, &canon);
-        let parent =
-            if c.parent.is_empty() {
-                None
-            } else {
-                Some(c.parent.parse::<RequestKey>().map_err(|e| {
-                    Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: parent: {e}"))
-                })?)
-            };
+        let parent = if c.parent.is_empty() {
+            None
+        } else {
+            Some(c.parent.parse::<RequestKey>().map_err(|e| {
+                Status::invalid_argument(format!("{}: parent: {e}", Code::BadArguments))
+            })?)
+        };
         let def = RetryPolicy::default();
         let unset = c.retries == 0 && c.backoff_ms == 0 && c.max_attempts == 0;
         // A child call that sets no policy of its own inherits its caller's: a request allowed
@@ -374,6 +377,7 @@ impl Service {
                 duration_ms: ms,
                 result_json: Some(String::from_utf8_lossy(&value).into_owned()),
                 state: "done".into(),
+                state_enum: pb::RequestState::Done.into(),
                 ..Default::default()
             }),
         }
@@ -502,8 +506,8 @@ impl Mozen for Service {
         let r = r.into_inner();
         match node_op(&self.agent, r.node_id, &r.op).await {
             Ok(message) => Ok(Response::new(pb::NodeOpReply { message })),
-            Err(m) if m.starts_with("MZ-UNKNOWN-NODE") => Err(Status::not_found(m)),
-            Err(m) if m.starts_with("MZ-NOT-LEADER") => Err(self.not_leader()),
+            Err(m) if code_of(&m) == Some(Code::UnknownNode) => Err(Status::not_found(m)),
+            Err(m) if code_of(&m) == Some(Code::NotLeader) => Err(self.not_leader()),
             Err(m) => Err(Status::failed_precondition(m)),
         }
     }
@@ -513,11 +517,11 @@ impl Mozen for Service {
         let r = r.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument(
-                "MZ-BAD-ARGUMENTS: node id must be a positive integer",
+                Code::BadArguments.message("node id must be a positive integer"),
             ));
         }
         crate::config::parse_host_port("addr", &r.addr, &r.addr)
-            .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: {e}")))?;
+            .map_err(|e| Status::invalid_argument(format!("{}: {e}", Code::BadArguments)))?;
         if self
             .agent
             .sm
@@ -528,7 +532,8 @@ impl Mozen for Service {
             .is_some()
         {
             return Err(Status::already_exists(format!(
-                "MZ-NODE-EXISTS: node {} is already in the node table",
+                "{}: node {} is already in the node table",
+                Code::NodeExists,
                 r.node_id
             )));
         }
@@ -566,7 +571,7 @@ impl Mozen for Service {
         let r = r.into_inner();
         if r.id == 0 || r.slots == 0 {
             return Err(Status::invalid_argument(
-                "MZ-BAD-ARGUMENTS: join needs a positive id and slots",
+                Code::BadArguments.message("join needs a positive id and slots"),
             ));
         }
         let role = self.agent.role_of(r.id);
@@ -613,7 +618,8 @@ impl Mozen for Service {
             .is_some();
         if !known {
             return Err(Status::not_found(format!(
-                "MZ-UNKNOWN-NODE: node {} is not in the node table",
+                "{}: node {} is not in the node table",
+                Code::UnknownNode,
                 r.node_id
             )));
         }
@@ -720,7 +726,7 @@ impl Mozen for Service {
                     let result = match m.call {
                         Some(c) => svc.do_call(c).await,
                         None => Err(Status::invalid_argument(
-                            "MZ-BAD-ARGUMENTS: a tagged call without its call",
+                            Code::BadArguments.message("a tagged call without its call"),
                         )),
                     };
                     let _ = tx.send(Ok(tagged_reply(m.tag, result)));
@@ -787,19 +793,19 @@ impl Mozen for Service {
             && !crate::express::flies(&self.agent, &key)
         {
             return Err(Status::not_found(format!(
-                "MZ-UNKNOWN-REQUEST: no request {key} (never submitted, or forgotten)"
+                "{}: no request {key} (never submitted, or forgotten)",
+                Code::UnknownRequest
             )));
         }
         if !r.wait {
             let mut reply = self.reply_for(&key, false, None)?;
             if reply.state == "unknown" {
                 // An express call, not written down yet: held for a place, or running.
-                reply.state = if crate::express::is_held(&self.agent, &key) {
-                    "queued"
+                reply.set_state(if crate::express::is_held(&self.agent, &key) {
+                    pb::RequestState::Queued
                 } else {
-                    "running"
-                }
-                .into();
+                    pb::RequestState::Running
+                });
             }
             return Ok(Response::new(reply));
         }
@@ -838,7 +844,7 @@ impl Mozen for Service {
             ForgetSelector::OlderThan(now_ms().saturating_sub(r.older_than_ms))
         } else {
             return Err(Status::invalid_argument(
-                "MZ-BAD-ARGUMENTS: forget needs a key, a function or an age",
+                Code::BadArguments.message("forget needs a key, a function or an age"),
             ));
         };
         self.require_leader()?;
@@ -879,7 +885,8 @@ impl Mozen for Service {
         let r = r.into_inner();
         if let Some((i, h)) = r.check.iter().enumerate().find(|(_, h)| !is_blob_hash(h)) {
             return Err(Status::invalid_argument(format!(
-                "MZ-BAD-ARGUMENTS: check[{i}] ({} bytes) is not a blob hash (64 lowercase hex digits)",
+                "{}: check[{i}] ({} bytes) is not a blob hash (64 lowercase hex digits)",
+                Code::BadArguments,
                 h.len()
             )));
         }
@@ -1027,7 +1034,8 @@ fn not_leader(agent: &Agent) -> Status {
         None => ("unknown".to_string(), String::new()),
     };
     let mut s = Status::failed_precondition(format!(
-        "MZ-NOT-LEADER: node {} is not the leader; the leader is node {id} ({})",
+        "{}: node {} is not the leader; the leader is node {id} ({})",
+        Code::NotLeader,
         agent.me(),
         if addr.is_empty() {
             "being elected"
@@ -1048,7 +1056,7 @@ fn propose_status(agent: &Agent, e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { .. } => not_leader(agent),
         ProposeError::Closed => Status::unavailable(e.to_string()),
-        ProposeError::Raft(m) => Status::unavailable(format!("MZ-RAFT: {m}")),
+        ProposeError::Raft(m) => Status::unavailable(format!("{}: {m}", Code::Raft)),
     }
 }
 
@@ -1059,7 +1067,8 @@ pub(crate) fn open_work(agent: &Arc<Agent>, node: u64) -> Result<WorkStream, Sta
     let state = agent.sm.shared();
     if state.read().expect("state").node(node).is_none() {
         return Err(Status::not_found(format!(
-            "MZ-UNKNOWN-NODE: node {node} is not in the node table"
+            "{}: node {node} is not in the node table",
+            Code::UnknownNode
         )));
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1113,7 +1122,7 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
     for c in reported {
         let Some(key) = pb::convert::key_from_bytes(&c.key) else {
             return Err(Status::invalid_argument(
-                "MZ-BAD-ARGUMENTS: completion key must be 32 bytes",
+                Code::BadArguments.message("completion key must be 32 bytes"),
             ));
         };
         let outcome = match (c.value, c.error) {
@@ -1144,10 +1153,10 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
     if crate::express::any_stray(agent, &express)
         && !crate::node::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
     {
-        return Err(Status::failed_precondition(
-            "MZ-NOT-READY: this leader has not yet applied what earlier leaders committed; \
+        return Err(Status::failed_precondition(Code::NotReady.message(
+            "this leader has not yet applied what earlier leaders committed; \
              report again",
-        ));
+        )));
     }
     let mut cmds = Vec::new();
     if !express.is_empty() {
@@ -1195,7 +1204,7 @@ pub(crate) async fn complete(agent: &Agent, reported: Vec<pb::Completion>) -> Re
 pub(crate) async fn park(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status> {
     let Some(key) = pb::convert::key_from_bytes(&r.key) else {
         return Err(Status::invalid_argument(
-            "MZ-BAD-ARGUMENTS: park key must be 32 bytes",
+            Code::BadArguments.message("park key must be 32 bytes"),
         ));
     };
     agent
@@ -1214,7 +1223,7 @@ pub(crate) async fn park(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status
 fn parent_gone() -> Status {
     Status::failed_precondition(format!(
         "{}: the calling request is no longer running (cancelled or re-queued)",
-        mozen_model::codes::PARENT_GONE
+        Code::ParentGone
     ))
 }
 
@@ -1243,5 +1252,5 @@ fn tagged_reply(tag: u64, result: Result<pb::CallReply, Status>) -> pb::TaggedRe
 
 fn parse_key(s: &str) -> Result<RequestKey, Status> {
     s.parse()
-        .map_err(|e| Status::invalid_argument(format!("MZ-BAD-ARGUMENTS: key: {e}")))
+        .map_err(|e| Status::invalid_argument(format!("{}: key: {e}", Code::BadArguments)))
 }

@@ -16,6 +16,7 @@
 //! there is logged by [`install_panic_hook`] and the agent goes on (a panicking function
 //! answers its caller with an error, see `functions`).
 
+use mozen_model::Code;
 use mozen_store::Raft;
 use openraft::error::Fatal;
 use std::any::Any;
@@ -44,12 +45,13 @@ impl fmt::Display for Death {
         match self {
             Death::RaftCore { cause } => write!(
                 f,
-                "MZ-RAFT-CORE: the Raft core stopped: {cause}. This member no longer follows \
+                "{}: the Raft core stopped: {cause}. This member no longer follows \
                  the cluster, so the agent stops rather than serve a state that no longer \
                  moves. If the cause names missing or conflicting committed entries, this \
                  data dir or the leader's lost committed entries: keep both data dirs and see \
                  docs/operations.md (\"A member that stops with exit code 4\"); otherwise \
-                 restart the agent, and report the log if it happens again"
+                 restart the agent, and report the log if it happens again",
+                Code::RaftCore
             ),
             Death::Damaged { detail } => write!(
                 f,
@@ -58,9 +60,10 @@ impl fmt::Display for Death {
             ),
             Death::Task { name, how } => write!(
                 f,
-                "MZ-TASK-DIED: the agent's {name} {how}. The agent cannot work without it and \
+                "{}: the agent's {name} {how}. The agent cannot work without it and \
                  stops; its data dir is intact. Restart the agent, and report this log (it is \
-                 a bug)"
+                 a bug)",
+                Code::TaskDied
             ),
         }
     }

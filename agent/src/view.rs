@@ -1,7 +1,7 @@
 //! Read views of the applied state as wire messages (status, nodes, queue, trees, events).
 
 use crate::node::{Agent, now_ms};
-use mozen_model::{Request, RequestKey, RequestState};
+use mozen_model::{Code, Request, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_store::ClusterState;
 use std::collections::{BTreeMap, HashSet};
@@ -156,7 +156,7 @@ pub fn tree(
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     if state.request(&root).is_none() {
-        return Err(format!("MZ-UNKNOWN-REQUEST: no request {root}"));
+        return Err(format!("{}: no request {root}", Code::UnknownRequest));
     }
     let mut out = Vec::new();
     let mut seen = HashSet::new();

@@ -15,7 +15,7 @@ use crate::service::WorkStream;
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use mozen_model::{ChainLink, RequestKey, TaskError, codes};
+use mozen_model::{ChainLink, Code, RequestKey, TaskError, codes};
 use mozen_proto as pb;
 use mozen_proto::mozen_client::MozenClient;
 use serde_json::Value;
@@ -43,7 +43,8 @@ where
     loop {
         match call().await {
             Err(ClientError::Rejected { code, .. })
-                if code == codes::PARENT_GONE && tokio::time::Instant::now() + pause < give_up =>
+                if code.as_str() == Code::ParentGone
+                    && tokio::time::Instant::now() + pause < give_up =>
             {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -556,7 +557,7 @@ async fn heartbeat(agent: Arc<Agent>, running: Running) {
             })
             .await;
         if let Err(ClientError::Rejected { code, message }) = &r
-            && code == "MZ-UNKNOWN-NODE"
+            && code.as_str() == Code::UnknownNode
         {
             warn!(
                 "{code}: {message}; this agent was removed from the cluster and takes no more work (restart it to rejoin)"

@@ -9,12 +9,14 @@
 //! Dependency rule: this crate depends on serde (and hashing/hex helpers) only. It knows
 //! nothing of Raft, sled, gRPC or tokio, so the scheduler and the console can use it freely.
 
+pub mod code;
 pub mod key;
 pub mod load;
 pub mod node;
 pub mod outcome;
 pub mod request;
 
+pub use code::{Code, UnknownCode, code_of};
 pub use key::{KeyParseError, RequestKey, canonical_args};
 pub use load::{LoadIndex, NodeLoad, Rank};
 pub use node::{

@@ -1,21 +1,24 @@
 //! What running a request produced: a result, or a structured error with its call chain.
 
-use crate::{NodeId, RequestKey};
+use crate::{Code, NodeId, RequestKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Stable error codes shown to operators and clients.
+/// The string forms of the codes task errors carry most often, for code that compares or
+/// builds `TaskError::code` strings (defined from [`Code`], which lists every code).
 pub mod codes {
-    pub const FUNCTION_FAILED: &str = "MZ-FUNCTION-FAILED";
-    pub const UNKNOWN_FUNCTION: &str = "MZ-UNKNOWN-FUNCTION";
-    pub const BAD_ARGUMENTS: &str = "MZ-BAD-ARGUMENTS";
-    pub const CHILD_FAILED: &str = "MZ-CHILD-FAILED";
-    pub const ATTEMPTS_EXHAUSTED: &str = "MZ-ATTEMPTS-EXHAUSTED";
-    pub const CANCELLED: &str = "MZ-CANCELLED";
-    pub const EXEC_REFUSED: &str = "MZ-EXEC-REFUSED";
-    pub const TIMEOUT: &str = "MZ-TIMEOUT";
+    use crate::Code;
+
+    pub const FUNCTION_FAILED: &str = Code::FunctionFailed.as_str();
+    pub const UNKNOWN_FUNCTION: &str = Code::UnknownFunction.as_str();
+    pub const BAD_ARGUMENTS: &str = Code::BadArguments.as_str();
+    pub const CHILD_FAILED: &str = Code::ChildFailed.as_str();
+    pub const ATTEMPTS_EXHAUSTED: &str = Code::AttemptsExhausted.as_str();
+    pub const CANCELLED: &str = Code::Cancelled.as_str();
+    pub const EXEC_REFUSED: &str = Code::ExecRefused.as_str();
+    pub const TIMEOUT: &str = Code::Timeout.as_str();
     /// A child call refused: its calling request is not running (cancelled, or re-queued).
-    pub const PARENT_GONE: &str = "MZ-PARENT-GONE";
+    pub const PARENT_GONE: &str = Code::ParentGone.as_str();
 }
 
 /// One hop of an error chain: the request that saw the failure and where it ran.
@@ -46,6 +49,18 @@ impl TaskError {
             node: None,
             chain: Vec::new(),
         }
+    }
+}
+
+impl TaskError {
+    /// A task error with a code of the cluster's own.
+    pub fn coded(code: Code, message: impl Into<String>) -> Self {
+        TaskError::new(code.as_str(), message)
+    }
+
+    /// The code as a [`Code`], when it is one of the cluster's (functions may set their own).
+    pub fn known_code(&self) -> Option<Code> {
+        Code::parse(&self.code)
     }
 }
 

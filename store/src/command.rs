@@ -277,14 +277,16 @@ pub enum Response {
     Ran(Vec<bool>),
 }
 
-/// Stable codes of state-machine rejections.
+/// Stable codes of state-machine rejections (the strings of their [`mozen_model::Code`]s).
 pub mod reject {
-    pub const UNKNOWN_NODE: &str = "MZ-UNKNOWN-NODE";
-    pub const UNKNOWN_REQUEST: &str = "MZ-UNKNOWN-REQUEST";
-    pub const NOT_QUEUED: &str = "MZ-NOT-QUEUED";
-    pub const NODE_NOT_ACTIVE: &str = "MZ-NODE-NOT-ACTIVE";
-    pub const NO_FREE_SLOT: &str = "MZ-NO-FREE-SLOT";
-    pub const STALE_ATTEMPT: &str = "MZ-STALE-ATTEMPT";
-    pub const NOT_YET: &str = "MZ-BACKOFF";
-    pub const BAD_TRANSITION: &str = "MZ-BAD-TRANSITION";
+    use mozen_model::Code;
+
+    pub const UNKNOWN_NODE: &str = Code::UnknownNode.as_str();
+    pub const UNKNOWN_REQUEST: &str = Code::UnknownRequest.as_str();
+    pub const NOT_QUEUED: &str = Code::NotQueued.as_str();
+    pub const NODE_NOT_ACTIVE: &str = Code::NodeNotActive.as_str();
+    pub const NO_FREE_SLOT: &str = Code::NoFreeSlot.as_str();
+    pub const STALE_ATTEMPT: &str = Code::StaleAttempt.as_str();
+    pub const NOT_YET: &str = Code::Backoff.as_str();
+    pub const BAD_TRANSITION: &str = Code::BadTransition.as_str();
 }

@@ -1,5 +1,6 @@
 //! Errors of the store: what is damaged, where, and what to do about it.
 
+use mozen_model::Code;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -11,7 +12,8 @@ pub enum StoreError {
         source: sled::Error,
     },
     #[error(
-        "MZ-DAMAGED: corrupt record in tree '{tree}' at key {key}: {reason}; this member must not vote or lead on this data dir: repair it with `mozen-agent repair` and the same flags (it moves the dir aside and rejoins from the peers, see docs/operations.md)"
+        "{}: corrupt record in tree '{tree}' at key {key}: {reason}; this member must not vote or lead on this data dir: repair it with `mozen-agent repair` and the same flags (it moves the dir aside and rejoins from the peers, see docs/operations.md)",
+        Code::Damaged
     )]
     Corrupt {
         tree: &'static str,
@@ -21,7 +23,8 @@ pub enum StoreError {
     /// The data dir lost data it had acknowledged, or a file of it fails its checks: see
     /// [`crate::mark`]. The member must not vote or lead on it.
     #[error(
-        "MZ-DAMAGED: data dir {dir} is damaged: {detail}; this member must not vote or lead on it: repair it with `mozen-agent repair` and the same flags (it moves the dir aside and rejoins from the peers, see docs/operations.md)"
+        "{}: data dir {dir} is damaged: {detail}; this member must not vote or lead on it: repair it with `mozen-agent repair` and the same flags (it moves the dir aside and rejoins from the peers, see docs/operations.md)",
+        Code::Damaged
     )]
     Damaged { dir: String, detail: String },
     #[error(

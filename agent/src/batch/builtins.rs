@@ -8,13 +8,13 @@
 //! the job saw.
 
 use crate::functions::{Ctx, Functions, fail};
-use mozen_model::{TaskError, codes};
+use mozen_model::{Code, TaskError, codes};
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 use std::collections::BTreeMap;
 
 /// Error code of a slice whose file changed since the job was planned.
-pub const STALE_SLICE: &str = "MZ-STALE-SLICE";
+pub const STALE_SLICE: &str = Code::StaleSlice.as_str();
 
 /// One slice of one file: the argument of every map function.
 ///

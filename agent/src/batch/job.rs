@@ -12,7 +12,7 @@ use super::run::{Skipped, show_chain};
 use super::spec::ErrorPolicy;
 use crate::functions::{Ctx, Functions};
 use futures::StreamExt;
-use mozen_model::{RequestKey, TaskError, canonical_args, codes};
+use mozen_model::{Code, RequestKey, TaskError, canonical_args, codes};
 use mozen_store::Memo;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,9 +22,9 @@ pub const ROOT: &str = "mapreduce";
 /// The function whose memoized values are the shipped slices' texts.
 pub const BLOB: &str = "blob";
 /// A job stopped by its error policy or by a failed reduce.
-pub const JOB_FAILED: &str = "MZ-JOB-FAILED";
+pub const JOB_FAILED: &str = Code::JobFailed.as_str();
 /// A slice's text is not stored in the cluster.
-pub const BLOB_MISSING: &str = "MZ-BLOB-MISSING";
+pub const BLOB_MISSING: &str = Code::BlobMissing.as_str();
 /// Largest shipped slice: each is one value in the replicated log, which followers must take
 /// within a heartbeat interval.
 pub const MAX_BLOB_BYTES: usize = 2 << 20;

@@ -12,7 +12,7 @@ use super::spec::{ErrorPolicy, JobSpec, SliceLines, SpecError};
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{Ctx, Functions};
 use futures::StreamExt;
-use mozen_model::{RequestKey, TaskError, canonical_args};
+use mozen_model::{Code, RequestKey, TaskError, canonical_args};
 use mozen_proto as pb;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -27,19 +27,27 @@ pub enum JobError {
     #[error("{0}")]
     Spec(#[from] SpecError),
     /// An input file cannot be used.
-    #[error("MZ-BAD-INPUT: {0}")]
+    #[error("{code}: {0}", code = Code::BadInput)]
     Input(String),
     #[error("{0}")]
     Client(#[from] ClientError),
     /// A slice failed and the error policy stops the job.
-    #[error("MZ-JOB-FAILED: slice {slice} failed under policy {policy}: {}", show_chain(.error))]
+    #[error(
+        "{}: slice {slice} failed under policy {policy}: {}",
+        Code::JobFailed,
+        show_chain(.error)
+    )]
     Slice {
         slice: String,
         policy: &'static str,
         error: TaskError,
     },
     /// A reduce request failed (reduces are not skipped).
-    #[error("MZ-JOB-FAILED: reduce {function} failed: {}", show_chain(.error))]
+    #[error(
+        "{}: reduce {function} failed: {}",
+        Code::JobFailed,
+        show_chain(.error)
+    )]
     Reduce { function: String, error: TaskError },
     /// The job's root request failed: a slice under its error policy, a reduce, or the root.
     #[error("{}", show_chain(.0))]

@@ -2,6 +2,7 @@
 //! it does when a slice fails. Parsed from TOML (errors carry line and column) or built in Rust,
 //! then validated as a whole before anything is submitted.
 
+use mozen_model::Code;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -353,7 +354,7 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MZ-BAD-JOB: ")?;
+        write!(f, "{}: ", Code::BadJob)?;
         if let Some(p) = &self.file {
             write!(f, "{}", p.display())?;
             if let Some((l, c)) = self.at {

@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use mozen_agent::batch::{self, JobError, JobSpec};
 use mozen_agent::client::{CallOptions, Client, ClientError, split_addrs};
-use mozen_model::TaskError;
+use mozen_model::{Code, TaskError};
 use mozen_proto as pb;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -268,7 +268,8 @@ fn state_health(s: &pb::RaftStatus) -> Result<(), Fail> {
     let mut problems = Vec::new();
     if !s.quarantined.is_empty() {
         problems.push(format!(
-            "MZ-CORRUPT: node {} (the agent answering) is quarantined: {}; repair its data dir with `mozen-agent repair`",
+            "{}: node {} (the agent answering) is quarantined: {}; repair its data dir with `mozen-agent repair`",
+            Code::Corrupt,
             s.node_id, s.quarantined
         ));
     }
@@ -280,14 +281,16 @@ fn state_health(s: &pb::RaftStatus) -> Result<(), Fail> {
         let others: Vec<String> = m.others.iter().map(|o| o.to_string()).collect();
         problems.push(if m.outvoted {
             format!(
-                "MZ-CORRUPT: voter {}'s state differs at log index {} from the one a majority holds (voters {}); it is quarantined: repair its data dir with `mozen-agent repair`",
+                "{}: voter {}'s state differs at log index {} from the one a majority holds (voters {}); it is quarantined: repair its data dir with `mozen-agent repair`",
+                Code::Corrupt,
                 m.node_id,
                 m.index,
                 others.join(", ")
             )
         } else {
             format!(
-                "MZ-STATE-CONFLICT: voter {}'s state differs at log index {} from voter(s) {} and no state has a majority; check these members' data dirs",
+                "{}: voter {}'s state differs at log index {} from voter(s) {} and no state has a majority; check these members' data dirs",
+                Code::StateConflict,
                 m.node_id,
                 m.index,
                 others.join(", ")

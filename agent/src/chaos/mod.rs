@@ -21,6 +21,7 @@ pub mod workload;
 
 use check::{Analysis, Verification};
 use history::History;
+use mozen_model::Code;
 use nemesis::FaultCounts;
 use procs::LocalCluster;
 use rand::SeedableRng;
@@ -129,14 +130,17 @@ impl ChaosConfig {
 /// Why a chaos run could not be carried out (as opposed to finding violations).
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
-    #[error("MZ-USAGE: {0}")]
+    #[error("{code}: {0}", code = Code::Usage)]
     Usage(String),
-    #[error("MZ-CHAOS-SETUP: {0}")]
+    #[error("{code}: {0}", code = Code::ChaosSetup)]
     Setup(String),
-    #[error("MZ-CHAOS-NOT-READY: {0}")]
+    #[error("{code}: {0}", code = Code::ChaosNotReady)]
     NotReady(String),
     /// The run completed and found this many violations (listed in its report).
-    #[error("MZ-CHAOS-VIOLATIONS: {0} violations found; see the report above")]
+    #[error(
+        "{code}: {0} violations found; see the report above",
+        code = Code::ChaosViolations
+    )]
     Violations(usize),
 }
 

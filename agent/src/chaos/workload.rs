@@ -8,7 +8,7 @@
 
 use super::history::{Entry, History};
 use crate::client::{CallOptions, Client, ClientError};
-use mozen_model::{RequestKey, canonical_args};
+use mozen_model::{Code, RequestKey, canonical_args};
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -116,7 +116,7 @@ pub async fn client_loop(
                         op,
                         client: client_id,
                         at_ms,
-                        code: "MZ-BAD-RESULT".into(),
+                        code: Code::BadResult.as_str().into(),
                         message: format!("result {text} is not JSON: {e}"),
                     },
                 }

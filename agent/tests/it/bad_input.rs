@@ -47,7 +47,17 @@ async fn bad_input_over_grpc_is_refused_clearly_and_the_agent_keeps_serving() {
         };
         match api.call(req).await {
             // Valid JSON is a request like any other; it fails as an unknown function.
-            Ok(r) if valid => assert_eq!(r.into_inner().error.unwrap().code, "MZ-UNKNOWN-FUNCTION"),
+            // The reply carries the code and the state both as strings and as enums.
+            Ok(r) if valid => {
+                let r = r.into_inner();
+                assert_eq!(
+                    (r.state.as_str(), r.state_enum()),
+                    ("failed", pb::RequestState::Failed)
+                );
+                let e = r.error.unwrap();
+                assert_eq!(e.code, "MZ-UNKNOWN-FUNCTION");
+                assert_eq!(e.code_enum(), pb::ErrorCode::UnknownFunction);
+            }
             Ok(r) => panic!("{args:?} accepted: {r:?}"),
             Err(s) => {
                 assert!(!valid, "{args:?}: {s:?}");

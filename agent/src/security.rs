@@ -18,7 +18,7 @@
 
 use crate::config::ConfigError;
 use crate::faults::Faults;
-use mozen_model::NodeId;
+use mozen_model::{Code, NodeId};
 use std::path::Path;
 use std::sync::Arc;
 use tonic::service::Interceptor;
@@ -249,9 +249,11 @@ impl Interceptor for Guard {
                 .and_then(|v| v.parse::<NodeId>().ok())
             && faults.blocks(peer)
         {
-            return Err(Status::unavailable(format!(
-                "MZ-PARTITIONED: node {} is cut off from node {peer} by the fault control",
-                self.me
+            return Err(Status::unavailable(Code::Partitioned.message(
+                format_args!(
+                    "node {} is cut off from node {peer} by the fault control",
+                    self.me
+                ),
             )));
         }
         let Some(want) = &self.token else {
@@ -264,12 +266,12 @@ impl Interceptor for Guard {
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if blake3::hash(t.as_bytes()) == *want => Ok(req),
-            Some(_) => Err(Status::unauthenticated(
-                "MZ-UNAUTHENTICATED: the token does not match this cluster's; check --token-file",
-            )),
-            None => Err(Status::unauthenticated(
-                "MZ-UNAUTHENTICATED: this cluster requires a token: pass --token-file PATH (MOZEN_TOKEN_FILE for the mozen CLI)",
-            )),
+            Some(_) => Err(Status::unauthenticated(Code::Unauthenticated.message(
+                "the token does not match this cluster's; check --token-file",
+            ))),
+            None => Err(Status::unauthenticated(Code::Unauthenticated.message(
+                "this cluster requires a token: pass --token-file PATH (MOZEN_TOKEN_FILE for the mozen CLI)",
+            ))),
         }
     }
 }

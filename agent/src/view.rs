@@ -131,6 +131,7 @@ pub fn request_info(state: &ClusterState, r: &Request, error: String) -> pb::Req
         error,
         parents: r.parents.len() as u32,
         children: state.children(&r.key).len() as u32,
+        state_enum: pb::RequestState::from(&r.state).into(),
     }
 }
 

@@ -129,7 +129,7 @@ async fn run_pipe(
     tracing::debug!(waiting = pending.len(), "call stream ended");
     for (_, reply) in pending {
         let _ = reply.send(Err(Status::unavailable(
-            "MZ-UNREACHABLE: the call stream closed",
+            mozen_model::Code::Unreachable.message("the call stream closed"),
         )));
     }
 }
@@ -213,7 +213,7 @@ impl Client {
         let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
         if addrs.is_empty() {
             return Err(ClientError::Rejected {
-                code: "MZ-USAGE".into(),
+                code: mozen_model::Code::Usage.as_str().into(),
                 message: "no agent address given".into(),
             });
         }
@@ -630,7 +630,9 @@ impl Client {
                 .await
             {
                 Ok(r) => r,
-                Err(ClientError::Rejected { code, .. }) if code == "MZ-UNKNOWN-REQUEST" => {
+                Err(ClientError::Rejected { code, .. })
+                    if code == mozen_model::Code::UnknownRequest =>
+                {
                     // Not yet replicated where we asked (e.g. a fresh leader): ask again.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     pb::CallReply {
@@ -742,7 +744,7 @@ impl<R: Send + 'static> IntoFuture for Handle<R> {
         Box::pin(async move {
             self.fut.await.unwrap_or_else(|e| {
                 Err(ClientError::Rejected {
-                    code: "MZ-INTERNAL".into(),
+                    code: mozen_model::Code::Internal.as_str().into(),
                     message: e.to_string(),
                 })
             })

@@ -1,13 +1,13 @@
 //! The client's typed errors: each has a stable `MZ-` code for scripts.
 
-use mozen_model::{TaskError, codes};
+use mozen_model::{Code, TaskError};
 use std::time::Duration;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent could be reached (all addresses tried until the deadline).
-    #[error("MZ-UNREACHABLE: no Mozen agent answered at {addrs}: {last}")]
+    #[error("{}: no Mozen agent answered at {addrs}: {last}", Code::Unreachable)]
     Unreachable { addrs: String, last: String },
     /// The cluster refused the operation.
     #[error("{code}: {message}")]
@@ -17,11 +17,12 @@ pub enum ClientError {
     Task(TaskError),
     /// The deadline passed before the request finished; it may still finish later.
     #[error(
-        "MZ-TIMEOUT: request {key} did not finish within {after:?}; `mozen get {key} --wait` re-attaches"
+        "{}: request {key} did not finish within {after:?}; `mozen get {key} --wait` re-attaches",
+        Code::Timeout
     )]
     Timeout { key: String, after: Duration },
     /// The arguments or the result are not what the types say.
-    #[error("MZ-BAD-ARGUMENTS: {0}")]
+    #[error("{code}: {0}", code = Code::BadArguments)]
     Codec(String),
 }
 
@@ -29,11 +30,11 @@ impl ClientError {
     /// Stable code for scripts.
     pub fn code(&self) -> &str {
         match self {
-            ClientError::Unreachable { .. } => "MZ-UNREACHABLE",
+            ClientError::Unreachable { .. } => Code::Unreachable.as_str(),
             ClientError::Rejected { code, .. } => code,
             ClientError::Task(e) => &e.code,
-            ClientError::Timeout { .. } => codes::TIMEOUT,
-            ClientError::Codec(_) => codes::BAD_ARGUMENTS,
+            ClientError::Timeout { .. } => Code::Timeout.as_str(),
+            ClientError::Codec(_) => Code::BadArguments.as_str(),
         }
     }
 }

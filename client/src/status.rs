@@ -21,7 +21,8 @@ pub fn leader_hint(status: &Status) -> Option<String> {
 
 /// A follower's refusal (`MZ-NOT-LEADER`): the operation belongs to the leader.
 pub fn is_not_leader(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition && status.message().starts_with("MZ-NOT-LEADER")
+    status.code() == Code::FailedPrecondition
+        && mozen_model::code_of(status.message()) == Some(mozen_model::Code::NotLeader)
 }
 
 /// The agent could not be reached or the connection broke: another agent may answer.
@@ -50,10 +51,10 @@ pub fn describe(addr: &str, status: &Status) -> String {
     if msg.starts_with("MZ-") {
         msg.to_string()
     } else if is_transport(status) {
-        format!(
-            "MZ-UNREACHABLE: {addr}: {}",
+        mozen_model::Code::Unreachable.message(format_args!(
+            "{addr}: {}",
             if msg.is_empty() { "no answer" } else { msg }
-        )
+        ))
     } else {
         format!(
             "MZ-RPC-{}: {addr}: {msg}",

@@ -253,6 +253,7 @@ impl v1::Node {
             heartbeat_age_ms: -1,
             tasks_per_sec: 0.0,
             labels: n.labels.clone().into_iter().collect(),
+            state_enum: v1::NodeState::from(n.state) as i32,
         }
     }
 }
@@ -260,6 +261,31 @@ impl v1::Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_carries_its_state_as_string_and_enum() {
+        for state in [
+            m::NodeState::Active,
+            m::NodeState::Draining,
+            m::NodeState::Drained,
+            m::NodeState::Down,
+        ] {
+            let info = m::NodeInfo {
+                id: 1,
+                name: "n".into(),
+                addr: "a:1".into(),
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                slots: 6,
+                state,
+                role: m::NodeRole::Voter,
+                labels: Default::default(),
+            };
+            let n = v1::Node::from_info(&info);
+            assert_eq!(n.state, state.as_str());
+            assert_eq!(m::NodeState::try_from(n.state_enum()), Ok(state));
+        }
+    }
 
     #[test]
     fn every_code_round_trips_through_the_wire_enum() {

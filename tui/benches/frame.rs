@@ -35,6 +35,7 @@ fn update(tick: u64) -> pb::ClusterUpdate {
             heartbeat_age_ms: ((id * 37 + tick) % 900) as i64,
             tasks_per_sec: ((id * 7 + tick * 3) % 50) as f64,
             labels: Default::default(),
+            ..Default::default()
         })
         .collect();
     let fns = ["fib", "tree", "sleep", "spin", "ratio", "bogosity"];
@@ -58,6 +59,7 @@ fn update(tick: u64) -> pb::ClusterUpdate {
             },
             parents: 1,
             children: (i % 4) as u32,
+            ..Default::default()
         })
         .collect();
     pb::ClusterUpdate {

@@ -27,6 +27,7 @@ pub fn node(id: u64, state: &str, role: &str, busy: u32, leader: bool) -> pb::No
         heartbeat_age_ms: if state == "down" { 9_500 } else { 300 },
         tasks_per_sec: f64::from(busy) * 4.0,
         labels: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -40,6 +40,13 @@ pub struct Liveness {
     pub rates: HashMap<NodeId, f64>,
     last_totals: HashMap<NodeId, u64>,
     last_rate_at: Option<Instant>,
+    /// Requests re-queued when each node was marked down, until it is heard from again.
+    pub requeued_at_down: HashMap<NodeId, u64>,
+    /// Nodes marked down that were heard from again (a false suspicion), since this agent
+    /// last became leader.
+    pub false_suspicions: u64,
+    /// Requests re-queued by those false suspicions: each may have run twice.
+    pub reexecuted_after_false_suspicion: u64,
 }
 
 impl Liveness {

@@ -355,9 +355,12 @@ async fn liveness_loop(agent: Arc<Agent>, token: CancellationToken) {
                     (NodeState::Down, true) => {
                         // A node given up for dead is back: what it ran was re-queued and may
                         // have run twice (safe: functions are pure). Counted for operators.
+                        let requeued = l.requeued_at_down.remove(&n.id).unwrap_or(0);
+                        l.false_suspicions += 1;
+                        l.reexecuted_after_false_suspicion += requeued;
                         info!(
                             node = n.id,
-                            "a node marked down is heard from again: marking active"
+                            requeued, "a node marked down is heard from again: marking active"
                         );
                         cmds.push(Command::SetNodeState {
                             id: n.id,
@@ -368,7 +371,7 @@ async fn liveness_loop(agent: Arc<Agent>, token: CancellationToken) {
                             kind: "node-back".into(),
                             node: Some(n.id),
                             message: format!(
-                                "node {} was marked down and is heard from again: what it was running had been re-queued",
+                                "node {} was marked down and is heard from again: the {requeued} requests it was running had been re-queued and may run twice",
                                 n.id
                             ),
                             at,
@@ -377,6 +380,8 @@ async fn liveness_loop(agent: Arc<Agent>, token: CancellationToken) {
                     (NodeState::Down, false) => {}
                     (_, false) => {
                         info!(node = n.id, "no heartbeat within the lease: marking down");
+                        let running = state.running_on(n.id).count() as u64;
+                        l.requeued_at_down.insert(n.id, running);
                         cmds.push(Command::SetNodeState {
                             id: n.id,
                             state: NodeState::Down,

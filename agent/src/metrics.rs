@@ -152,10 +152,31 @@ pub fn render(agent: &Agent) -> String {
         vec![(String::new(), if agent.is_leader() { 1.0 } else { 0.0 })],
     );
     integrity(agent, &mut metric);
+    suspicions(agent, &mut metric);
     o
 }
 
 /// The corruption checks' figures (see [`crate::integrity`]).
+/// Liveness misjudgements counted by this agent while it leads (zero on an agent that never led).
+fn suspicions(agent: &Agent, metric: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>)) {
+    let (back, rerun) = {
+        let l = agent.hub.liveness.lock().expect("liveness");
+        (l.false_suspicions, l.reexecuted_after_false_suspicion)
+    };
+    metric(
+        "mozen_false_suspicions_total",
+        "Nodes marked down that were heard from again, counted by this agent while it leads.",
+        "counter",
+        vec![(String::new(), back as f64)],
+    );
+    metric(
+        "mozen_reexecutions_after_false_suspicion_total",
+        "Requests re-queued from nodes later heard from again (each may have run twice).",
+        "counter",
+        vec![(String::new(), rerun as f64)],
+    );
+}
+
 fn integrity(agent: &Agent, metric: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>)) {
     let i = &agent.integrity;
     metric(

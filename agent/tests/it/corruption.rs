@@ -6,22 +6,11 @@
 use crate::harness::*;
 use mozen_proto as pb;
 use serde_json::json;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Entries between checkpoints: small, so that a few dozen calls cross several.
 const EVERY: &str = "16";
-
-/// The Prometheus text an agent serves on `addr`.
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_voter_whose_state_diverges_is_quarantined_and_the_others_keep_serving() {

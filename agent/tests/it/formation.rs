@@ -340,3 +340,49 @@ async fn naive_cpu_bound_functions_on_every_slot_cause_no_election() {
         assert_eq!(s.term, before, "round {round}: an election happened");
     }
 }
+
+/// A node given up for dead that is heard from again is counted, with what was re-queued from
+/// it (it may have run twice): metrics and a `node-back` event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_worker_heard_from_again_counts_as_a_false_suspicion() {
+    let mut c = Cluster::new(4, &[]);
+    let mut metrics = std::collections::HashMap::new();
+    for a in &mut c.agents {
+        let addr = format!("127.0.0.1:{}", free_port());
+        a.extra.extend(["--metrics".to_string(), addr.clone()]);
+        metrics.insert(a.id, addr);
+        a.start();
+    }
+    c.ready(4).await;
+    let state_of_4 = || async {
+        c.nodes()
+            .await
+            .into_iter()
+            .find(|n| n.id == 4)
+            .map(|n| n.state)
+            .unwrap_or_default()
+    };
+    c.by_id(4).signal("STOP");
+    eventually(Duration::from_secs(20), "node 4 marked down", || async {
+        state_of_4().await == "down"
+    })
+    .await;
+    c.by_id(4).signal("CONT");
+    eventually(Duration::from_secs(20), "node 4 active again", || async {
+        state_of_4().await == "active"
+    })
+    .await;
+    let leader = c.leader().await;
+    let text = scrape(&metrics[&leader]);
+    assert!(
+        text.contains("mozen_false_suspicions_total 1"),
+        "metrics of the leader {leader}:\n{text}"
+    );
+    assert!(
+        text.contains("mozen_reexecutions_after_false_suspicion_total 0"),
+        "{text}"
+    );
+    let events = c.cli(&["events"]);
+    let out = String::from_utf8_lossy(&events.stdout);
+    assert!(out.contains("node-back"), "events:\n{out}");
+}

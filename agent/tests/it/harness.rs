@@ -427,3 +427,14 @@ impl Cluster {
             .unwrap_or_default()
     }
 }
+
+/// The Prometheus text an agent serves on `addr` (`--metrics`).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}

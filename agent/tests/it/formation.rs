@@ -386,3 +386,68 @@ async fn a_paused_worker_heard_from_again_counts_as_a_false_suspicion() {
     let out = String::from_utf8_lossy(&events.stdout);
     assert!(out.contains("node-back"), "events:\n{out}");
 }
+
+/// The saturation measurement of docs/functions.md (not a pass/fail timing test: it prints
+/// figures; run with `--run-ignored only`): 18 naive CPU-bound 5 s calls at once (every slot
+/// of every voter of a 2-core machine), three rounds, while a steady client calls `noop`.
+/// Asserts only that no election happened.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement that prints figures (about 20 s)"]
+async fn saturation_figures() {
+    let mut c = Cluster::new(3, &[]).with_fault_control();
+    for a in &mut c.agents {
+        a.start();
+    }
+    c.ready(3).await;
+    let before = c.status().await.unwrap().term;
+    let slots: u32 = c.nodes().await.iter().map(|n| n.slots).sum();
+    let client = c.client();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let steady = {
+        let client = client.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                let t = Instant::now();
+                let _: serde_json::Value = client.call("noop", json!(["steady", i])).await.unwrap();
+                lat.push(t.elapsed());
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lat
+        })
+    };
+    for round in 0..3u64 {
+        let calls = (0..u64::from(slots)).map(|i| {
+            let client = client.clone();
+            async move {
+                client
+                    .call::<_, u64>("fault.spin_inline", json!(5000 + round * 100 + i))
+                    .await
+            }
+        });
+        let t = Instant::now();
+        for r in futures::future::join_all(calls).await {
+            r.expect("every call completes");
+        }
+        eprintln!(
+            "round {round}: {slots} calls of 5 s done in {:?}",
+            t.elapsed()
+        );
+    }
+    stop.cancel();
+    let mut lat = steady.await.unwrap();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
+    let after = c.status().await.unwrap().term;
+    eprintln!(
+        "steady noop: {} calls, p50 {:?}, p99 {:?}, max {:?}; term {before} -> {after}",
+        lat.len(),
+        p(0.5),
+        p(0.99),
+        lat.last().unwrap()
+    );
+    assert_eq!(after, before, "an election happened");
+}

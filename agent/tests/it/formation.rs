@@ -316,26 +316,11 @@ async fn a_killed_worker_stays_down_across_a_leader_change() {
 /// machine, two rounds, leave Raft alone: no election.
 #[tokio::test(flavor = "multi_thread")]
 async fn naive_cpu_bound_functions_on_every_slot_cause_no_election() {
-    let mut c = Cluster::new(3, &[]).with_fault_control();
-    for a in &mut c.agents {
-        a.start();
-    }
-    c.ready(3).await;
+    let (c, slots) = voters_with_test_functions().await;
     let before = c.status().await.unwrap().term;
-    let slots: u32 = c.nodes().await.iter().map(|n| n.slots).sum();
     let client = c.client();
     for round in 0..2u64 {
-        let calls = (0..u64::from(slots)).map(|i| {
-            let client = client.clone();
-            async move {
-                client
-                    .call::<_, u64>("fault.spin_inline", json!(1500 + round * 1000 + i))
-                    .await
-            }
-        });
-        for r in futures::future::join_all(calls).await {
-            r.expect("every call completes");
-        }
+        spin_on_every_slot(&client, slots, 1500 + round * 1000).await;
         let s = c.status().await.unwrap();
         assert_eq!(s.term, before, "round {round}: an election happened");
     }
@@ -394,13 +379,8 @@ async fn a_paused_worker_heard_from_again_counts_as_a_false_suspicion() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement that prints figures (about 20 s)"]
 async fn saturation_figures() {
-    let mut c = Cluster::new(3, &[]).with_fault_control();
-    for a in &mut c.agents {
-        a.start();
-    }
-    c.ready(3).await;
+    let (c, slots) = voters_with_test_functions().await;
     let before = c.status().await.unwrap().term;
-    let slots: u32 = c.nodes().await.iter().map(|n| n.slots).sum();
     let client = c.client();
     let stop = tokio_util::sync::CancellationToken::new();
     let steady = {
@@ -420,18 +400,8 @@ async fn saturation_figures() {
         })
     };
     for round in 0..3u64 {
-        let calls = (0..u64::from(slots)).map(|i| {
-            let client = client.clone();
-            async move {
-                client
-                    .call::<_, u64>("fault.spin_inline", json!(5000 + round * 100 + i))
-                    .await
-            }
-        });
         let t = Instant::now();
-        for r in futures::future::join_all(calls).await {
-            r.expect("every call completes");
-        }
+        spin_on_every_slot(&client, slots, 5000 + round * 100).await;
         eprintln!(
             "round {round}: {slots} calls of 5 s done in {:?}",
             t.elapsed()
@@ -450,4 +420,31 @@ async fn saturation_figures() {
         lat.last().unwrap()
     );
     assert_eq!(after, before, "an election happened");
+}
+
+/// Three voters with the test-only functions (fault control on), ready; and their slots.
+async fn voters_with_test_functions() -> (Cluster, u32) {
+    let mut c = Cluster::new(3, &[]).with_fault_control();
+    for a in &mut c.agents {
+        a.start();
+    }
+    c.ready(3).await;
+    let slots = c.nodes().await.iter().map(|n| n.slots).sum();
+    (c, slots)
+}
+
+/// `slots` naive CPU-bound calls at once, of about `ms` milliseconds each (distinct arguments,
+/// so none is a memo hit); waits for all of them.
+async fn spin_on_every_slot(client: &mozen_agent::Client, slots: u32, ms: u64) {
+    let calls = (0..u64::from(slots)).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .call::<_, u64>("fault.spin_inline", json!(ms + i))
+                .await
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.expect("every call completes");
+    }
 }

@@ -48,7 +48,11 @@ pub async fn watch_leadership(agent: Arc<Agent>) {
             info!(term, "first entry of this term applied");
             known = Some((t, l, true));
         }
-        match (leading, session.is_some()) {
+        // A session starts once the first entry of this term is applied: before that the
+        // state may lack entries the previous leader committed (a node it marked down would
+        // look active and be revived by the liveness pass).
+        let ready = leading && known.is_some_and(|(t, _, applied)| t == term && applied);
+        match (ready, session.is_some()) {
             (true, false) => {
                 info!(
                     term = agent.raft.metrics().borrow().current_term,

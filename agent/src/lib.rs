@@ -2,8 +2,9 @@
 //! CLI.
 //!
 //! - [`config`]: flags of `mozen-agent`, validated into `AgentConfig`.
-//! - [`node`]: `run`: store, Raft, gRPC server, cluster formation, graceful shutdown;
-//!   node operations (drain, promote, demote, remove).
+//! - [`node`]: `run`: store, Raft, gRPC server, cluster formation, graceful shutdown.
+//! - [`membership`]: node operations (drain, undrain, promote, demote, remove) as a typed
+//!   `NodeOp` with a typed error.
 //! - [`network`]: the peer-only Raft transport over gRPC.
 //! - [`security`]: the cluster token and TLS on both services: the flags and the server side
 //!   here, the client side re-exported from mozen-client.
@@ -11,8 +12,9 @@
 //! - [`integrity`]: corruption checks across members: voters compare state checkpoints; an
 //!   outvoted one quarantines itself.
 //! - [`proposer`]: batches many facts into one log entry.
-//! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
-//! - [`leader`]: the leader's scheduler and liveness loops.
+//! - [`hub`]: reacts to applied commands (wakes waiters; shows them to the leadership).
+//! - [`leadership`]: what only the leader has, owned by one `Leadership` value: scheduling,
+//!   liveness, express calls, the autoscaler, the workers' Work streams.
 //! - [`repair`]: `mozen-agent repair`: a damaged member moved aside and rejoined from its peers.
 //! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
 //! - [`supervise`]: the Raft core and the essential tasks watched; a death stops the agent.
@@ -29,14 +31,12 @@
 //! - [`hosts`]: the hosts file (machines, launchers, pools, autoscaling policy), validated.
 //! - [`launch`]: starting and stopping agents locally, over ssh or with the operator's programs.
 //! - [`elastic`]: `mozen up` and `mozen down`: bring a hosts file's cluster up, take it down.
-//! - [`autoscale`]: the leader's autoscaler: start pool agents for a backlog, stop idle ones.
 //! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
 //! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
 //!
 //! Dependency rule: depends on model, proto, store, scheduler and client; nothing depends on it
 //! but its binaries and user agents.
 
-pub mod autoscale;
 pub mod batch;
 pub mod bench;
 pub mod builder;
@@ -44,7 +44,6 @@ pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod elastic;
-pub mod express;
 pub mod failover;
 pub mod faults;
 pub mod functions;
@@ -52,8 +51,9 @@ pub mod hosts;
 pub mod hub;
 pub mod integrity;
 pub mod launch;
-pub mod leader;
+pub mod leadership;
 pub mod limits;
+pub mod membership;
 pub mod memory;
 pub mod metrics;
 pub mod network;

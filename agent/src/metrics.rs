@@ -41,10 +41,9 @@ pub fn render(agent: &Agent) -> String {
     let status = crate::view::raft_status(agent);
     let (queue, _) = crate::view::queue(agent, 0);
     let functions = crate::view::functions(agent);
-    let nodes = if agent.is_leader() {
-        crate::view::nodes(agent)
-    } else {
-        Vec::new()
+    let nodes = match agent.leadership() {
+        Ok(l) => crate::view::nodes(agent, &l),
+        Err(_) => Vec::new(),
     };
     let by_state: Vec<(String, f64)> = {
         let state = agent.sm.shared();
@@ -157,12 +156,13 @@ pub fn render(agent: &Agent) -> String {
 }
 
 /// The corruption checks' figures (see [`crate::integrity`]).
-/// Liveness misjudgements counted by this agent while it leads (zero on an agent that never led).
+/// Liveness misjudgements counted by this agent's current leadership (zero on an agent that
+/// does not lead; a new leadership counts from zero, which Prometheus reads as a reset).
 fn suspicions(agent: &Agent, metric: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>)) {
-    let (back, rerun) = {
-        let l = agent.hub.liveness.lock().expect("liveness");
+    let (back, rerun) = agent.hub.leadership().map_or((0, 0), |l| {
+        let l = l.liveness.lock().expect("liveness");
         (l.false_suspicions, l.reexecuted_after_false_suspicion)
-    };
+    });
     metric(
         "mozen_false_suspicions_total",
         "Nodes marked down that were heard from again, counted by this agent while it leads.",

@@ -20,7 +20,6 @@ use crate::supervise::{Death, Lives, Supervisor};
 use mozen_model::{Code, NodeId, NodeInfo, NodeRole, NodeState};
 use mozen_proto as pb;
 use mozen_store::{Command, LogStore, Raft, RaftNode, StateMachineStore, StoreOptions};
-use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,6 +155,28 @@ impl Agent {
     /// Whether this agent is the Raft leader right now (and still hears from a quorum).
     pub fn is_leader(&self) -> bool {
         leads(&self.raft.metrics().borrow(), self.me())
+    }
+
+    /// The leadership this agent holds, while it leads; otherwise who does, as far as it
+    /// knows. The one leader check of the daemon: what only a leader may do takes the
+    /// [`Leadership`](crate::leadership::Leadership) this returns.
+    pub fn leadership(
+        &self,
+    ) -> Result<Arc<crate::leadership::Leadership>, crate::leadership::NotLeader> {
+        match self.hub.leadership() {
+            Some(l) if self.is_leader() => Ok(l),
+            _ => {
+                let (leader, addr) = match self.leader() {
+                    Some((id, addr)) => (id, addr),
+                    None => (None, String::new()),
+                };
+                Err(crate::leadership::NotLeader {
+                    me: self.me(),
+                    leader,
+                    addr,
+                })
+            }
+        }
     }
 
     /// The leader as this agent sees it; not itself once it has stepped down (see [`leads`]).
@@ -423,7 +444,7 @@ pub async fn run(
         &agent.tasks,
         "leadership watch",
         Lives::MayEnd,
-        crate::leader::watch_leadership(agent.clone()),
+        crate::leadership::watch(agent.clone()),
     );
     sup.spawn(
         &agent.tasks,
@@ -668,157 +689,6 @@ async fn refuse_lost_voter(cfg: &AgentConfig) -> Result<(), AgentError> {
         }
     }
     Ok(())
-}
-
-/// Why a membership operation was refused.
-pub fn quorum_check(agent: &Agent, removing: NodeId) -> Result<(), String> {
-    let (voters, _) = agent.membership();
-    if !voters.contains(&removing) {
-        return Ok(());
-    }
-    let after: Vec<NodeId> = voters.iter().copied().filter(|v| *v != removing).collect();
-    if after.is_empty() {
-        return Err(format!(
-            "{}: node {removing} is the last voter; promote another node first",
-            Code::Quorum
-        ));
-    }
-    let lease = agent.cfg.lease;
-    let live = {
-        let l = agent.hub.liveness.lock().expect("liveness");
-        after
-            .iter()
-            .filter(|v| {
-                **v == agent.me() || l.last_seen.get(v).is_some_and(|t| t.elapsed() < lease)
-            })
-            .count()
-    };
-    let need = after.len() / 2 + 1;
-    if live < need {
-        return Err(format!(
-            "{}: removing voter {removing} leaves {live} live of {} voters; a majority ({need}) is needed",
-            Code::Quorum,
-            after.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Carries out a node operation on the leader.
-pub async fn node_op(agent: &Agent, id: NodeId, op: &str) -> Result<String, String> {
-    if [crate::autoscale::PAUSE_OP, crate::autoscale::RESUME_OP].contains(&op) {
-        return crate::autoscale::switch(agent, op).await;
-    }
-    let at = now_ms();
-    let node = agent.sm.shared().read().expect("state").node(id).cloned();
-    let Some(node) = node else {
-        return Err(format!(
-            "{}: no node {id} in the node table",
-            Code::UnknownNode
-        ));
-    };
-    let perr = |e: ProposeError| e.to_string();
-    let raft_err = |e: String| format!("{}: {e}", Code::Raft);
-    match op {
-        "drain" => {
-            agent
-                .propose(Command::SetNodeState {
-                    id,
-                    state: NodeState::Draining,
-                    at,
-                })
-                .await
-                .map_err(perr)?;
-            Ok(format!("node {id} is draining"))
-        }
-        "undrain" => {
-            agent
-                .propose(Command::SetNodeState {
-                    id,
-                    state: NodeState::Active,
-                    at,
-                })
-                .await
-                .map_err(perr)?;
-            Ok(format!("node {id} is active"))
-        }
-        "promote" => {
-            if agent.role_of(id) == NodeRole::Voter {
-                return Ok(format!("node {id} is already a voter"));
-            }
-            agent
-                .raft
-                .add_learner(
-                    id,
-                    RaftNode {
-                        addr: node.addr.clone(),
-                    },
-                    true,
-                )
-                .await
-                .map_err(|e| raft_err(e.to_string()))?;
-            agent
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| raft_err(e.to_string()))?;
-            agent
-                .propose(Command::SetNodeRole {
-                    id,
-                    role: NodeRole::Voter,
-                    at,
-                })
-                .await
-                .map_err(perr)?;
-            Ok(format!("node {id} is a voter"))
-        }
-        "demote" => {
-            if agent.role_of(id) == NodeRole::Worker {
-                return Ok(format!("node {id} is already a worker"));
-            }
-            leave_membership(agent, id).await?;
-            agent
-                .propose(Command::SetNodeRole {
-                    id,
-                    role: NodeRole::Worker,
-                    at,
-                })
-                .await
-                .map_err(perr)?;
-            Ok(format!("node {id} is a worker"))
-        }
-        "remove" => {
-            leave_membership(agent, id).await?;
-            agent
-                .propose(Command::RemoveNode { id, at })
-                .await
-                .map_err(perr)?;
-            Ok(format!("node {id} was removed"))
-        }
-        other => Err(format!(
-            "{}: unknown node operation '{other}' (drain, undrain, promote, demote, remove)",
-            Code::BadOp
-        )),
-    }
-}
-
-/// Takes `id` out of the Raft membership, if it is in it: a voter only when the remaining
-/// voters keep a live majority. A worker is left as it is.
-async fn leave_membership(agent: &Agent, id: NodeId) -> Result<(), String> {
-    let change = match agent.role_of(id) {
-        NodeRole::Worker => return Ok(()),
-        NodeRole::Voter => {
-            quorum_check(agent, id)?;
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        }
-        NodeRole::Learner => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
-    };
-    agent
-        .raft
-        .change_membership(change, false)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("{}: {e}", Code::Raft))
 }
 
 #[cfg(test)]

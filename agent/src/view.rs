@@ -1,5 +1,6 @@
 //! Read views of the applied state as wire messages (status, nodes, queue, trees, events).
 
+use crate::leadership::Leadership;
 use crate::node::{Agent, now_ms};
 use mozen_model::{Code, Request, RequestKey, RequestState};
 use mozen_proto as pb;
@@ -86,18 +87,20 @@ fn commit_index(m: &openraft::RaftMetrics<u64, mozen_store::RaftNode>) -> u64 {
     matched[(matched.len() - 1) / 2]
 }
 
-pub fn nodes(agent: &Agent) -> Vec<pb::Node> {
+/// The node table with the leader's view of each node (heartbeat age, running express calls,
+/// throughput): a read only the leader can answer.
+pub fn nodes(agent: &Agent, leadership: &Leadership) -> Vec<pb::Node> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let leader = agent.raft.metrics().borrow().current_leader;
     // Express calls running before they are written down (only the leader has any).
     let mut flying: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
-    for f in agent.hub.flights.lock().expect("flights").values() {
+    for f in leadership.flights.lock().expect("flights").values() {
         if !f.written && !f.landing {
             *flying.entry(f.node).or_default() += 1;
         }
     }
-    let l = agent.hub.liveness.lock().expect("liveness");
+    let l = leadership.liveness.lock().expect("liveness");
     let now = Instant::now();
     state
         .nodes()
@@ -230,17 +233,16 @@ pub fn queue(agent: &Agent, limit: usize) -> (pb::QueueSummary, Vec<pb::RequestI
         }
     }
     let counts = state.state_counts();
-    let throughput: f64 = agent
-        .hub
-        .liveness
-        .lock()
-        .expect("liveness")
-        .rates
-        .values()
-        .sum();
+    // Throughput and the express calls held for a place are leader memory (none elsewhere).
+    let leadership = agent.hub.leadership();
+    let throughput: f64 = leadership.as_ref().map_or(0.0, |l| {
+        l.liveness.lock().expect("liveness").rates.values().sum()
+    });
+    let held = leadership
+        .as_ref()
+        .map_or(0, |l| l.held.lock().expect("held").len());
     let summary = pb::QueueSummary {
-        // With the express calls the leader holds for a place.
-        queued: (state.queue_len() + agent.hub.held.lock().expect("held").len()) as u64,
+        queued: (state.queue_len() + held) as u64,
         running: counts.get("running").copied().unwrap_or(0),
         groups: groups
             .into_iter()
@@ -285,12 +287,16 @@ pub fn recent_requests(agent: &Agent, n: usize) -> Vec<pb::RequestInfo> {
         .collect()
 }
 
-pub fn cluster_update(agent: &Agent, requests: usize) -> pb::ClusterUpdate {
+pub fn cluster_update(
+    agent: &Agent,
+    leadership: &Leadership,
+    requests: usize,
+) -> pb::ClusterUpdate {
     let (queue, _) = queue(agent, 0);
     pb::ClusterUpdate {
         now_ms: now_ms(),
         raft: Some(raft_status(agent)),
-        nodes: nodes(agent),
+        nodes: nodes(agent, leadership),
         queue: Some(queue),
         requests: recent_requests(agent, requests),
         events: events(agent, 100),

@@ -9,6 +9,7 @@
 
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{ClusterCaller, Ctx, Slot};
+use crate::leadership::Leadership;
 use crate::node::Agent;
 use crate::security::AuthChannel;
 use crate::service::WorkStream;
@@ -114,7 +115,7 @@ impl ClusterCaller for ChildCaller {
             };
             on_leader(
                 &agent,
-                crate::service::park(&agent, req.clone()),
+                |_| crate::service::park_request(&agent, req.clone()),
                 |mut c| {
                     let r = req.clone();
                     async move { c.park(r).await }
@@ -127,21 +128,22 @@ impl ClusterCaller for ChildCaller {
     }
 }
 
-/// Runs `local` when this agent leads (no gRPC round trip to itself), otherwise `remote`
-/// through the agent's client, which finds the leader. `local` is only polled when it runs.
-async fn on_leader<T, F, Fut>(
+/// Runs `local` with this agent's leadership when it leads (no gRPC round trip to itself),
+/// otherwise `remote` through the agent's client, which finds the leader.
+async fn on_leader<T, L, LFut, F, Fut>(
     agent: &Agent,
-    local: impl Future<Output = Result<(), tonic::Status>>,
+    local: L,
     remote: F,
 ) -> Result<(), ClientError>
 where
+    L: FnOnce(Arc<Leadership>) -> LFut,
+    LFut: Future<Output = Result<(), tonic::Status>>,
     F: Fn(MozenClient<AuthChannel>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    if agent.is_leader() {
-        local.await.map_err(|s| crate::client::rejected(&s))
-    } else {
-        agent.client.rpc(remote).await.map(|_| ())
+    match agent.leadership() {
+        Ok(l) => local(l).await.map_err(|s| crate::client::rejected(&s)),
+        Err(_) => agent.client.rpc(remote).await.map(|_| ()),
     }
 }
 
@@ -190,10 +192,12 @@ pub async fn run(agent: Arc<Agent>) {
             node_id: agent.me(),
             running: keys(&running),
         };
-        let in_process = agent.is_leader();
-        let stream = if in_process {
+        let leadership = agent.leadership().ok();
+        let in_process = leadership.is_some();
+        let stream = if let Some(l) = leadership {
             // The leader's own worker takes its assignments without a gRPC round trip.
-            crate::service::open_work(&agent, agent.me()).map_err(|s| crate::client::rejected(&s))
+            crate::service::open_work(&agent, &l, agent.me())
+                .map_err(|s| crate::client::rejected(&s))
         } else {
             tokio::select! {
                 s = agent.client.rpc(|mut c| {
@@ -507,7 +511,10 @@ async fn report_batches<F, Fut>(
 async fn send_report(agent: &Agent, req: pb::CompleteRequest, running: &Running) {
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
-        let local = crate::service::complete(agent, req.completions.clone());
+        let local = |l: Arc<Leadership>| {
+            let completions = req.completions.clone();
+            async move { crate::service::complete_reported(agent, &l, completions).await }
+        };
         let r = on_leader(agent, local, |mut c| {
             let r = req.clone();
             async move { c.complete(r).await }

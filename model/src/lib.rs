@@ -20,7 +20,8 @@ pub use code::{Code, UnknownCode, code_of};
 pub use key::{KeyParseError, RequestKey, canonical_args};
 pub use load::{LoadIndex, NodeLoad, Rank};
 pub use node::{
-    NodeId, NodeInfo, NodeRole, NodeState, QUEUED_PER_SLOT, default_slots, max_assigned, score,
+    NodeId, NodeInfo, NodeOp, NodeRole, NodeState, QUEUED_PER_SLOT, UnknownNodeOp, default_slots,
+    max_assigned, score,
 };
 pub use outcome::{ChainLink, Outcome, TaskError, codes};
 pub use request::{Request, RequestState, RetryPolicy};

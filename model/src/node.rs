@@ -108,3 +108,106 @@ mod tests {
         assert_eq!(default_slots(0), 1);
     }
 }
+
+/// An operation an operator (or the autoscaler) asks the leader to carry out on a node. On
+/// the wire it is its name ([`NodeOp::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeOp {
+    /// No new work for the node; what runs there finishes.
+    Drain,
+    /// Work again for a drained (or draining) node.
+    Undrain,
+    /// Makes the node a Raft voter (a learner first, until it caught up).
+    Promote,
+    /// Makes a voter a worker only (out of the Raft membership).
+    Demote,
+    /// Takes the node out of the membership and the node table.
+    Remove,
+    /// Pauses the autoscaler (`mozen down`); the node id is not used.
+    AutoscalePause,
+    /// Resumes the autoscaler (`mozen up`); the node id is not used.
+    AutoscaleResume,
+}
+
+impl NodeOp {
+    /// Every operation, in the order help texts list them.
+    pub const ALL: [NodeOp; 7] = [
+        NodeOp::Drain,
+        NodeOp::Undrain,
+        NodeOp::Promote,
+        NodeOp::Demote,
+        NodeOp::Remove,
+        NodeOp::AutoscalePause,
+        NodeOp::AutoscaleResume,
+    ];
+
+    /// Its name on the wire and on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeOp::Drain => "drain",
+            NodeOp::Undrain => "undrain",
+            NodeOp::Promote => "promote",
+            NodeOp::Demote => "demote",
+            NodeOp::Remove => "remove",
+            NodeOp::AutoscalePause => "autoscale-pause",
+            NodeOp::AutoscaleResume => "autoscale-resume",
+        }
+    }
+
+    /// Whether it switches the autoscaler rather than acting on a node.
+    pub fn is_autoscale_switch(self) -> bool {
+        matches!(self, NodeOp::AutoscalePause | NodeOp::AutoscaleResume)
+    }
+}
+
+impl std::fmt::Display for NodeOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node operation name that is none of [`NodeOp::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownNodeOp(pub String);
+
+impl std::fmt::Display for UnknownNodeOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let known: Vec<&str> = NodeOp::ALL.iter().map(|o| o.as_str()).collect();
+        write!(
+            f,
+            "unknown node operation '{}' ({})",
+            self.0,
+            known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownNodeOp {}
+
+impl std::str::FromStr for NodeOp {
+    type Err = UnknownNodeOp;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeOp::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownNodeOp(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod node_op_tests {
+    use super::*;
+
+    #[test]
+    fn node_ops_read_back_from_their_names_and_unknown_ones_list_the_known() {
+        for op in NodeOp::ALL {
+            assert_eq!(op.as_str().parse::<NodeOp>(), Ok(op));
+        }
+        let e = "drian".parse::<NodeOp>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown node operation 'drian' (drain, undrain, promote, demote, remove, autoscale-pause, autoscale-resume)"
+        );
+    }
+}

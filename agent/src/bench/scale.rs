@@ -109,7 +109,7 @@ impl Sim {
 
     /// The leader's scheduling pass, every node eligible (all have an open stream here).
     fn schedule(&self) -> Vec<Assignment> {
-        crate::leader::plan_pass(
+        crate::leadership::plan_pass(
             &self.state,
             |_| true,
             &Default::default(),

@@ -20,22 +20,22 @@
 //!
 //! The policy itself, [`decide`], is a pure function of an [`Observed`] snapshot.
 
+use super::Leadership;
 use crate::batch::cost::CostModel;
 use crate::hosts::{Autoscale, HostsFile, Pool};
 use crate::launch::{self, Target};
 use crate::node::{Agent, now_ms};
-use mozen_model::{Code, NodeId, NodeRole, NodeState, RequestKey, code_of};
+use mozen_model::{Code, NodeId, NodeOp, NodeRole, NodeState, RequestKey};
 use mozen_store::Command;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Node operation that pauses the autoscaler (see `node::node_op`).
-pub const PAUSE_OP: &str = "autoscale-pause";
+/// Node operation that pauses the autoscaler (see [`crate::membership::node_op`]).
+pub const PAUSE_OP: &str = NodeOp::AutoscalePause.as_str();
 /// Node operation that resumes it.
-pub const RESUME_OP: &str = "autoscale-resume";
+pub const RESUME_OP: &str = NodeOp::AutoscaleResume.as_str();
 /// Event kind of the switch and of failures.
 pub const KIND: &str = "autoscale";
 pub const KIND_UP: &str = "scale-up";
@@ -203,16 +203,18 @@ fn paused(agent: &Agent) -> bool {
 }
 
 /// Records the pause or resume switch (the `autoscale-pause`/`-resume` node operations).
-pub async fn switch(agent: &Agent, op: &str) -> Result<String, String> {
+pub async fn switch(agent: &Agent, op: NodeOp) -> String {
     let message = match op {
-        PAUSE_OP => "paused: no agent is started or stopped until `mozen up` resumes it",
+        NodeOp::AutoscalePause => {
+            "paused: no agent is started or stopped until `mozen up` resumes it"
+        }
         _ => "resumed",
     };
     event(agent, KIND, None, message.to_string()).await;
-    Ok(format!(
+    format!(
         "autoscaler {}",
         message.split(':').next().unwrap_or(message)
-    ))
+    )
 }
 
 async fn event(agent: &Agent, kind: &str, node: Option<NodeId>, message: String) {
@@ -248,8 +250,14 @@ struct Memory {
     last_dry: Vec<String>,
 }
 
-/// Runs while this agent leads (spawned by the leader's session).
-pub async fn run(agent: Arc<Agent>, token: CancellationToken) {
+impl Leadership {
+    /// Runs while this leadership lasts, when the hosts file enables autoscaling.
+    pub(super) async fn autoscale_loop(self: Arc<Self>, agent: Arc<Agent>) {
+        run(agent, self).await
+    }
+}
+
+async fn run(agent: Arc<Agent>, l: Arc<Leadership>) {
     let Some(file) = agent.cfg.hosts.clone() else {
         return;
     };
@@ -286,16 +294,16 @@ pub async fn run(agent: Arc<Agent>, token: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(file.autoscale.interval) => {}
-            _ = token.cancelled() => return,
+            _ = l.ended().cancelled() => return,
         }
         if agent.stopping.is_cancelled() {
             return;
         }
-        let obs = observe(&agent, &file, &mut mem);
+        let obs = observe(&agent, &l, &file, &mut mem);
         if paused(&agent) {
             continue;
         }
-        finish_stops(&agent, &file, &mut mem).await;
+        finish_stops(&agent, &l, &file, &mut mem).await;
         expire_pending(&agent, &file, &mut mem).await;
         let decisions = decide(&file.autoscale, &file.pools, &obs);
         if file.autoscale.dry_run {
@@ -305,7 +313,7 @@ pub async fn run(agent: Arc<Agent>, token: CancellationToken) {
             continue;
         }
         for d in decisions {
-            act(&agent, &file, &mut mem, d).await;
+            act(&agent, &l, &file, &mut mem, d).await;
         }
     }
 }
@@ -352,7 +360,7 @@ fn describe(file: &HostsFile, d: &Decision) -> (&'static str, Option<NodeId>, St
     }
 }
 
-fn observe(agent: &Agent, file: &HostsFile, mem: &mut Memory) -> Observed {
+fn observe(agent: &Agent, l: &Leadership, file: &HostsFile, mem: &mut Memory) -> Observed {
     let now = Instant::now();
     let now_ms = now_ms();
     let state = agent.sm.shared();
@@ -409,7 +417,7 @@ fn observe(agent: &Agent, file: &HostsFile, mem: &mut Memory) -> Observed {
         *by_function.entry(r.function.as_str()).or_default() += 1;
     }
     // Calls the leader holds for a place wait as much as queued ones.
-    let held = agent.hub.held.lock().expect("held");
+    let held = l.held.lock().expect("held");
     for function in held.functions() {
         *by_function.entry(function).or_default() += 1;
     }
@@ -437,7 +445,13 @@ fn observe(agent: &Agent, file: &HostsFile, mem: &mut Memory) -> Observed {
     }
 }
 
-async fn act(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory, d: Decision) {
+async fn act(
+    agent: &Arc<Agent>,
+    l: &Leadership,
+    file: &Arc<HostsFile>,
+    mem: &mut Memory,
+    d: Decision,
+) {
     match d {
         Decision::Start {
             pool,
@@ -454,7 +468,7 @@ async fn act(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory, d: Dec
                 let message = format!("start {name} (node {id}) from pool \"{pattern}\": {reason}");
                 event(agent, KIND_UP, Some(id), message).await;
                 let (agent, file) = (agent.clone(), file.clone());
-                tokio::spawn(async move {
+                l.spawn(async move {
                     let t = Target::pool(&file.pools[pool], id, "");
                     match launch::start(&file, &t).await {
                         Ok(addr) => info!(id, name = %t.name, ?addr, "pool agent started"),
@@ -479,7 +493,7 @@ async fn act(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory, d: Dec
                 state.node(node).map(|n| n.name.clone()).unwrap_or_default()
             };
             event(agent, kind, subject, what).await;
-            match crate::node::node_op(agent, node, "drain").await {
+            match crate::membership::node_op(agent, l, node, NodeOp::Drain).await {
                 Ok(_) => {
                     mem.stopping.insert(node, name);
                 }
@@ -498,7 +512,7 @@ async fn act(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory, d: Dec
 }
 
 /// Removes and stops the nodes drained for stopping once nothing runs there.
-async fn finish_stops(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memory) {
+async fn finish_stops(agent: &Arc<Agent>, l: &Leadership, file: &Arc<HostsFile>, mem: &mut Memory) {
     let ready: Vec<(NodeId, String, String)> = {
         let state = agent.sm.shared();
         let state = state.read().expect("state");
@@ -516,8 +530,8 @@ async fn finish_stops(agent: &Arc<Agent>, file: &Arc<HostsFile>, mem: &mut Memor
     for (id, name, addr) in ready {
         mem.stopping.remove(&id);
         mem.last_busy.remove(&id);
-        if let Err(e) = crate::node::node_op(agent, id, "remove").await
-            && code_of(&e) != Some(Code::UnknownNode)
+        if let Err(e) = crate::membership::node_op(agent, l, id, NodeOp::Remove).await
+            && e.code() != Code::UnknownNode
         {
             event(
                 agent,

@@ -1,0 +1,80 @@
+//! The operators' audience: node operations (drain, undrain, promote, demote, remove, the
+//! autoscaler's switch) and expecting a node that is not running yet. The leader's.
+
+use super::{Res, Service, propose_status};
+use crate::membership::NodeOpError;
+use crate::node::now_ms;
+use mozen_model::{Code, NodeInfo, NodeOp, NodeRole, NodeState, UnknownNodeOp};
+use mozen_proto as pb;
+use mozen_store::Command;
+use std::collections::BTreeMap;
+use tonic::{Request, Response, Status};
+
+pub(super) async fn node_op(s: &Service, r: Request<pb::NodeOpRequest>) -> Res<pb::NodeOpReply> {
+    let leadership = s.leadership()?;
+    let r = r.into_inner();
+    let op: NodeOp =
+        r.op.parse()
+            .map_err(|e: UnknownNodeOp| Status::invalid_argument(Code::BadOp.message(e)))?;
+    match crate::membership::node_op(&s.agent, &leadership, r.node_id, op).await {
+        Ok(message) => Ok(Response::new(pb::NodeOpReply { message })),
+        Err(NodeOpError::UnknownNode(id)) => {
+            Err(Status::not_found(NodeOpError::UnknownNode(id).to_string()))
+        }
+        Err(NodeOpError::Propose(e)) => Err(propose_status(&s.agent, e)),
+        Err(e) => Err(Status::failed_precondition(e.to_string())),
+    }
+}
+
+pub(super) async fn add_node(s: &Service, r: Request<pb::AddNodeRequest>) -> Res<pb::NodeOpReply> {
+    s.leadership()?;
+    let r = r.into_inner();
+    if r.node_id == 0 {
+        return Err(Status::invalid_argument(
+            Code::BadArguments.message("node id must be a positive integer"),
+        ));
+    }
+    crate::config::parse_host_port("addr", &r.addr, &r.addr)
+        .map_err(|e| Status::invalid_argument(format!("{}: {e}", Code::BadArguments)))?;
+    if s.agent
+        .sm
+        .shared()
+        .read()
+        .expect("state")
+        .node(r.node_id)
+        .is_some()
+    {
+        return Err(Status::already_exists(format!(
+            "{}: node {} is already in the node table",
+            Code::NodeExists,
+            r.node_id
+        )));
+    }
+    let at = now_ms();
+    let node = NodeInfo {
+        id: r.node_id,
+        name: format!("node-{}", r.node_id),
+        addr: r.addr.clone(),
+        cpus: 0,
+        memory_bytes: 0,
+        slots: 0,
+        state: NodeState::Down,
+        role: NodeRole::Worker,
+        labels: BTreeMap::new(),
+    };
+    s.propose(Command::Batch(vec![
+        Command::RegisterNode { node, at },
+        Command::SetNodeState {
+            id: r.node_id,
+            state: NodeState::Down,
+            at,
+        },
+    ]))
+    .await?;
+    Ok(Response::new(pb::NodeOpReply {
+        message: format!(
+            "expecting node {} at {}: start `mozen-agent --id {} --peers ...` there",
+            r.node_id, r.addr, r.node_id
+        ),
+    }))
+}

@@ -1,0 +1,527 @@
+//! The callers' audience: call (one, a stream of tagged calls, a batch), submit, get,
+//! cancel, forget, and content-addressed blobs for batch jobs. Memo hits and gets are
+//! answered by any sound member; everything that starts or changes work is the leader's.
+
+use super::{Res, Service, parse_key};
+use crate::hub::Woken;
+use crate::leadership::{Leadership, Start};
+use crate::node::now_ms;
+use mozen_model::{Code, RequestKey, RequestState, RetryPolicy, canonical_args};
+use mozen_proto as pb;
+use mozen_store::{Command, ForgetSelector, NewRequest, Response as SmResponse, SubmitReply};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// A Calls stream's replies.
+pub(super) type CallsStream = Pin<Box<dyn Stream<Item = Result<pb::TaggedReply, Status>> + Send>>;
+
+pub(super) async fn call(s: &Service, r: Request<pb::CallRequest>) -> Res<pb::CallReply> {
+    let _open = s.streams.acquire(&r)?;
+    Ok(Response::new(s.do_call(r.into_inner()).await?))
+}
+
+pub(super) async fn calls(
+    s: &Service,
+    r: Request<tonic::Streaming<pb::TaggedCall>>,
+) -> Res<CallsStream> {
+    // The stream counts as one open RPC of its client; the calls on it are bounded by
+    // CALLS_PER_STREAM: past that the agent stops reading the stream until some finish
+    // (HTTP/2 flow control then holds the client back).
+    let open = s.streams.acquire(&r)?;
+    let mut inbound = r.into_inner();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let svc = s.clone();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(CALLS_PER_STREAM));
+    tokio::spawn(async move {
+        let _open = open;
+        while let Ok(Some(m)) = inbound.message().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let tx = tx.clone();
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let result = match m.call {
+                    Some(c) => svc.do_call(c).await,
+                    None => Err(Status::invalid_argument(
+                        Code::BadArguments.message("a tagged call without its call"),
+                    )),
+                };
+                let _ = tx.send(Ok(tagged_reply(m.tag, result)));
+                drop(permit);
+            });
+        }
+    });
+    Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+}
+
+pub(super) async fn call_batch(
+    s: &Service,
+    r: Request<pb::CallBatchRequest>,
+) -> Res<pb::CallBatchReply> {
+    let _open = s.streams.acquire(&r)?;
+    let calls = r.into_inner().calls;
+    let replies = futures::future::join_all(calls.into_iter().map(|c| s.do_call(c))).await;
+    let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(Response::new(pb::CallBatchReply { replies }))
+}
+
+pub(super) async fn submit(s: &Service, r: Request<pb::CallRequest>) -> Res<pb::SubmitReply> {
+    let _open = s.streams.acquire(&r)?;
+    let (key, new) = s.parse_call(r.get_ref())?;
+    let leadership = s.leadership()?;
+    let admitted = s.agent.sm.shared();
+    (s.agent.cfg.limits).admit(
+        &admitted.read().expect("state"),
+        &key,
+        !r.get_ref().parent.is_empty(),
+    )?;
+    leadership.write_parent(&s.agent, new.parent).await;
+    let resp = s
+        .propose(Command::Submit {
+            requests: vec![new],
+            at: now_ms(),
+        })
+        .await?;
+    let disposition = match resp {
+        SmResponse::Submitted(r) => match r.first() {
+            Some(SubmitReply::Queued) => "queued",
+            Some(SubmitReply::Joined) => "joined",
+            Some(SubmitReply::MemoHit) => "memo-hit",
+            _ => "parent-gone",
+        },
+        _ => "unknown",
+    };
+    Ok(Response::new(pb::SubmitReply {
+        key: key.to_hex(),
+        disposition: disposition.into(),
+    }))
+}
+
+pub(super) async fn get(s: &Service, r: Request<pb::GetRequest>) -> Res<pb::CallReply> {
+    s.require_sound_member()?;
+    let _open = s.streams.acquire(&r)?;
+    let r = r.into_inner();
+    let key = parse_key(&r.key)?;
+    if s.agent
+        .sm
+        .shared()
+        .read()
+        .expect("state")
+        .request(&key)
+        .is_none()
+        && !s.agent.hub.leadership().is_some_and(|l| l.flies(&key))
+    {
+        return Err(Status::not_found(format!(
+            "{}: no request {key} (never submitted, or forgotten)",
+            Code::UnknownRequest
+        )));
+    }
+    if !r.wait {
+        let mut reply = s.reply_for(&key, false, None)?;
+        if reply.state == "unknown" {
+            // An express call, not written down yet: held for a place, or running.
+            let held = s.agent.hub.leadership().is_some_and(|l| l.is_held(&key));
+            reply.set_state(if held {
+                pb::RequestState::Queued
+            } else {
+                pb::RequestState::Running
+            });
+        }
+        return Ok(Response::new(reply));
+    }
+    let limit = if r.timeout_ms == 0 {
+        MAX_WAIT
+    } else {
+        Duration::from_millis(r.timeout_ms).min(MAX_WAIT)
+    };
+    Ok(Response::new(s.wait_reply(key, limit, false).await?))
+}
+
+pub(super) async fn cancel(s: &Service, r: Request<pb::CancelRequest>) -> Res<pb::CancelReply> {
+    let key = parse_key(&r.get_ref().key)?;
+    let leadership = s.leadership()?;
+    // An express call is written down first, so that the log can cancel it.
+    if leadership.flies(&key) {
+        leadership.write_down(&s.agent, Some(&[key])).await;
+    }
+    match s.propose(Command::Cancel { key, at: now_ms() }).await? {
+        SmResponse::Cancelled(keys) => Ok(Response::new(pb::CancelReply {
+            cancelled: keys.iter().map(|k| k.to_hex()).collect(),
+        })),
+        SmResponse::Rejected(rej) => Err(Status::not_found(rej.to_string())),
+        _ => Ok(Response::new(pb::CancelReply::default())),
+    }
+}
+
+pub(super) async fn forget(s: &Service, r: Request<pb::ForgetRequest>) -> Res<pb::ForgetReply> {
+    let r = r.into_inner();
+    let selector = if !r.key.is_empty() {
+        let key = parse_key(&r.key)?;
+        ForgetSelector::Keys(vec![key])
+    } else if !r.function.is_empty() {
+        ForgetSelector::Function(r.function)
+    } else if r.older_than_ms > 0 {
+        ForgetSelector::OlderThan(now_ms().saturating_sub(r.older_than_ms))
+    } else {
+        return Err(Status::invalid_argument(
+            Code::BadArguments.message("forget needs a key, a function or an age"),
+        ));
+    };
+    s.leadership()?;
+    match s
+        .propose(Command::Forget {
+            selector,
+            at: now_ms(),
+        })
+        .await?
+    {
+        SmResponse::Forgotten(n) => Ok(Response::new(pb::ForgetReply { forgotten: n })),
+        _ => Ok(Response::new(pb::ForgetReply { forgotten: 0 })),
+    }
+}
+
+pub(super) async fn put_blobs(
+    s: &Service,
+    r: Request<pb::PutBlobsRequest>,
+) -> Res<pb::PutBlobsReply> {
+    use crate::batch::job::{MAX_BLOB_BYTES, blob_key, blob_memo, is_blob_hash};
+    s.leadership()?;
+    let r = r.into_inner();
+    if let Some((i, h)) = r.check.iter().enumerate().find(|(_, h)| !is_blob_hash(h)) {
+        return Err(Status::invalid_argument(format!(
+            "{}: check[{i}] ({} bytes) is not a blob hash (64 lowercase hex digits)",
+            Code::BadArguments,
+            h.len()
+        )));
+    }
+    let limit = MAX_BLOB_BYTES.min(s.agent.cfg.limits.max_result.saturating_sub(2));
+    if let Some((i, b)) = r.blobs.iter().enumerate().find(|(_, b)| b.len() > limit) {
+        return Err(Status::invalid_argument(format!(
+            "{}: blob {i} is {} bytes; this cluster takes blobs of at most {limit}: cut the job into smaller slices",
+            crate::limits::TOO_LARGE,
+            b.len()
+        )));
+    }
+    let memos: Vec<_> = r.blobs.iter().map(|b| blob_memo(b).1).collect();
+    let missing = {
+        let state = s.agent.sm.shared();
+        let state = state.read().expect("state");
+        let done = |k: &RequestKey| state.request_state(k) == Some(RequestState::Done);
+        let missing: Vec<String> = r
+            .check
+            .into_iter()
+            .filter(|h| !done(&blob_key(h)))
+            .collect();
+        let memos: Vec<_> = memos.into_iter().filter(|m| !done(&m.key)).collect();
+        (missing, memos)
+    };
+    let (missing, memos) = missing;
+    let mut stored = 0;
+    if !memos.is_empty() {
+        let cmd = Command::Memoize {
+            memos,
+            at: now_ms(),
+        };
+        if let SmResponse::Memoized(new) = s.propose(cmd).await? {
+            stored = new.iter().filter(|n| **n).count() as u64;
+        }
+    }
+    Ok(Response::new(pb::PutBlobsReply { missing, stored }))
+}
+
+impl Service {
+    /// Waits for a wake-up `rx` until `deadline`: what it was woken with, None once the time
+    /// is up or the agent stops.
+    async fn woken(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<Woken>,
+        deadline: Instant,
+    ) -> Option<Woken> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        tokio::select! {
+            w = rx => Some(w.unwrap_or_default()),
+            _ = tokio::time::sleep(left) => Some(None),
+            _ = self.agent.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Waits until `key` is terminal or `limit` passes; answers its reply either way.
+    async fn wait_reply(
+        &self,
+        key: RequestKey,
+        limit: Duration,
+        cached: bool,
+    ) -> Result<pb::CallReply, Status> {
+        let deadline = Instant::now() + limit;
+        let mut known = None;
+        loop {
+            let rx = self.agent.hub.wait_for(key);
+            let reply = self.reply_for(&key, cached, known.take())?;
+            if is_final(&reply) {
+                return Ok(reply);
+            }
+            match self.woken(rx, deadline).await {
+                Some(w) => known = w,
+                None => return Ok(reply),
+            }
+        }
+    }
+
+    /// Waits for an express call (see `express`): answered once its value is committed. A
+    /// call whose flight ended without a value in the log (it failed, or its worker went away)
+    /// takes the usual way; on an agent that stopped leading it is refused, so that its
+    /// caller sends it to the new leader.
+    async fn wait_express(
+        &self,
+        new: NewRequest,
+        limit: Duration,
+    ) -> Result<pb::CallReply, Status> {
+        let key = new.key;
+        let deadline = Instant::now() + limit;
+        let mut known = None;
+        loop {
+            let rx = self.agent.hub.wait_for(key);
+            let reply = self.reply_for(&key, false, known.take())?;
+            if is_final(&reply) {
+                return Ok(reply);
+            }
+            if reply.state != "unknown" {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.wait_reply(key, left, false).await;
+            }
+            if !self.leadership()?.flies(&key) {
+                if let SmResponse::Submitted(r) = self
+                    .propose(Command::Submit {
+                        requests: vec![new],
+                        at: now_ms(),
+                    })
+                    .await?
+                    && r.first() == Some(&SubmitReply::ParentGone)
+                {
+                    return Err(parent_gone());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.wait_reply(key, left, false).await;
+            }
+            match self.woken(rx, deadline).await {
+                Some(w) => known = w,
+                None => return Ok(reply),
+            }
+        }
+    }
+
+    fn parse_call(&self, c: &pb::CallRequest) -> Result<(RequestKey, NewRequest), Status> {
+        if c.function.is_empty() {
+            return Err(Status::invalid_argument(
+                Code::BadArguments.message("function name is empty"),
+            ));
+        }
+        crate::limits::check_function_name(&c.function)?;
+        (self.agent.cfg.limits).check_args(&c.function, c.args_json.len())?;
+        let text = if c.args_json.trim().is_empty() {
+            "null"
+        } else {
+            c.args_json.as_str()
+        };
+        let args: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            Status::invalid_argument(format!(
+                "{}: arguments of {} are not one JSON value: {e}",
+                Code::BadArguments,
+                c.function
+            ))
+        })?;
+        let canon = canonical_args(&args);
+        let key = RequestKey::of(&c.function, &canon);
+        let parent = if c.parent.is_empty() {
+            None
+        } else {
+            Some(c.parent.parse::<RequestKey>().map_err(|e| {
+                Status::invalid_argument(format!("{}: parent: {e}", Code::BadArguments))
+            })?)
+        };
+        let def = RetryPolicy::default();
+        let unset = c.retries == 0 && c.backoff_ms == 0 && c.max_attempts == 0;
+        // A child call that sets no policy of its own inherits its caller's: a request allowed
+        // ten attempts does not fail because one of its children was allowed three.
+        let inherited = parent.filter(|_| unset).and_then(|p| {
+            let state = self.agent.sm.shared();
+            let state = state.read().expect("state");
+            state.request(&p).map(|r| r.retry)
+        });
+        let retry = inherited.unwrap_or(RetryPolicy {
+            retries: c.retries,
+            backoff_ms: if c.backoff_ms == 0 {
+                def.backoff_ms
+            } else {
+                c.backoff_ms
+            },
+            max_attempts: if c.max_attempts == 0 {
+                def.max_attempts
+            } else {
+                c.max_attempts
+            },
+        });
+        Ok((
+            key,
+            NewRequest {
+                key,
+                function: c.function.clone(),
+                args: canon,
+                parent,
+                priority: c.priority,
+                retry,
+                no_cache: c.no_cache,
+            },
+        ))
+    }
+
+    fn memo_hit(&self, key: &RequestKey) -> bool {
+        self.agent.is_member()
+            && !self.agent.integrity.is_quarantined()
+            && self
+                .agent
+                .sm
+                .shared()
+                .read()
+                .expect("state")
+                .request_state(key)
+                == Some(RequestState::Done)
+    }
+
+    async fn do_call(&self, c: pb::CallRequest) -> Result<pb::CallReply, Status> {
+        let (key, new) = self.parse_call(&c)?;
+        if !c.no_cache && self.memo_hit(&key) {
+            return self.reply_for(&key, true, None);
+        }
+        let leadership = self.leadership()?;
+        if new.parent.is_none() {
+            return self.start_call(&leadership, &c, key, new).await;
+        }
+        // A child call is answered with its value as soon as a worker reports it: the caller
+        // is a running function, whose own value is committed before anyone outside the
+        // cluster sees it (see "Child values" in docs/architecture.md).
+        let mut reported = leadership.wait_reported(key);
+        tokio::select! {
+            r = self.start_call(&leadership, &c, key, new) => r,
+            Ok((value, node, ms)) = &mut reported => Ok(pb::CallReply {
+                key: key.to_hex(),
+                node: Some(node),
+                duration_ms: ms,
+                result_json: Some(String::from_utf8_lossy(&value).into_owned()),
+                state: "done".into(),
+                state_enum: pb::RequestState::Done.into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Starts `new` (express, or submitted to the log) and waits for its outcome.
+    async fn start_call(
+        &self,
+        leadership: &Leadership,
+        c: &pb::CallRequest,
+        key: RequestKey,
+        new: NewRequest,
+    ) -> Result<pb::CallReply, Status> {
+        let admitted = self.agent.sm.shared();
+        (self.agent.cfg.limits).admit(
+            &admitted.read().expect("state"),
+            &key,
+            !c.parent.is_empty(),
+        )?;
+        let limit = if c.timeout_ms == 0 {
+            MAX_WAIT
+        } else {
+            Duration::from_millis(c.timeout_ms).min(MAX_WAIT)
+        };
+        leadership.write_parent(&self.agent, new.parent).await;
+        match leadership.start_express(&self.agent, &new) {
+            Start::Flying | Start::Joined | Start::Held => {
+                return self.wait_express(new, limit).await;
+            }
+            _ => {}
+        }
+        let at = now_ms();
+        let placed = leadership.place_now(&self.agent, key, &new.function, new.parent);
+        let submit = Command::Submit {
+            requests: vec![new],
+            at,
+        };
+        let resp = match placed {
+            // Submitted and started in one log entry; the place stays held until then.
+            Some((a, _held)) => match self
+                .propose(Command::Batch(vec![
+                    submit,
+                    Command::Assign {
+                        assignments: vec![a],
+                        at,
+                    },
+                ]))
+                .await?
+            {
+                SmResponse::Batch(mut rs) if !rs.is_empty() => rs.swap_remove(0),
+                other => other,
+            },
+            None => self.propose(submit).await?,
+        };
+        match resp {
+            SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::MemoHit) => {
+                self.reply_for(&key, true, None)
+            }
+            SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::ParentGone) => {
+                Err(parent_gone())
+            }
+            _ => self.wait_reply(key, limit, false).await,
+        }
+    }
+}
+
+/// Whether a reply is the last word on its request (done, failed or cancelled).
+fn is_final(reply: &pb::CallReply) -> bool {
+    matches!(reply.state.as_str(), "done" | "failed" | "cancelled")
+}
+
+/// Longest a single Call or Get(wait) RPC waits before answering "still running"; the client
+/// then re-attaches, so no RPC outlives a leader change by much.
+const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// Calls in progress on one Calls stream before the agent stops reading it.
+const CALLS_PER_STREAM: usize = 16_384;
+
+fn parent_gone() -> Status {
+    Status::failed_precondition(format!(
+        "{}: the calling request is no longer running (cancelled or re-queued)",
+        Code::ParentGone
+    ))
+}
+
+/// A call's outcome as a Calls stream message.
+fn tagged_reply(tag: u64, result: Result<pb::CallReply, Status>) -> pb::TaggedReply {
+    match result {
+        Ok(reply) => pb::TaggedReply {
+            tag,
+            reply: Some(reply),
+            ..Default::default()
+        },
+        Err(s) => pb::TaggedReply {
+            tag,
+            code: s.code() as i32,
+            message: s.message().to_string(),
+            leader_addr: s
+                .metadata()
+                .get(pb::LEADER_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            ..Default::default()
+        },
+    }
+}

@@ -1,0 +1,152 @@
+//! Everyone's reads: cluster info, Raft status, the node table, trees, functions, the queue,
+//! events, the console's Watch stream, state digests. Served from the applied state by any
+//! sound member, but the node table and Watch, which carry the leader's liveness view.
+
+use super::{Res, Service, parse_key};
+use crate::view;
+use mozen_proto as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The console's stream of cluster updates.
+pub(super) type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterUpdate, Status>> + Send>>;
+
+pub(super) async fn cluster_info(
+    s: &Service,
+    r: Request<pb::ClusterInfoRequest>,
+) -> Res<pb::ClusterInfoReply> {
+    let asking = r.into_inner().asking_node;
+    let a = &s.agent;
+    let m = a.raft.metrics().borrow().clone();
+    let initialized = a.raft.is_initialized().await.unwrap_or(false);
+    let voters = m
+        .membership_config
+        .nodes()
+        .filter(|(id, _)| {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == **id)
+        })
+        .map(|(id, n)| pb::Member {
+            id: *id,
+            addr: n.addr.clone(),
+        })
+        .collect();
+    let leader_addr = a.leader().map(|(_, addr)| addr).unwrap_or_default();
+    Ok(Response::new(pb::ClusterInfoReply {
+        node_id: a.me(),
+        initialized,
+        leader_id: m.current_leader,
+        leader_addr,
+        voters,
+        term: m.current_term,
+        role: a.role_of(a.me()).as_str().into(),
+        asking_node_registered: asking != 0
+            && a.sm.shared().read().expect("state").node(asking).is_some(),
+    }))
+}
+
+pub(super) async fn status(s: &Service, _r: Request<pb::StatusRequest>) -> Res<pb::RaftStatus> {
+    s.require_member_or_quarantined()?;
+    Ok(Response::new(view::raft_status(&s.agent)))
+}
+
+pub(super) async fn nodes(s: &Service, _r: Request<pb::NodesRequest>) -> Res<pb::NodesReply> {
+    let leadership = s.leadership()?;
+    Ok(Response::new(pb::NodesReply {
+        nodes: view::nodes(&s.agent, &leadership),
+    }))
+}
+
+pub(super) async fn tree(s: &Service, r: Request<pb::TreeRequest>) -> Res<pb::TreeReply> {
+    s.require_sound_member()?;
+    let r = r.into_inner();
+    let key = parse_key(&r.key)?;
+    let max = if r.max_nodes == 0 {
+        10_000
+    } else {
+        r.max_nodes as usize
+    };
+    let depth = if r.max_depth == 0 {
+        u32::MAX
+    } else {
+        r.max_depth
+    };
+    let entries = view::tree(&s.agent, key, max, depth, !r.omit_args).map_err(Status::not_found)?;
+    Ok(Response::new(pb::TreeReply { entries }))
+}
+
+pub(super) async fn functions(
+    s: &Service,
+    _r: Request<pb::FunctionsRequest>,
+) -> Res<pb::FunctionsReply> {
+    s.require_sound_member()?;
+    Ok(Response::new(pb::FunctionsReply {
+        functions: view::functions(&s.agent),
+    }))
+}
+
+pub(super) async fn queue(s: &Service, r: Request<pb::QueueRequest>) -> Res<pb::QueueReply> {
+    s.require_sound_member()?;
+    let limit = r.into_inner().limit.max(1) as usize;
+    let (summary, head) = view::queue(&s.agent, limit);
+    Ok(Response::new(pb::QueueReply {
+        summary: Some(summary),
+        head,
+    }))
+}
+
+pub(super) async fn events(s: &Service, r: Request<pb::EventsRequest>) -> Res<pb::EventsReply> {
+    s.require_member_or_quarantined()?;
+    let limit = r.into_inner().limit;
+    Ok(Response::new(pb::EventsReply {
+        events: view::events(&s.agent, if limit == 0 { 100 } else { limit as usize }),
+    }))
+}
+
+pub(super) async fn watch(s: &Service, r: Request<pb::WatchRequest>) -> Res<WatchStream> {
+    let leadership = s.leadership()?;
+    let open = s.streams.acquire(&r)?;
+    let n = r.into_inner().requests;
+    let n = if n == 0 { 200 } else { n as usize };
+    let agent = s.agent.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // The stream ends with the leadership: the console reconnects and follows the new leader.
+    let ended = leadership.ended().clone();
+    let leadership = Arc::downgrade(&leadership);
+    s.agent.tasks.spawn(async move {
+        let _open = open;
+        loop {
+            let Some(l) = leadership.upgrade().filter(|_| agent.is_leader()) else {
+                break;
+            };
+            let update = view::cluster_update(&agent, &l, n);
+            drop(l);
+            if tx.send(Ok(update)).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = ended.cancelled() => break,
+            }
+        }
+    });
+    Ok(Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
+
+pub(super) async fn state_digest(
+    s: &Service,
+    r: Request<pb::StateDigestRequest>,
+) -> Res<pb::StateDigestReply> {
+    s.require_member_or_quarantined()?;
+    if r.get_ref().checkpoints_only {
+        return Ok(Response::new(crate::integrity::checkpoints_reply(&s.agent)));
+    }
+    Ok(Response::new(view::state_digest(&s.agent)))
+}

@@ -1,0 +1,339 @@
+//! The workers' audience: join, heartbeats, the Work stream that carries assignments and
+//! cancellations, completions, parking. Everything here is the leader's: each handler takes
+//! the [`Leadership`] first. The leader's own worker calls [`open_work`],
+//! [`complete_reported`] and [`park_request`] directly, without a gRPC round trip.
+
+use super::{Res, Service, propose_status};
+use crate::leadership::{Leadership, assignment_item};
+use crate::node::{Agent, now_ms};
+use mozen_model::{Code, NodeInfo, NodeState, RequestKey, RequestState};
+use mozen_proto as pb;
+use mozen_store::Command;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// A worker's Work stream, as the service hands it out.
+pub(crate) type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Status>> + Send>>;
+
+pub(super) async fn join(s: &Service, r: Request<pb::JoinRequest>) -> Res<pb::JoinReply> {
+    let leadership = s.leadership()?;
+    let r = r.into_inner();
+    if r.id == 0 || r.slots == 0 {
+        return Err(Status::invalid_argument(
+            Code::BadArguments.message("join needs a positive id and slots"),
+        ));
+    }
+    let role = s.agent.role_of(r.id);
+    let node = NodeInfo {
+        id: r.id,
+        name: r.name,
+        addr: r.addr,
+        cpus: r.cpus,
+        memory_bytes: r.memory_bytes,
+        slots: r.slots,
+        state: NodeState::Active,
+        role,
+        labels: r.labels.into_iter().collect(),
+    };
+    let at = now_ms();
+    leadership.heard_from(r.id);
+    s.propose(Command::Batch(vec![
+        Command::RegisterNode { node, at },
+        Command::SetNodeRole { id: r.id, role, at },
+    ]))
+    .await?;
+    Ok(Response::new(pb::JoinReply {
+        leader_id: s.agent.me(),
+        role: role.as_str().into(),
+    }))
+}
+
+pub(super) async fn heartbeat(
+    s: &Service,
+    r: Request<pb::HeartbeatRequest>,
+) -> Res<pb::HeartbeatReply> {
+    let leadership = s.leadership()?;
+    let r = r.into_inner();
+    let known = s
+        .agent
+        .sm
+        .shared()
+        .read()
+        .expect("state")
+        .node(r.node_id)
+        .is_some();
+    if !known {
+        return Err(Status::not_found(format!(
+            "{}: node {} is not in the node table",
+            Code::UnknownNode,
+            r.node_id
+        )));
+    }
+    {
+        let mut l = leadership.liveness.lock().expect("liveness");
+        l.last_seen.insert(r.node_id, Instant::now());
+        if r.leaving {
+            l.leaving.insert(r.node_id);
+        } else {
+            l.leaving.remove(&r.node_id);
+        }
+    }
+    let at = now_ms();
+    if !r.hand_back.is_empty() {
+        let keys: Vec<RequestKey> = r
+            .hand_back
+            .iter()
+            .filter_map(|k| pb::convert::key_from_bytes(k))
+            .collect();
+        s.propose(Command::Requeue {
+            node: r.node_id,
+            keys: Some(keys),
+            reason: "its agent shut down".into(),
+            at,
+        })
+        .await?;
+    } else if !r.leaving {
+        let reported: Vec<RequestKey> = r
+            .running
+            .iter()
+            .filter_map(|k| pb::convert::key_from_bytes(k))
+            .collect();
+        let grace = (s.agent.cfg.lease.as_millis() as u64).max(3000);
+        let lost =
+            crate::leadership::schedule::lost_assignments(&s.agent, r.node_id, &reported, grace);
+        if !lost.is_empty() {
+            tracing::info!(
+                node = r.node_id,
+                count = lost.len(),
+                "re-queueing assignments the worker does not know"
+            );
+            s.propose(Command::Requeue {
+                node: r.node_id,
+                keys: Some(lost),
+                reason: "assignment lost".into(),
+                at,
+            })
+            .await?;
+        }
+    }
+    Ok(Response::new(pb::HeartbeatReply {
+        leader_id: s.agent.me(),
+        term: leadership.term(),
+    }))
+}
+
+pub(super) async fn work(s: &Service, r: Request<pb::WorkRequest>) -> Res<WorkStream> {
+    let leadership = s.leadership()?;
+    Ok(Response::new(open_work(
+        &s.agent,
+        &leadership,
+        r.into_inner().node_id,
+    )?))
+}
+
+pub(super) async fn complete(
+    s: &Service,
+    r: Request<pb::CompleteRequest>,
+) -> Res<pb::CompleteReply> {
+    let leadership = s.leadership()?;
+    complete_reported(&s.agent, &leadership, r.into_inner().completions).await?;
+    Ok(Response::new(pb::CompleteReply {}))
+}
+
+pub(super) async fn park(s: &Service, r: Request<pb::ParkRequest>) -> Res<pb::ParkReply> {
+    s.leadership()?;
+    park_request(&s.agent, r.into_inner()).await?;
+    Ok(Response::new(pb::ParkReply {}))
+}
+
+/// Unregisters a worker's stream when tonic drops it.
+struct StreamGuard {
+    leadership: Weak<Leadership>,
+    node: u64,
+    conn: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let Some(l) = self.leadership.upgrade() else {
+            return;
+        };
+        let mut s = l.streams.lock().expect("streams");
+        if s.get(&self.node).is_some_and(|st| st.conn == self.conn) {
+            s.remove(&self.node);
+            drop(s);
+            l.orphan(self.node);
+        }
+    }
+}
+
+fn async_stream_with_guard<S>(
+    inner: S,
+    guard: StreamGuard,
+) -> impl Stream<Item = Result<pb::WorkItem, Status>> + Send
+where
+    S: Stream<Item = Result<pb::WorkItem, Status>> + Send + Unpin,
+{
+    futures::stream::unfold((inner, guard), |(mut inner, guard)| async move {
+        use futures::StreamExt;
+        inner.next().await.map(|item| (item, (inner, guard)))
+    })
+}
+
+/// Opens node `node`'s Work stream on this agent, the leader: registers it with the
+/// leadership and replays what the state says runs there. The worker of the leader itself
+/// uses it directly, without a gRPC round trip.
+pub(crate) fn open_work(
+    agent: &Agent,
+    leadership: &Arc<Leadership>,
+    node: u64,
+) -> Result<WorkStream, Status> {
+    let state = agent.sm.shared();
+    if state.read().expect("state").node(node).is_none() {
+        return Err(Status::not_found(format!(
+            "{}: node {node} is not in the node table",
+            Code::UnknownNode
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let conn = agent.next_conn();
+    {
+        // Register first, then replay what already runs there: an assignment applied in
+        // between is sent twice and the worker ignores the repeat.
+        leadership.streams.lock().expect("streams").insert(
+            node,
+            crate::leadership::Stream {
+                conn,
+                tx: tx.clone(),
+            },
+        );
+        leadership.heard_from(node);
+        let state = state.read().expect("state");
+        for req in state.running_on(node) {
+            if let RequestState::Running { attempt, .. } = req.state {
+                let _ = tx.send(Ok(assignment_item(req.key, req, attempt)));
+            }
+        }
+    }
+    leadership.schedule.notify_one();
+    let out = UnboundedReceiverStream::new(rx);
+    // Unregister when the worker goes away (the stream is dropped).
+    let guard = StreamGuard {
+        leadership: Arc::downgrade(leadership),
+        node,
+        conn,
+    };
+    let s = async_stream_with_guard(out, guard);
+    Ok(Box::pin(s))
+}
+
+/// How long a new leader's `Complete` waits for its state to hold earlier terms' entries.
+const STATE_CURRENT_WAIT: Duration = Duration::from_secs(5);
+
+/// Commits outcomes reported by a worker (through gRPC, or directly by the leader's own).
+pub(crate) async fn complete_reported(
+    agent: &Agent,
+    leadership: &Leadership,
+    reported: Vec<pb::Completion>,
+) -> Result<(), Status> {
+    let mut completions = Vec::with_capacity(reported.len());
+    for c in reported {
+        let Some(key) = pb::convert::key_from_bytes(&c.key) else {
+            return Err(Status::invalid_argument(
+                Code::BadArguments.message("completion key must be 32 bytes"),
+            ));
+        };
+        let outcome = match (c.value, c.error) {
+            (Some(v), None) => agent.cfg.limits.check_result(c.node, v),
+            (_, Some(e)) => mozen_model::Outcome::Error((&e).into()),
+            (None, None) => mozen_model::Outcome::Value(b"null".to_vec()),
+        };
+        completions.push(mozen_store::Completion {
+            key,
+            node: c.node,
+            attempt: c.attempt,
+            outcome,
+            duration_ms: c.duration_ms,
+        });
+    }
+    // Child calls waiting on these values go on now; the values are committed below.
+    for c in &completions {
+        if let mozen_model::Outcome::Value(v) = &c.outcome {
+            leadership.value_reported(&c.key, v, c.node, c.duration_ms);
+        }
+    }
+    let (express, completions): (Vec<_>, Vec<_>) =
+        completions.into_iter().partition(|c| c.attempt == 0);
+    // An express run this leader does not hold counts for what an earlier leader wrote down,
+    // which this leader's state must show before it decides: else the run would be dropped
+    // and its worker, acknowledged, would forget it while the log shows it running there
+    // (later re-queued as lost, an attempt spent).
+    if leadership.any_stray(&express)
+        && !crate::node::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
+    {
+        return Err(Status::failed_precondition(Code::NotReady.message(
+            "this leader has not yet applied what earlier leaders committed; \
+             report again",
+        )));
+    }
+    let mut cmds = Vec::new();
+    if !express.is_empty() {
+        let (landed, durations) = leadership.land(agent, express);
+        leadership.record_durations(durations.iter().map(|(f, ms)| (f.as_str(), *ms)));
+        cmds = landed;
+    }
+    {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        let runs: Vec<_> = completions
+            .iter()
+            .filter(|c| matches!(c.outcome, mozen_model::Outcome::Value(_)))
+            // A parent's run time is mostly waiting on its children (its slot lent): it says
+            // nothing about how short its function is.
+            .filter(|c| state.children(&c.key).is_empty())
+            .filter_map(|c| Some((state.request(&c.key)?, c.duration_ms)))
+            .collect();
+        leadership.record_durations(runs.iter().map(|(r, ms)| (r.function.as_str(), *ms)));
+    }
+    if !completions.is_empty() {
+        cmds.push(Command::Complete {
+            completions,
+            at: now_ms(),
+        });
+    }
+    let cmd = match cmds.len() {
+        0 => return Ok(()),
+        1 => cmds.pop().expect("one"),
+        _ => Command::Batch(cmds),
+    };
+    agent
+        .propose(cmd)
+        .await
+        .map_err(|e| propose_status(agent, e))?;
+    Ok(())
+}
+
+/// Commits that a running request parks or resumes (through gRPC, or directly by the leader's
+/// own worker).
+pub(crate) async fn park_request(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status> {
+    let Some(key) = pb::convert::key_from_bytes(&r.key) else {
+        return Err(Status::invalid_argument(
+            Code::BadArguments.message("park key must be 32 bytes"),
+        ));
+    };
+    agent
+        .propose(Command::Park {
+            key,
+            node: r.node,
+            attempt: r.attempt,
+            parked: r.parked,
+            at: now_ms(),
+        })
+        .await
+        .map_err(|e| propose_status(agent, e))?;
+    Ok(())
+}

@@ -24,9 +24,10 @@
 //! function fails only that call; one in the Raft core or an essential task ends the agent
 //! with code 4 (see [`crate::supervise`]).
 
+use crate::agent::Agent;
 use crate::config::AgentArgs;
 use crate::functions::{Ctx, Functions};
-use crate::node::{Agent, run};
+use crate::node::run;
 use clap::Parser;
 use mozen_model::TaskError;
 use serde::Serialize;
@@ -36,13 +37,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Exit code of a runtime error.
-pub const EXIT_ERROR: u8 = 1;
-/// Exit code of a damaged data dir (see [`crate::repair`]).
-pub const EXIT_DAMAGED: u8 = 3;
-
-/// Exit code of an agent whose Raft core or essential task died (see [`crate::supervise`]).
-pub const EXIT_DIED: u8 = 4;
+pub use crate::error::{EXIT_DAMAGED, EXIT_DIED, EXIT_ERROR};
 
 /// Adds one user function to a registry.
 type Registration = Box<dyn FnOnce(&mut Functions)>;

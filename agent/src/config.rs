@@ -172,10 +172,7 @@ pub struct AgentConfig {
     pub hosts: Option<std::sync::Arc<crate::hosts::HostsFile>>,
 }
 
-/// A flag that does not make sense, with the text to show the operator.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use crate::error::ConfigError;
 
 fn bad(flag: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("--{flag} '{value}': {why}"))

@@ -12,7 +12,7 @@
 //! Raft's safety does not depend on when an election starts; this only shortens the silence
 //! a follower waits out, and never below the lease the other voters enforce.
 
-use crate::node::{Agent, ELECTION_TIMEOUT_MAX_MS};
+use crate::context::{Context, ELECTION_TIMEOUT_MAX_MS};
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ pub fn stand_after(rank: usize) -> Duration {
     Duration::from_millis(ELECTION_TIMEOUT_MAX_MS) + MARGIN + STAGGER * rank as u32
 }
 
-pub async fn watch(agent: Arc<Agent>) {
+pub async fn watch(agent: Arc<Context>) {
     let mut stood_in: Option<u64> = None;
     loop {
         tokio::select! {
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn followers_stand_in_turn_after_the_lease_and_before_the_raft_timer() {
         let lease = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS);
-        let cfg = crate::node::raft_config();
+        let cfg = crate::context::raft_config();
         assert_eq!(cfg.election_timeout_max, ELECTION_TIMEOUT_MAX_MS);
         // Never before a voter would grant its vote.
         assert!(stand_after(0) > lease);

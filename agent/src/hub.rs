@@ -33,7 +33,7 @@ impl Hub {
     }
 
     /// The leadership installed now, if any. Whether this agent still leads is the agent's
-    /// question (see [`crate::node::Agent::leadership`]).
+    /// question (see [`crate::agent::Agent::leadership`]).
     pub fn leadership(&self) -> Option<Arc<Leadership>> {
         self.leadership.read().expect("leadership").clone()
     }

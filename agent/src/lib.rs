@@ -2,6 +2,7 @@
 //! CLI.
 //!
 //! - [`config`]: flags of `mozen-agent`, validated into `AgentConfig`.
+//! - [`error`]: the agent's errors and exit codes.
 //! - [`node`]: `run`: store, Raft, gRPC server, cluster formation, graceful shutdown.
 //! - [`membership`]: node operations (drain, undrain, promote, demote, remove) as a typed
 //!   `NodeOp` with a typed error.
@@ -9,8 +10,8 @@
 //! - [`security`]: the cluster token and TLS on both services: the flags and the server side
 //!   here, the client side re-exported from mozen-client.
 //! - [`faults`]: test-only fault injection (cutting links between agents, diverging digests).
-//! - [`integrity`]: corruption checks across members: voters compare state checkpoints; an
-//!   outvoted one quarantines itself.
+//! - [`integrity`], [`checks`]: corruption checks across members: voters compare state
+//!   checkpoints; an outvoted one quarantines itself.
 //! - [`proposer`]: batches many facts into one log entry.
 //! - [`hub`]: reacts to applied commands (wakes waiters; shows them to the leadership).
 //! - [`leadership`]: what only the leader has, owned by one `Leadership` value: scheduling,
@@ -37,13 +38,17 @@
 //! Dependency rule: depends on model, proto, store, scheduler and client; nothing depends on it
 //! but its binaries and user agents.
 
+pub mod agent;
 pub mod batch;
 pub mod bench;
 pub mod builder;
 pub mod chaos;
+pub mod checks;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod elastic;
+pub mod error;
 pub mod failover;
 pub mod faults;
 pub mod functions;
@@ -52,6 +57,7 @@ pub mod hub;
 pub mod integrity;
 pub mod launch;
 pub mod leadership;
+pub mod leading;
 pub mod limits;
 pub mod membership;
 pub mod memory;
@@ -67,8 +73,8 @@ pub mod view;
 pub mod work;
 pub mod worker;
 
+pub use agent::Agent;
 pub use builder::AgentBuilder;
 pub use client::{Client, ClientError};
 pub use functions::{Ctx, Functions, fail};
 pub use mozen_model::TaskError;
-pub use node::Agent;

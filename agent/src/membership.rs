@@ -1,12 +1,12 @@
-//! Node operations: drain, undrain, promote, demote, remove (and the autoscaler's switch),
-//! carried out by the leader, as a typed [`NodeOp`] with a typed [`NodeOpError`].
+//! Node operations: drain, undrain, promote, demote, remove, carried out by the leader as a
+//! typed [`NodeOp`] with a typed [`NodeOpError`].
 //!
 //! Membership changes go through Raft (`add_learner`, `change_membership`); a voter leaves
 //! only when the voters left keep a live majority (heard from within the lease by this
 //! leadership), so an operator cannot remove the quorum by accident.
 
+use crate::context::{Context, now_ms};
 use crate::leadership::Leadership;
-use crate::node::{Agent, now_ms};
 use crate::proposer::ProposeError;
 use mozen_model::{Code, NodeId, NodeOp, NodeRole, NodeState};
 use mozen_store::{Command, RaftNode};
@@ -24,6 +24,9 @@ pub enum NodeOpError {
     /// Raft refused the membership change.
     #[error("{code}: {0}", code = Code::Raft)]
     Raft(String),
+    /// The operation switches the autoscaler: it acts on no node.
+    #[error("{code}: {0} acts on no node (it switches the autoscaler)", code = Code::BadOp)]
+    NotOnANode(NodeOp),
     /// The fact could not be written down (not leader any more, or stopping).
     #[error(transparent)]
     Propose(#[from] ProposeError),
@@ -36,6 +39,7 @@ impl NodeOpError {
             NodeOpError::UnknownNode(_) => Code::UnknownNode,
             NodeOpError::Quorum(_) => Code::Quorum,
             NodeOpError::Raft(_) => Code::Raft,
+            NodeOpError::NotOnANode(_) => Code::BadOp,
             NodeOpError::Propose(ProposeError::NotLeader { .. }) => Code::NotLeader,
             NodeOpError::Propose(ProposeError::Closed) => Code::ShuttingDown,
             NodeOpError::Propose(ProposeError::Raft(_)) => Code::Raft,
@@ -44,7 +48,7 @@ impl NodeOpError {
 }
 
 /// Why a membership operation was refused.
-pub fn quorum_check(agent: &Agent, l: &Leadership, removing: NodeId) -> Result<(), NodeOpError> {
+pub fn quorum_check(agent: &Context, l: &Leadership, removing: NodeId) -> Result<(), NodeOpError> {
     let (voters, _) = agent.membership();
     if !voters.contains(&removing) {
         return Ok(());
@@ -77,14 +81,11 @@ pub fn quorum_check(agent: &Agent, l: &Leadership, removing: NodeId) -> Result<(
 
 /// Carries out a node operation on the leader; what it did, in words.
 pub async fn node_op(
-    agent: &Agent,
+    agent: &Context,
     l: &Leadership,
     id: NodeId,
     op: NodeOp,
 ) -> Result<String, NodeOpError> {
-    if op.is_autoscale_switch() {
-        return Ok(crate::leadership::autoscale::switch(agent, op).await);
-    }
     let at = now_ms();
     let node = agent.sm.shared().read().expect("state").node(id).cloned();
     let Some(node) = node else {
@@ -160,13 +161,13 @@ pub async fn node_op(
             agent.propose(Command::RemoveNode { id, at }).await?;
             Ok(format!("node {id} was removed"))
         }
-        NodeOp::AutoscalePause | NodeOp::AutoscaleResume => unreachable!("switched above"),
+        NodeOp::AutoscalePause | NodeOp::AutoscaleResume => Err(NodeOpError::NotOnANode(op)),
     }
 }
 
 /// Takes `id` out of the Raft membership, if it is in it: a voter only when the remaining
 /// voters keep a live majority. A worker is left as it is.
-async fn leave_membership(agent: &Agent, l: &Leadership, id: NodeId) -> Result<(), NodeOpError> {
+async fn leave_membership(agent: &Context, l: &Leadership, id: NodeId) -> Result<(), NodeOpError> {
     let change = match agent.role_of(id) {
         NodeRole::Worker => return Ok(()),
         NodeRole::Voter => {

@@ -1,7 +1,7 @@
 //! Prometheus text exposition (`--metrics HOST:PORT`): the figures of the console for
 //! operators who already run Prometheus and Grafana. See docs/operations.md for each metric.
 
-use crate::node::Agent;
+use crate::agent::Agent;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

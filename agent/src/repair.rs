@@ -17,7 +17,7 @@
 
 use crate::client::Client;
 use crate::config::AgentConfig;
-use crate::node::AgentError;
+use crate::error::AgentError;
 use mozen_model::NodeId;
 use mozen_proto as pb;
 use std::path::{Path, PathBuf};
@@ -141,7 +141,7 @@ fn aside(dir: &Path) -> Result<PathBuf, AgentError> {
 
 /// Step 4's end: asks the leader to promote this node until it is a voter again (the leader
 /// adds it as a learner and waits until it has caught up first). Runs until done or stopped.
-pub async fn promote_when_caught_up(agent: std::sync::Arc<crate::node::Agent>) {
+pub async fn promote_when_caught_up(agent: std::sync::Arc<crate::agent::Agent>) {
     let req = pb::NodeOpRequest {
         node_id: agent.me(),
         op: "promote".into(),

@@ -16,7 +16,7 @@
 //! demands a client certificate signed by that CA (mutual TLS). Clients (CLI, console,
 //! library) trust `--tls-ca` and present `--tls-cert`/`--tls-key`.
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::faults::Faults;
 use mozen_model::{Code, NodeId};
 use std::path::Path;

@@ -1,7 +1,8 @@
 //! Read views of the applied state as wire messages (status, nodes, queue, trees, events).
 
+use crate::agent::Agent;
+use crate::context::now_ms;
 use crate::leadership::Leadership;
-use crate::node::{Agent, now_ms};
 use mozen_model::{Code, Request, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_store::ClusterState;
@@ -20,7 +21,7 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
     let quarantine = agent.integrity.quarantine();
     pb::RaftStatus {
         node_id: agent.me(),
-        leader_id: crate::node::current_leader(&m, agent.me()),
+        leader_id: crate::context::current_leader(&m, agent.me()),
         leader_addr,
         term: m.current_term,
         last_log_index: last_log,
@@ -32,7 +33,7 @@ pub fn raft_status(agent: &Agent) -> pb::RaftStatus {
         learners: mem.learner_ids().map(|id| member(&id)).collect(),
         server_state: if quarantine.is_some() {
             "corrupt".into()
-        } else if m.state.is_leader() && !crate::node::leads(&m, agent.me()) {
+        } else if m.state.is_leader() && !crate::context::leads(&m, agent.me()) {
             "stepped-down".into()
         } else {
             format!("{:?}", m.state).to_lowercase()
@@ -60,7 +61,7 @@ pub fn state_digest(agent: &Agent) -> pb::StateDigestReply {
     pb::StateDigestReply {
         applied_index,
         digest: digest.to_vec(),
-        ..crate::integrity::checkpoints_reply(agent)
+        ..crate::checks::checkpoints_reply(agent)
     }
 }
 

@@ -7,10 +7,10 @@
 //! the worker takes no new work, lets running requests finish until the deadline, and hands
 //! the rest back.
 
+use crate::agent::Agent;
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{ClusterCaller, Ctx, Slot};
 use crate::leadership::Leadership;
-use crate::node::Agent;
 use crate::security::AuthChannel;
 use crate::service::WorkStream;
 use futures::FutureExt;
@@ -313,7 +313,7 @@ pub async fn run(agent: Arc<Agent>) {
 async fn until_leading(agent: &Agent) {
     let mut metrics = agent.raft.metrics();
     loop {
-        if crate::node::leads(&metrics.borrow_and_update(), agent.me()) {
+        if crate::context::leads(&metrics.borrow_and_update(), agent.me()) {
             return;
         }
         if metrics.changed().await.is_err() {

@@ -6,5 +6,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    mozen_agent::node::Agent::builder().main()
+    mozen_agent::Agent::builder().main()
 }

@@ -22,9 +22,9 @@
 
 use super::Leadership;
 use crate::batch::cost::CostModel;
+use crate::context::{Context, now_ms};
 use crate::hosts::{Autoscale, HostsFile, Pool};
 use crate::launch::{self, Target};
-use crate::node::{Agent, now_ms};
 use mozen_model::{Code, NodeId, NodeOp, NodeRole, NodeState, RequestKey};
 use mozen_store::Command;
 use std::collections::{BTreeMap, HashMap};
@@ -190,7 +190,7 @@ pub fn decide(policy: &Autoscale, pools: &[Pool], obs: &Observed) -> Vec<Decisio
 }
 
 /// Whether the latest switch event says paused.
-fn paused(agent: &Agent) -> bool {
+fn paused(agent: &Context) -> bool {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     state
@@ -203,7 +203,7 @@ fn paused(agent: &Agent) -> bool {
 }
 
 /// Records the pause or resume switch (the `autoscale-pause`/`-resume` node operations).
-pub async fn switch(agent: &Agent, op: NodeOp) -> String {
+pub async fn switch(agent: &Context, op: NodeOp) -> String {
     let message = match op {
         NodeOp::AutoscalePause => {
             "paused: no agent is started or stopped until `mozen up` resumes it"
@@ -217,7 +217,7 @@ pub async fn switch(agent: &Agent, op: NodeOp) -> String {
     )
 }
 
-async fn event(agent: &Agent, kind: &str, node: Option<NodeId>, message: String) {
+async fn event(agent: &Context, kind: &str, node: Option<NodeId>, message: String) {
     info!(kind, ?node, "{message}");
     if let Err(e) = agent
         .propose(Command::Event {
@@ -252,12 +252,12 @@ struct Memory {
 
 impl Leadership {
     /// Runs while this leadership lasts, when the hosts file enables autoscaling.
-    pub(super) async fn autoscale_loop(self: Arc<Self>, agent: Arc<Agent>) {
+    pub(super) async fn autoscale_loop(self: Arc<Self>, agent: Arc<Context>) {
         run(agent, self).await
     }
 }
 
-async fn run(agent: Arc<Agent>, l: Arc<Leadership>) {
+async fn run(agent: Arc<Context>, l: Arc<Leadership>) {
     let Some(file) = agent.cfg.hosts.clone() else {
         return;
     };
@@ -360,7 +360,7 @@ fn describe(file: &HostsFile, d: &Decision) -> (&'static str, Option<NodeId>, St
     }
 }
 
-fn observe(agent: &Agent, l: &Leadership, file: &HostsFile, mem: &mut Memory) -> Observed {
+fn observe(agent: &Context, l: &Leadership, file: &HostsFile, mem: &mut Memory) -> Observed {
     let now = Instant::now();
     let now_ms = now_ms();
     let state = agent.sm.shared();
@@ -446,7 +446,7 @@ fn observe(agent: &Agent, l: &Leadership, file: &HostsFile, mem: &mut Memory) ->
 }
 
 async fn act(
-    agent: &Arc<Agent>,
+    agent: &Arc<Context>,
     l: &Leadership,
     file: &Arc<HostsFile>,
     mem: &mut Memory,
@@ -512,7 +512,12 @@ async fn act(
 }
 
 /// Removes and stops the nodes drained for stopping once nothing runs there.
-async fn finish_stops(agent: &Arc<Agent>, l: &Leadership, file: &Arc<HostsFile>, mem: &mut Memory) {
+async fn finish_stops(
+    agent: &Arc<Context>,
+    l: &Leadership,
+    file: &Arc<HostsFile>,
+    mem: &mut Memory,
+) {
     let ready: Vec<(NodeId, String, String)> = {
         let state = agent.sm.shared();
         let state = state.read().expect("state");
@@ -570,7 +575,7 @@ async fn finish_stops(agent: &Arc<Agent>, l: &Leadership, file: &Arc<HostsFile>,
 }
 
 /// Gives up on started agents that did not join in time.
-async fn expire_pending(agent: &Agent, file: &HostsFile, mem: &mut Memory) {
+async fn expire_pending(agent: &Context, file: &HostsFile, mem: &mut Memory) {
     let late: Vec<(NodeId, usize)> = mem
         .pending
         .iter()

@@ -28,7 +28,7 @@
 
 use super::schedule::preferred_node;
 use super::{Leadership, Nodes, PLAN_LIMIT, Reservation};
-use crate::node::{Agent, now_ms};
+use crate::context::{Context, now_ms};
 use mozen_model::{NodeId, Outcome, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_scheduler::{Candidate, plan_on};
@@ -140,7 +140,7 @@ impl Leadership {
     /// to be short, the request is unknown to the state and the queue is empty (first come, first
     /// served), its parent (if any) runs or flies (written down first with [`Leadership::write_parent`]). It
     /// flies when a worker has a place for it now, else it is held (see [`Held`]).
-    pub fn start_express(&self, agent: &Agent, new: &NewRequest) -> Start {
+    pub fn start_express(&self, agent: &Context, new: &NewRequest) -> Start {
         if !agent.cfg.express || new.no_cache || !self.is_short(&new.function) {
             return Start::No;
         }
@@ -188,7 +188,7 @@ impl Leadership {
 
     /// Holds `new` until a place frees, when nothing is queued in the log and it is unknown to
     /// the state (the usual way joins or answers known requests).
-    fn hold(&self, agent: &Agent, new: &NewRequest) -> Start {
+    fn hold(&self, agent: &Context, new: &NewRequest) -> Start {
         {
             let state = agent.sm.shared();
             let state = state.read().expect("state");
@@ -213,7 +213,7 @@ impl Leadership {
     /// Flies held calls, in queue order, into the places free now (run by the leader's scheduler
     /// before it plans the log's queue). A call whose worker cannot be reached is submitted to the
     /// queue.
-    pub fn fly_held(&self, agent: &Agent) {
+    pub fn fly_held(&self, agent: &Context) {
         if self.held.lock().expect("held").is_empty() {
             return;
         }
@@ -261,7 +261,7 @@ impl Leadership {
 
     /// Writes `parent` down if it flies and is not yet: a child call, express or not, needs its
     /// parent in the log.
-    pub async fn write_parent(&self, agent: &Agent, parent: Option<RequestKey>) {
+    pub async fn write_parent(&self, agent: &Context, parent: Option<RequestKey>) {
         let Some(p) = parent else { return };
         let due = self
             .flights
@@ -300,7 +300,11 @@ impl Leadership {
     /// counts for the attempt the log shows running on that node, if an earlier leader wrote it
     /// down; else it is dropped: its caller sent the call again. Also returns (function,
     /// milliseconds) of each value of a request that called none.
-    pub fn land(&self, agent: &Agent, done: Vec<Completion>) -> (Vec<Command>, Vec<(String, u64)>) {
+    pub fn land(
+        &self,
+        agent: &Context,
+        done: Vec<Completion>,
+    ) -> (Vec<Command>, Vec<(String, u64)>) {
         let mut runs = Vec::new();
         let mut submits = Vec::new();
         let mut assignments = Vec::new();
@@ -384,7 +388,7 @@ impl Leadership {
     /// the log holds them from now on. `keys` None: every flight running longer than
     /// [`WRITE_DOWN_AFTER`]. The worker goes on with its run; its value is recorded by `Ran`.
     /// Held calls among `keys` are submitted to the queue.
-    pub async fn write_down(&self, agent: &Agent, keys: Option<&[RequestKey]>) {
+    pub async fn write_down(&self, agent: &Context, keys: Option<&[RequestKey]>) {
         let now = Instant::now();
         let mut requests = Vec::new();
         let mut assignments = Vec::new();
@@ -472,7 +476,7 @@ impl Leadership {
     }
 
     /// The leader's express housekeeping: writes down long flights and submits orphaned ones.
-    pub(super) async fn express_loop(self: Arc<Self>, agent: Arc<Agent>) {
+    pub(super) async fn express_loop(self: Arc<Self>, agent: Arc<Context>) {
         let tick = WRITE_DOWN_AFTER / 4;
         loop {
             tokio::select! {
@@ -520,7 +524,7 @@ fn assign_item(new: &NewRequest) -> pb::WorkItem {
 
 /// The attempt of `key` the log shows running on `node`: what an express run there (attempt
 /// 0) stands for once it was written down.
-pub fn written_attempt(agent: &Agent, key: &RequestKey, node: NodeId) -> Option<u32> {
+pub fn written_attempt(agent: &Context, key: &RequestKey, node: NodeId) -> Option<u32> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     match state.request(key).map(|r| r.state) {

@@ -5,7 +5,7 @@
 //! except that nodes the previous leader marked down stay down until heard from.
 
 use super::Leadership;
-use crate::node::{Agent, now_ms};
+use crate::context::{Context, now_ms};
 use mozen_model::{NodeId, NodeState};
 use mozen_store::{Command, ForgetSelector};
 use std::collections::{HashMap, HashSet};
@@ -73,7 +73,7 @@ impl Leadership {
     /// Every node gets a whole lease to reach this new leader, but for those the previous
     /// leader had marked down, which stay down until heard from, and the previous leader,
     /// which gets [`PREVIOUS_LEADER_GRACE`].
-    pub(super) fn seed_liveness(&self, agent: &Agent, previous: Option<NodeId>) {
+    pub(super) fn seed_liveness(&self, agent: &Context, previous: Option<NodeId>) {
         let now = Instant::now();
         let state = agent.sm.shared();
         let state = state.read().expect("state");
@@ -100,7 +100,7 @@ impl Leadership {
 
     /// Marks nodes not heard from within the lease down (re-queueing what ran there) and
     /// nodes marked down that are heard from again active; bounds the memo table.
-    pub(super) async fn liveness_loop(self: Arc<Self>, agent: Arc<Agent>) {
+    pub(super) async fn liveness_loop(self: Arc<Self>, agent: Arc<Context>) {
         let lease = agent.cfg.lease;
         let tick = (lease / 6).max(Duration::from_millis(100));
         loop {

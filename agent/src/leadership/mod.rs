@@ -9,7 +9,7 @@
 //! spawned on its own task tracker under a cancellation token that is a child of the agent's.
 //!
 //! Holding a `Leadership` is the proof of leadership: RPC handlers ask the agent for it
-//! ([`crate::node::Agent::leadership`]) and get it or a typed [`NotLeader`]. Ending it cancels
+//! ([`crate::agent::Agent::leadership`]) and get it or a typed [`NotLeader`]. Ending it cancels
 //! the loops, closes the Work streams (workers reconnect to the new leader), gives back every
 //! reservation and drops what was only held in memory (callers of express calls send them
 //! again to the new leader). Nothing is reset by hand elsewhere.
@@ -28,7 +28,7 @@ pub use express::{Flight, Flights, Held, Start};
 pub use liveness::Liveness;
 pub use schedule::{Nodes, PLAN_LIMIT, plan_pass};
 
-use crate::node::Agent;
+use crate::context::Context;
 use mozen_model::{NodeId, RequestKey};
 use mozen_proto as pb;
 use mozen_store::{AssignReply, Command, CompleteReply, NewRequest, Response, SharedState};
@@ -37,7 +37,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
 
 /// A value a worker reported, before it is committed: (value, node, milliseconds it ran).
 pub type Reported = (Arc<[u8]>, NodeId, u64);
@@ -154,7 +153,7 @@ impl Leadership {
     /// first entry of the term is applied): a liveness pass over an older state would take a
     /// node the previous leader marked down for alive. Each loop is watched by the agent's
     /// supervisor: a leader that went on without one would stall the cluster.
-    pub fn begin(self: &Arc<Self>, agent: &Arc<Agent>, previous: Option<NodeId>) {
+    pub fn begin(self: &Arc<Self>, agent: &Arc<Context>, previous: Option<NodeId>) {
         self.seed_liveness(agent, previous);
         let sup = agent.supervisor.clone();
         let may_end = crate::supervise::Lives::MayEnd;
@@ -433,66 +432,6 @@ impl<'a> Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.owner.release(self.node);
-    }
-}
-
-/// Follows Raft's metrics: makes a [`Leadership`] when this agent becomes leader (installed in
-/// the hub, where handlers find it), begins its loops once the first entry of its term is
-/// applied, and ends it when the agent steps down or the term changes.
-pub async fn watch(agent: Arc<Agent>) {
-    let mut metrics = agent.raft.metrics();
-    let mut known: Option<(u64, Option<u64>)> = None;
-    let mut current: Option<(Arc<Leadership>, bool)> = None;
-    // The last other agent seen leading: when this one takes over, that one is likely gone.
-    let mut previous: Option<NodeId> = None;
-    loop {
-        let (leading, term, leader, current_state) = {
-            let m = metrics.borrow_and_update();
-            (
-                crate::node::leads(&m, agent.me()),
-                m.current_term,
-                m.current_leader,
-                crate::node::state_current(&m),
-            )
-        };
-        if known != Some((term, leader)) {
-            info!(term, leader = ?leader, "raft leader view changed");
-            known = Some((term, leader));
-            if let Some(l) = leader.filter(|l| *l != agent.me()) {
-                previous = Some(l);
-            }
-        }
-        if let Some((l, _)) = current.as_ref()
-            && (!leading || l.term() != term)
-        {
-            info!(term = l.term(), "no longer leader");
-            agent.hub.set_leadership(None);
-            l.end();
-            current = None;
-            // Callers waiting on requests look again (and are told to follow the new leader).
-            agent.hub.wake_all();
-        }
-        if leading && current.is_none() {
-            let l = Arc::new(Leadership::new(term, agent.sm.shared(), &agent.shutdown));
-            agent.hub.set_leadership(Some(l.clone()));
-            current = Some((l, false));
-        }
-        if let Some((l, begun)) = current.as_mut()
-            && !*begun
-            && current_state
-        {
-            info!(term, "became leader: scheduling");
-            l.begin(&agent, previous.take());
-            *begun = true;
-        }
-        tokio::select! {
-            r = metrics.changed() => if r.is_err() { break },
-            _ = agent.shutdown.cancelled() => break,
-        }
-    }
-    if let Some((l, _)) = current {
-        agent.hub.set_leadership(None);
-        l.end();
     }
 }
 

@@ -6,7 +6,7 @@
 //! before anything queued meanwhile), then proposes one `Assign` with the pass's plan.
 
 use super::{Leadership, Reservation};
-use crate::node::{Agent, now_ms};
+use crate::context::{Context, now_ms};
 use crate::proposer::ProposeError;
 use mozen_model::{Millis, NodeId, RequestKey, RequestState};
 use mozen_scheduler::{Candidate, LoadIndex, NodeLoad, NodeView, Rank, plan_on};
@@ -127,7 +127,7 @@ impl Leadership {
     }
 
     /// Builds one plan from the replicated state and this leader's liveness view.
-    fn make_plan(&self, agent: &Agent) -> Vec<Assignment> {
+    fn make_plan(&self, agent: &Context) -> Vec<Assignment> {
         let state = agent.sm.shared();
         let state = state.read().expect("state");
         let reserved = self.reservations().clone();
@@ -142,7 +142,7 @@ impl Leadership {
     /// existing request, or the slot was taken meanwhile.
     pub fn place_now(
         &self,
-        agent: &Agent,
+        agent: &Context,
         key: RequestKey,
         function: &str,
         parent: Option<RequestKey>,
@@ -179,7 +179,7 @@ impl Leadership {
     }
 
     /// Places queued requests whenever the queue or the capacity changed, or every 100 ms.
-    pub(super) async fn scheduler_loop(self: Arc<Self>, agent: Arc<Agent>) {
+    pub(super) async fn scheduler_loop(self: Arc<Self>, agent: Arc<Context>) {
         loop {
             tokio::select! {
                 _ = self.schedule.notified() => {}
@@ -218,7 +218,7 @@ impl Leadership {
 /// Requests the state shows running on `node` for a while that the worker does not report:
 /// their assignment was lost (e.g. a stream broke as it was sent).
 pub fn lost_assignments(
-    agent: &Agent,
+    agent: &Context,
     node: u64,
     reported: &[RequestKey],
     grace_ms: u64,

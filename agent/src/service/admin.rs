@@ -2,8 +2,8 @@
 //! autoscaler's switch) and expecting a node that is not running yet. The leader's.
 
 use super::{Res, Service, propose_status};
+use crate::context::now_ms;
 use crate::membership::NodeOpError;
-use crate::node::now_ms;
 use mozen_model::{Code, NodeInfo, NodeOp, NodeRole, NodeState, UnknownNodeOp};
 use mozen_proto as pb;
 use mozen_store::Command;
@@ -16,6 +16,10 @@ pub(super) async fn node_op(s: &Service, r: Request<pb::NodeOpRequest>) -> Res<p
     let op: NodeOp =
         r.op.parse()
             .map_err(|e: UnknownNodeOp| Status::invalid_argument(Code::BadOp.message(e)))?;
+    if op.is_autoscale_switch() {
+        let message = crate::leadership::autoscale::switch(&s.agent, op).await;
+        return Ok(Response::new(pb::NodeOpReply { message }));
+    }
     match crate::membership::node_op(&s.agent, &leadership, r.node_id, op).await {
         Ok(message) => Ok(Response::new(pb::NodeOpReply { message })),
         Err(NodeOpError::UnknownNode(id)) => {

@@ -3,9 +3,9 @@
 //! answered by any sound member; everything that starts or changes work is the leader's.
 
 use super::{Res, Service, parse_key};
+use crate::context::now_ms;
 use crate::hub::Woken;
 use crate::leadership::{Leadership, Start};
-use crate::node::now_ms;
 use mozen_model::{Code, RequestKey, RequestState, RetryPolicy, canonical_args};
 use mozen_proto as pb;
 use mozen_store::{Command, ForgetSelector, NewRequest, Response as SmResponse, SubmitReply};

@@ -22,9 +22,9 @@ pub(crate) mod work;
 
 pub(crate) use work::{WorkStream, complete_reported, open_work, park_request};
 
+use crate::agent::Agent;
 use crate::hub::Woken;
 use crate::leadership::{Leadership, NotLeader};
-use crate::node::Agent;
 use crate::proposer::ProposeError;
 use calls::CallsStream;
 use mozen_model::{Code, RequestKey, RequestState};

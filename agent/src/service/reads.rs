@@ -146,7 +146,7 @@ pub(super) async fn state_digest(
 ) -> Res<pb::StateDigestReply> {
     s.require_member_or_quarantined()?;
     if r.get_ref().checkpoints_only {
-        return Ok(Response::new(crate::integrity::checkpoints_reply(&s.agent)));
+        return Ok(Response::new(crate::checks::checkpoints_reply(&s.agent)));
     }
     Ok(Response::new(view::state_digest(&s.agent)))
 }

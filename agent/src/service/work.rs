@@ -4,8 +4,9 @@
 //! [`complete_reported`] and [`park_request`] directly, without a gRPC round trip.
 
 use super::{Res, Service, propose_status};
+use crate::agent::Agent;
+use crate::context::now_ms;
 use crate::leadership::{Leadership, assignment_item};
-use crate::node::{Agent, now_ms};
 use mozen_model::{Code, NodeInfo, NodeState, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_store::Command;
@@ -273,7 +274,7 @@ pub(crate) async fn complete_reported(
     // and its worker, acknowledged, would forget it while the log shows it running there
     // (later re-queued as lost, an attempt spent).
     if leadership.any_stray(&express)
-        && !crate::node::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
+        && !crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
     {
         return Err(Status::failed_precondition(Code::NotReady.message(
             "this leader has not yet applied what earlier leaders committed; \

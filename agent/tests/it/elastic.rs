@@ -266,7 +266,7 @@ slots = 2
 
     // 24 requests of 0.4 s of CPU on 2 slots: 4.8 s, over the 2 s target. (`spin` holds its
     // slot; `sleep` would not.)
-    let t0 = mozen_agent::node::now_ms();
+    let t0 = mozen_agent::context::now_ms();
     let mut keys = Vec::new();
     for i in 0..24u64 {
         keys.push(submit(&c, "spin", json!(400 + i)).await.unwrap());

@@ -148,7 +148,14 @@ impl AgentBuilder {
                 return ExitCode::from(EXIT_ERROR);
             }
         };
-        functions.run_on(work.handle().clone());
+        let watchdog = match crate::work::Watchdog::start(crate::work::HOLD_WARNING) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!("no watchdog for functions holding their thread: {e}");
+                None
+            }
+        };
+        functions.run_on(work.handle().clone(), watchdog);
         let code = rt.block_on(async move {
             let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
                 Ok(l) => l,

@@ -217,6 +217,8 @@ pub struct Functions {
     map: BTreeMap<String, Arc<Function>>,
     /// The runtime functions run on (see [`crate::work`]); `None`: the caller's runtime.
     pool: Option<tokio::runtime::Handle>,
+    /// Names functions that hold a work thread without awaiting (see [`crate::work`]).
+    watchdog: Option<Arc<crate::work::Watchdog>>,
 }
 
 /// A failure of the function itself (retryable under the request's retry policy).
@@ -238,9 +240,20 @@ impl Functions {
         f
     }
 
-    /// Runs every function on `pool` (the work runtime) instead of the caller's runtime.
-    pub fn run_on(&mut self, pool: tokio::runtime::Handle) {
+    /// Runs every function on `pool` (the work runtime) instead of the caller's runtime,
+    /// watched by `watchdog` when given.
+    pub fn run_on(
+        &mut self,
+        pool: tokio::runtime::Handle,
+        watchdog: Option<Arc<crate::work::Watchdog>>,
+    ) {
         self.pool = Some(pool);
+        self.watchdog = watchdog;
+    }
+
+    /// The watchdog of the work runtime, if functions run on one.
+    pub fn watchdog(&self) -> Option<&crate::work::Watchdog> {
+        self.watchdog.as_deref()
     }
 
     /// Registers a synchronous function: each call runs on a blocking thread of the work
@@ -325,6 +338,8 @@ impl Functions {
                 // Unwind safety: what a panicking function leaves behind is its own state
                 // (poisoned locks included); the call's context is dropped with the call.
                 let node = ctx.node;
+                let key = ctx.key;
+                let name_of = name.to_string();
                 let name = name.to_string();
                 let call = std::panic::AssertUnwindSafe((f.handler)(ctx, args))
                     .catch_unwind()
@@ -341,7 +356,13 @@ impl Functions {
                     // On the work runtime; dropping the returned future (a cancelled call)
                     // stops the function there too.
                     Some(pool) => {
-                        let running = tokio_util::task::AbortOnDropHandle::new(pool.spawn(call));
+                        let running = match &self.watchdog {
+                            Some(dog) => {
+                                pool.spawn(dog.watch(&name_of, &key.to_hex(), call.boxed()))
+                            }
+                            None => pool.spawn(call),
+                        };
+                        let running = tokio_util::task::AbortOnDropHandle::new(running);
                         async move {
                             running.await.unwrap_or_else(|e| {
                                 Err(fail(format!("the function did not finish: {e}")))

@@ -152,6 +152,15 @@ pub fn render(agent: &Agent) -> String {
     );
     integrity(agent, &mut metric);
     suspicions(agent, &mut metric);
+    metric(
+        "mozen_function_thread_holds_total",
+        "Runs of functions that held a work thread without awaiting past the watchdog's threshold.",
+        "counter",
+        vec![(
+            String::new(),
+            agent.functions.watchdog().map_or(0, |d| d.holds()) as f64,
+        )],
+    );
     o
 }
 

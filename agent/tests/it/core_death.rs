@@ -101,27 +101,10 @@ async fn exit_within(agent: &mut Agent, limit: Duration, why: &str) -> ExitStatu
             Instant::now() < deadline,
             "agent {} still running {limit:?} after {why}:\n{}",
             agent.id,
-            stderr_of(agent)
+            agent.stderr()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Everything the agent wrote to stderr (the harness sends it to files beside its data dir).
-fn stderr_of(agent: &Agent) -> String {
-    let name = agent.dir.file_name().unwrap().to_string_lossy().to_string();
-    let mut logs: Vec<_> = std::fs::read_dir(agent.dir.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}.log")))
-        })
-        .collect();
-    logs.sort();
-    logs.iter()
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .collect()
 }
 
 /// Replaces the agent's fault file in one step.
@@ -170,7 +153,7 @@ async fn a_member_refusing_a_leader_that_lost_committed_entries_exits_with_code_
         "the conflicting append",
     )
     .await;
-    let log = stderr_of(&member);
+    let log = Agent::stderr(&member);
     assert_eq!(
         status.code(),
         Some(EXIT_DIED),
@@ -200,7 +183,7 @@ async fn a_data_dir_committed_past_its_log_end_is_refused_at_start() {
     prepare_member(&member.dir, 10, 20, [&leader_addr, &member.addr]).await;
     member.start();
     let status = exit_within(&mut member, Duration::from_secs(20), "starting").await;
-    let log = stderr_of(&member);
+    let log = Agent::stderr(&member);
     assert!(
         matches!(status.code(), Some(3) | Some(EXIT_DIED)),
         "a damaged data dir or a Raft core that cannot start: {status}:\n{log}"
@@ -220,7 +203,7 @@ async fn a_panicking_raft_core_ends_the_agent_with_code_4() {
     write_fault_file(c.by_id(1), "panic-raft-core");
     let agent = c.agent(1);
     let status = exit_within(agent, Duration::from_secs(20), "the core panicked").await;
-    let log = stderr_of(agent);
+    let log = agent.stderr();
     assert_eq!(
         status.code(),
         Some(EXIT_DIED),
@@ -266,7 +249,7 @@ async fn a_panicking_function_fails_its_call_and_the_agent_goes_on() {
         agent.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "the agent still runs"
     );
-    let log = stderr_of(agent);
+    let log = agent.stderr();
     assert!(log.contains("panic: boom 7"), "the panic is logged:\n{log}");
     assert!(
         !log.contains("MZ-TASK-DIED") && !log.contains("MZ-RAFT-CORE"),

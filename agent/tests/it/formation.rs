@@ -313,7 +313,7 @@ async fn a_killed_worker_stays_down_across_a_leader_change() {
 
 /// Functions run on a runtime of their own below the agent's priority: naive CPU-bound
 /// `async fn`s (computing without awaiting) on every slot of every voter of this 2-core
-/// machine, two rounds, leave Raft alone: no election.
+/// machine, two rounds, leave Raft alone: no election; the watchdog names the function.
 #[tokio::test(flavor = "multi_thread")]
 async fn naive_cpu_bound_functions_on_every_slot_cause_no_election() {
     let (c, slots) = voters_with_test_functions().await;
@@ -324,6 +324,13 @@ async fn naive_cpu_bound_functions_on_every_slot_cause_no_election() {
         let s = c.status().await.unwrap();
         assert_eq!(s.term, before, "round {round}: an election happened");
     }
+    // The second round's calls (2.5 s and more) held their threads past the watchdog's 2 s.
+    assert!(
+        c.agents.iter().any(|a| a
+            .stderr()
+            .contains("fault.spin_inline has held a work thread")),
+        "the watchdog names the function holding its thread"
+    );
 }
 
 /// A node given up for dead that is heard from again is counted, with what was re-queued from

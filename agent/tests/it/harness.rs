@@ -43,6 +43,23 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Everything the agent wrote to stderr (the harness sends it to files beside its data dir).
+    pub fn stderr(&self) -> String {
+        let name = self.dir.file_name().unwrap().to_string_lossy().to_string();
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}.log")))
+            })
+            .collect();
+        logs.sort();
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
     pub fn start(&mut self) {
         self.start_with(&[]);
     }

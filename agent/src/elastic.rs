@@ -209,7 +209,7 @@ pub async fn up(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Undo the pause of a previous `mozen down` (agents may follow another copy of the file).
-    node_op(&c, 0, crate::autoscale::RESUME_OP).await?;
+    node_op(&c, 0, mozen_fleet::hosts::AUTOSCALE_RESUME_OP).await?;
     let st = status(&c).await?;
     let ns = nodes(&c).await?;
     println!(
@@ -287,7 +287,7 @@ pub async fn down(
         }
     };
     // No agents started behind our back while we stop them.
-    node_op(&c, 0, crate::autoscale::PAUSE_OP).await?;
+    node_op(&c, 0, mozen_fleet::hosts::AUTOSCALE_PAUSE_OP).await?;
     let voters: BTreeSet<NodeId> = st.voters.iter().map(|m| m.id).collect();
     let mut workers = Vec::new();
     let mut voter_members = Vec::new();

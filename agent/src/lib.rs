@@ -7,7 +7,8 @@
 //! - [`network`]: the peer-only Raft transport over gRPC.
 //! - [`security`]: the cluster token and TLS on both services: the flags and the server side
 //!   here, the client side re-exported from mozen-client.
-//! - [`faults`]: test-only fault injection (cutting links between agents, diverging digests).
+//! - [`faults`]: test-only fault injection (cutting links between agents, diverging digests);
+//!   the fault file's format is mozen-fleet's.
 //! - [`integrity`]: corruption checks across members: voters compare state checkpoints; an
 //!   outvoted one quarantines itself.
 //! - [`proposer`]: batches many facts into one log entry.
@@ -26,15 +27,15 @@
 //! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
 //! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
 //! - [`metrics`]: Prometheus text exposition.
-//! - [`hosts`]: the hosts file (machines, launchers, pools, autoscaling policy), validated.
-//! - [`launch`]: starting and stopping agents locally, over ssh or with the operator's programs.
+//! - [`hosts`], [`launch`], [`memory`]: the hosts file, the launchers and the memory setting,
+//!   re-exported from mozen-fleet, which the CLI shares.
 //! - [`elastic`]: `mozen up` and `mozen down`: bring a hosts file's cluster up, take it down.
 //! - [`autoscale`]: the leader's autoscaler: start pool agents for a backlog, stop idle ones.
 //! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
 //! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
 //!
-//! Dependency rule: depends on model, proto, store, scheduler and client; nothing depends on it
-//! but its binaries and user agents.
+//! Dependency rule: depends on model, proto, store, scheduler, client and fleet; nothing depends
+//! on it but its binaries and user agents.
 
 pub mod autoscale;
 pub mod batch;
@@ -48,13 +49,10 @@ pub mod express;
 pub mod failover;
 pub mod faults;
 pub mod functions;
-pub mod hosts;
 pub mod hub;
 pub mod integrity;
-pub mod launch;
 pub mod leader;
 pub mod limits;
-pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod node;
@@ -67,8 +65,22 @@ pub mod view;
 pub mod work;
 pub mod worker;
 
+pub use mozen_fleet::{hosts, launch, memory};
+
 pub use builder::AgentBuilder;
 pub use client::{Client, ClientError};
 pub use functions::{Ctx, Functions, fail};
 pub use mozen_model::TaskError;
 pub use node::Agent;
+
+#[cfg(test)]
+mod tests {
+    /// The names the CLI and the client library send for the agent to act on, which they
+    /// cannot take from the agent's own modules (they do not depend on it).
+    #[test]
+    fn names_restated_outside_the_agent_match_its_own() {
+        use mozen_fleet::hosts::{AUTOSCALE_PAUSE_OP, AUTOSCALE_RESUME_OP};
+        assert_eq!(crate::autoscale::PAUSE_OP, AUTOSCALE_PAUSE_OP);
+        assert_eq!(crate::autoscale::RESUME_OP, AUTOSCALE_RESUME_OP);
+    }
+}

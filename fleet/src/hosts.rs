@@ -7,7 +7,7 @@
 //! Nothing is started from a file that does not validate. The format is described in
 //! docs/operations.md.
 
-use crate::config::{parse_host_port, parse_size};
+use mozen_model::flags::{parse_host_port, parse_size};
 use mozen_model::{Code, NodeId};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -177,6 +177,12 @@ impl Default for Autoscale {
         }
     }
 }
+
+/// The node operation (`NodeOp`) that pauses the leader's autoscaler: `mozen down` sends it
+/// before it stops anything, so that no agent is started meanwhile.
+pub const AUTOSCALE_PAUSE_OP: &str = "autoscale-pause";
+/// The node operation that resumes it: `mozen up` sends it once the cluster is healthy.
+pub const AUTOSCALE_RESUME_OP: &str = "autoscale-resume";
 
 /// A validated hosts file.
 #[derive(Debug, Clone)]

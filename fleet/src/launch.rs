@@ -235,7 +235,7 @@ pub async fn run_command(argv: &[String], what: &str) -> Result<String, LaunchEr
 pub fn printed_address(stdout: &str) -> Option<String> {
     stdout
         .split_whitespace()
-        .find(|w| crate::config::parse_host_port("address", w, w).is_ok())
+        .find(|w| mozen_model::flags::parse_host_port("address", w, w).is_ok())
         .map(str::to_string)
 }
 

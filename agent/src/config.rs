@@ -2,7 +2,7 @@
 //!
 //! Errors quote the bad value and say how to fix it; nothing downstream re-validates.
 
-use crate::security::{Security, TlsFiles, read_token};
+use crate::security::{Security, load_tls, read_token};
 use clap::Parser;
 use mozen_model::NodeId;
 pub use mozen_model::flags::{
@@ -333,7 +333,7 @@ impl AgentArgs {
                 .as_deref()
                 .map(|p| read_token("token-file", p))
                 .transpose()?,
-            tls: TlsFiles::load(
+            tls: load_tls(
                 self.tls_ca.as_deref(),
                 self.tls_cert.as_deref(),
                 self.tls_key.as_deref(),

@@ -6,7 +6,8 @@
 //!   for the leader when an agent is lost) and re-attaches to a call in flight by its key.
 //! - [`status`]: what a gRPC refusal means (a redirect, a lost agent, the cluster's answer)
 //!   and operator messages with their `MZ-` code.
-//! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]).
+//! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]), the TLS
+//!   files, and (feature `clap`) the security flags of client programs.
 //! - [`error`]: [`ClientError`], typed and with a stable code.
 //!
 //! Dependency rule: depends on mozen-model, mozen-proto and tonic (with tokio, serde and
@@ -21,4 +22,6 @@ pub mod transport;
 pub use client::{CallOptions, Client, Handle, call_request, split_addrs};
 pub use error::ClientError;
 pub use status::{describe, is_not_leader, is_transport, leader_hint, rejected};
-pub use transport::{AuthChannel, ClientTransport, Credentials, Token};
+#[cfg(feature = "clap")]
+pub use transport::ClientArgs;
+pub use transport::{AuthChannel, ClientTransport, Credentials, TlsFiles, Token};

@@ -31,7 +31,7 @@ struct Cli {
     )]
     addr: String,
     #[command(flatten)]
-    security: mozen_agent::security::ClientArgs,
+    security: mozen_client::ClientArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -375,12 +375,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             cli.addr
         )));
     }
-    let security = cli.security.security().map_err(|e| Fail::Usage(e.0))?;
+    let transport = cli.security.transport().map_err(Fail::Usage)?;
     let client = Client::with_transport(
         addrs,
         pb::DEFAULT_MAX_MESSAGE_BYTES,
         Duration::from_secs(10),
-        security.client(),
+        transport.clone(),
     )?;
     match cli.cmd {
         Cmd::Status { json } => {
@@ -798,11 +798,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 println!("{plan}");
             }
         }
-        Cmd::Up { hosts, timeout } => {
-            mozen_agent::elastic::up(&hosts, &timeout, security.client()).await?
-        }
+        Cmd::Up { hosts, timeout } => mozen_agent::elastic::up(&hosts, &timeout, transport).await?,
         Cmd::Down { hosts, timeout } => {
-            mozen_agent::elastic::down(&hosts, &timeout, security.client()).await?
+            mozen_agent::elastic::down(&hosts, &timeout, transport).await?
         }
         Cmd::Chaos(args) => args.run().await?,
         Cmd::Bench(args) => mozen_agent::bench::cli(args).await.map_err(|e| {

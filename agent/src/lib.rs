@@ -75,12 +75,16 @@ pub use node::Agent;
 
 #[cfg(test)]
 mod tests {
-    /// The names the CLI and the client library send for the agent to act on, which they
-    /// cannot take from the agent's own modules (they do not depend on it).
+    /// The names and sizes the CLI and the client library use for the agent, which they cannot
+    /// take from the agent's own modules (they do not depend on it).
     #[test]
-    fn names_restated_outside_the_agent_match_its_own() {
+    fn what_is_restated_outside_the_agent_matches_its_own() {
         use mozen_fleet::hosts::{AUTOSCALE_PAUSE_OP, AUTOSCALE_RESUME_OP};
         assert_eq!(crate::autoscale::PAUSE_OP, AUTOSCALE_PAUSE_OP);
         assert_eq!(crate::autoscale::RESUME_OP, AUTOSCALE_RESUME_OP);
+        assert_eq!(
+            mozen_client::batch::UPLOAD_BYTES,
+            crate::proposer::MAX_ENTRY_BYTES
+        );
     }
 }

@@ -9,11 +9,15 @@
 //! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]), the TLS
 //!   files, and (feature `clap`) the security flags of client programs.
 //! - [`error`]: [`ClientError`], typed and with a stable code.
+//! - [`batch`]: batch jobs from the client's side: job files, slicing, running and planning a
+//!   job on a cluster (the agent runs the job's root request and the built-ins).
 //!
 //! Dependency rule: depends on mozen-model, mozen-proto and tonic (with tokio, serde and
-//! futures); never on sled, openraft, the store or the agent. It sees the cluster only
+//! futures, and toml, glob and blake3 for batch jobs); never on sled, openraft, the store or
+//! the agent. It sees the cluster only
 //! through the public gRPC API.
 
+pub mod batch;
 pub mod client;
 pub mod error;
 pub mod status;

@@ -1,4 +1,4 @@
-//! Building an agent binary, with the built-ins and any user functions.
+//! Building an agent binary, with the built-ins, the batch functions and any user functions.
 //!
 //! ```no_run
 //! use mozen_agent::{Agent, Ctx, TaskError};
@@ -128,6 +128,7 @@ impl AgentBuilder {
         crate::supervise::install_panic_hook();
         crate::memory::no_huge_pages();
         let mut functions = Functions::with_builtins(cfg.allow_exec);
+        crate::batch::register(&mut functions);
         if cfg.fault_file.is_some() {
             crate::faults::register_functions(&mut functions);
         }

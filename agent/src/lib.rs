@@ -1,6 +1,8 @@
-//! mozen-agent: the daemon every machine runs, the builder for custom agents, and the `mozen`
-//! CLI.
+//! mozen-agent: the daemon every machine runs (a Raft member: leadership, workers, the gRPC
+//! service) and the builder for custom agents. The `mozen` CLI and its tools are mozen-cli's.
 //!
+//! - [`builder`]: `Agent::builder()`: an agent binary with the built-ins, the batch functions
+//!   and user functions; its command line, exit codes and signals.
 //! - [`config`]: flags of `mozen-agent`, validated into `AgentConfig`.
 //! - [`node`]: `run`: store, Raft, gRPC server, cluster formation, graceful shutdown;
 //!   node operations (drain, promote, demote, remove).
@@ -14,37 +16,35 @@
 //! - [`proposer`]: batches many facts into one log entry.
 //! - [`hub`]: reacts to applied commands (wakes waiters, pushes work, nudges the scheduler).
 //! - [`leader`]: the leader's scheduler and liveness loops.
+//! - [`express`]: short calls with a waiting caller run before they are written down.
 //! - [`repair`]: `mozen-agent repair`: a damaged member moved aside and rejoined from its peers.
 //! - [`failover`]: a follower stands for election as soon as a silent leader's lease is over.
 //! - [`supervise`]: the Raft core and the essential tasks watched; a death stops the agent.
 //! - [`worker`]: runs assigned requests and reports outcomes.
 //! - [`work`]: the work runtime functions run on, below the agent's own priority.
-//! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the built-ins.
+//! - [`functions`]: the function registry, `Ctx` for re-entrant calls, and the core built-ins.
+//! - [`batch`]: the batch job's root request and the batch built-ins as functions; the
+//!   client's side of batch jobs is re-exported from mozen-client.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
-//! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`),
-//!   re-exported from mozen-client so `mozen_agent::client::Client` keeps working.
-//! - [`bench`]: `mozen bench`, the benchmark harness on local clusters of real agents.
-//! - [`batch`]: batch jobs: work specs, map/reduce over file slices, cost model and plans.
-//! - [`builder`]: `Agent::builder()`-style entry point for agents with user functions.
+//! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
 //! - [`metrics`]: Prometheus text exposition.
+//! - [`autoscale`]: the leader's autoscaler: start pool agents for a backlog, stop idle ones.
 //! - [`hosts`], [`launch`], [`memory`]: the hosts file, the launchers and the memory setting,
 //!   re-exported from mozen-fleet, which the CLI shares.
-//! - [`elastic`]: `mozen up` and `mozen down`: bring a hosts file's cluster up, take it down.
-//! - [`autoscale`]: the leader's autoscaler: start pool agents for a backlog, stop idle ones.
-//! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
-//! - [`chaos`]: chaos testing of real agent processes (`mozen chaos`): nemesis, history, checker.
+//! - [`client`]: the client library (`Client::connect`, `call`, `submit`, `map`, `call_or_local`),
+//!   re-exported from mozen-client so `mozen_agent::client::Client` keeps working.
+//! - [`bench_scale`]: the `scale` workload of `mozen bench` (the leader's scheduling pass and the
+//!   state machine in-process), run as `mozen-agent bench-scale`.
 //!
 //! Dependency rule: depends on model, proto, store, scheduler, client and fleet; nothing depends
-//! on it but its binaries and user agents.
+//! on it but its binaries and user agents (the CLI and the console do not).
 
 pub mod autoscale;
 pub mod batch;
-pub mod bench;
+pub mod bench_scale;
 pub mod builder;
-pub mod chaos;
 pub mod client;
 pub mod config;
-pub mod elastic;
 pub mod express;
 pub mod failover;
 pub mod faults;

@@ -6,7 +6,6 @@
 //! - [`builtins`]: `wordcount`, `linecount`, `grep`, `merge_counts`, `sum`, `concat` as
 //!   functions of the agent ([`register`]).
 //! - [`run`]: running one function in this process, without a cluster.
-//! - [`progress`]: the progress bar of `mozen run`.
 //!
 //! The client's side (the work spec, slicing, running and planning a job from a client) is
 //! [`mozen_client::batch`], re-exported here so that `mozen_agent::batch::JobSpec` and the like
@@ -14,7 +13,6 @@
 
 pub mod builtins;
 pub mod job;
-pub mod progress;
 pub mod run;
 
 pub use mozen_client::batch::{corpus, cost, input, plan, spec};

@@ -3,7 +3,7 @@
 
 use super::BenchError;
 use super::report::RunRecord;
-use crate::client::Client;
+use mozen_client::Client;
 use mozen_proto as pb;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ impl LocalCluster {
             .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| rt(format!("no free port on 127.0.0.1: {e}")))?;
-        let peers = crate::config::peers_arg(&addrs);
+        let peers = mozen_model::flags::peers_arg(&addrs);
         let started = Instant::now();
         let mut members = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {

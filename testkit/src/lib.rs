@@ -1,16 +1,57 @@
-//! Starting, stopping and polling real agents.
+//! mozen-testkit: what the integration tests of the agent and of the CLI share: starting,
+//! stopping and polling real agents (processes of the `mozen-agent` binary on 127.0.0.1 ports,
+//! with real data dirs), running the `mozen` CLI against them, and batch corpora.
+//!
+//! - this module: [`Agent`], [`Cluster`], [`eventually`], [`free_port`], and the binaries
+//!   ([`agent_bin`], [`cli_bin`]);
+//! - [`batch`]: generated corpora and job files for batch tests.
+//!
+//! The binaries are the workspace's, found beside the test executable (`target/PROFILE/`),
+//! since a test binary only knows the binaries of its own package: build them first with
+//! `cargo build --workspace --bins` (`cargo nextest run --workspace` builds them too).
+//!
+//! Dependency rule: depends on model, proto, client and fleet, like the CLI; never on the
+//! agent, so that the CLI's tests compile none of the daemon. A dev-dependency only.
 
-use mozen_agent::client::Client;
-use mozen_agent::security::ClientTransport;
+pub mod batch;
+
+use mozen_client::{Client, ClientTransport};
 use mozen_proto as pb;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-pub const AGENT: &str = env!("CARGO_BIN_EXE_mozen-agent");
-pub const CLI: &str = env!("CARGO_BIN_EXE_mozen");
+/// The workspace binary `name` beside the running test executable: tests run from
+/// `target/PROFILE/deps/`, the binaries are in `target/PROFILE/`.
+fn workspace_bin(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable sits in target/PROFILE/deps");
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first: cargo build --workspace --bins",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
+/// The `mozen-agent` binary.
+pub fn agent_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("mozen-agent"))
+}
+
+/// The `mozen` CLI binary.
+pub fn cli_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("mozen"))
+}
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the agent to take), below the
 /// kernel's ephemeral range (32768 and up): a port the kernel hands out for port 0 can be
@@ -67,7 +108,7 @@ impl Agent {
 
     /// The agent's command line, `prefix` before its usual flags.
     fn command(&self, prefix: &[&str]) -> Command {
-        let mut cmd = Command::new(AGENT);
+        let mut cmd = Command::new(agent_bin());
         cmd.args(prefix)
             .args([
                 "--id",
@@ -109,7 +150,7 @@ impl Agent {
 
     /// Runs the `mozen` CLI against this agent alone.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(CLI)
+        Command::new(cli_bin())
             .env("MOZEN_ADDR", &self.addr)
             .args(args)
             .output()
@@ -199,7 +240,7 @@ impl Cluster {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        let peers = mozen_agent::config::peers_arg(&addrs);
+        let peers = mozen_model::flags::peers_arg(&addrs);
         let agents = addrs
             .iter()
             .enumerate()
@@ -250,9 +291,8 @@ impl Cluster {
     pub fn partition(&self, side: &[u64]) {
         let files: Vec<(u64, PathBuf)> =
             self.agents.iter().map(|a| (a.id, a.fault_file())).collect();
-        let files: Vec<(u64, &std::path::Path)> =
-            files.iter().map(|(i, p)| (*i, p.as_path())).collect();
-        mozen_agent::faults::write_partition(&files, side).unwrap();
+        let files: Vec<(u64, &Path)> = files.iter().map(|(i, p)| (*i, p.as_path())).collect();
+        mozen_fleet::faults::write_partition(&files, side).unwrap();
     }
 
     /// Restores every link.
@@ -367,7 +407,7 @@ impl Cluster {
 
     /// Runs the `mozen` CLI against this cluster.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(CLI)
+        Command::new(cli_bin())
             .env("MOZEN_ADDR", self.addrs())
             .args(args)
             .output()

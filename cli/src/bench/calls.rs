@@ -5,8 +5,8 @@
 use super::BenchConfig;
 use super::cluster::LocalCluster;
 use super::report::{Outcome, latency_ms, process_cpu_s};
-use crate::client::{CallOptions, Client, ClientError};
 use futures::StreamExt;
+use mozen_client::{CallOptions, Client, ClientError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 
 use super::BenchError;
 use super::report::Outcome;
-use crate::batch::{self, JobSpec, Prepared};
-use crate::client::Client;
+use mozen_client::Client;
+use mozen_client::batch::{self, JobSpec, Prepared};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

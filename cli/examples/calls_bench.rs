@@ -2,11 +2,11 @@
 //! prints numbers). `mozen bench` starts fresh clusters itself; this measures any cluster.
 //!
 //! ```sh
-//! cargo run --release -p mozen-agent --example calls_bench -- 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+//! cargo run --release -p mozen-cli --example calls_bench -- 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
 //! ```
 
-use mozen_agent::bench::{BenchConfig, Workload, calls, report::fmt};
-use mozen_agent::client::{Client, split_addrs};
+use mozen_cli::bench::{BenchConfig, Workload, calls, report::fmt};
+use mozen_client::{Client, split_addrs};
 use std::time::Duration;
 
 #[tokio::main]

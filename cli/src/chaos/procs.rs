@@ -3,7 +3,7 @@
 //! with the test-only `--fault-file` so that partitions are cut inside its transport.
 
 use super::ChaosError;
-use crate::client::Client;
+use mozen_client::Client;
 use mozen_proto as pb;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -96,7 +96,7 @@ impl LocalCluster {
         Ok(LocalCluster {
             bin: bin.to_path_buf(),
             agents,
-            peers: crate::config::peers_arg(&addrs),
+            peers: mozen_model::flags::peers_arg(&addrs),
             voters,
         })
     }
@@ -216,7 +216,7 @@ impl LocalCluster {
             .iter()
             .map(|a| (a.id, a.fault_file.as_path()))
             .collect();
-        crate::faults::write_partition(&files, side)
+        mozen_fleet::faults::write_partition(&files, side)
             .map_err(|e| ChaosError::Setup(format!("writing fault files: {e}")))
     }
 

@@ -1,15 +1,15 @@
 //! `mozen bench` at a tiny scale: every workload runs once on real agents and reports sane
 //! figures in its table and JSON. Speed is what the harness reports, never what a test checks.
 
-use crate::harness::{AGENT, CLI};
+use crate::harness::{agent_bin, cli_bin};
 use serde_json::Value;
 use std::process::Command;
 
 fn bench(args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(CLI);
+    let mut cmd = Command::new(cli_bin());
     cmd.arg("bench");
     if !args.contains(&"--agent-bin") {
-        cmd.args(["--agent-bin", AGENT]);
+        cmd.args(["--agent-bin", agent_bin()]);
     }
     cmd.args(args).output().unwrap()
 }

@@ -10,10 +10,9 @@
 //! followers first, the leader last, so the cluster keeps its quorum while anything can
 //! still change. Requests submitted meanwhile are queued and run after the next `up`.
 
-use crate::client::{Client, ClientError};
-use crate::hosts::{HostsError, HostsFile};
-use crate::launch::{self, LaunchError, Target};
-use crate::security::ClientTransport;
+use mozen_client::{Client, ClientError, ClientTransport};
+use mozen_fleet::hosts::{HostsError, HostsFile};
+use mozen_fleet::launch::{self, LaunchError, Target};
 use mozen_model::{Code, NodeId};
 use mozen_proto as pb;
 use std::collections::{BTreeMap, BTreeSet};

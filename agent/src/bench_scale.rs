@@ -1,6 +1,11 @@
-//! scale: the real scheduler (`mozen_scheduler::plan_on`) and the real state machine
-//! (`ClusterState::apply`) driven in one process with 3, 50 and 500 registered nodes, without
-//! Raft, sled or the network (their costs are in W1 and the store's benchmarks).
+//! The `scale` workload of `mozen bench`: the real scheduler (`mozen_scheduler::plan_on`) and
+//! the real state machine (`ClusterState::apply`) driven in one process with 3, 50 and 500
+//! registered nodes, without Raft, sled or the network (their costs are in W1 and the store's
+//! benchmarks).
+//!
+//! It measures the daemon's own code, so it runs in the agent binary: `mozen-agent bench-scale
+//! ASSIGNMENTS` ([`COMMAND`], hidden; the stock binary only) prints the figures as one JSON
+//! object, which `mozen bench` reads (the CLI does not compile the daemon).
 //!
 //! Every node is full and the queue is long; each round is what the leader does when a batch of
 //! completions arrives: one `Complete` of [`ROUND`] running requests, one `Submit` of as many
@@ -10,12 +15,11 @@
 //! Reported per node count: assignments per second of the whole loop, and the CPU time of the
 //! scheduling pass per assignment.
 
-use super::BenchConfig;
-use super::report::Outcome;
 use mozen_model::{NodeInfo, NodeRole, NodeState, Outcome as TaskOutcome, RequestKey, RetryPolicy};
 use mozen_store::{Assignment, ClusterState, Command, Completion, NewRequest};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::VecDeque;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// Node counts measured.
@@ -197,35 +201,26 @@ pub fn measure(nodes: usize, assignments: usize) -> Result<Point, String> {
     })
 }
 
-/// Every node count, on a thread of its own (the CPU clock is per thread).
-pub async fn run(cfg: &BenchConfig) -> Outcome {
-    let assignments = cfg.count(20_000, 100);
-    let measured = tokio::task::spawn_blocking(move || {
-        NODES
-            .iter()
-            .map(|&n| measure(n, assignments))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    let points = match measured {
-        Ok(p) => p,
-        Err(e) => return Outcome::failed(e, json!({})),
-    };
-    let mut metrics = Vec::new();
-    let names: Vec<(String, String)> = points
+/// The first argument of the agent binary that runs this measurement instead of an agent.
+pub const COMMAND: &str = "bench-scale";
+
+/// Measures every node count until `assignments` placements each: the figures as
+/// `{"metrics": [[name, value], ...], "detail": {...}}`, metrics in display order.
+pub fn figures(assignments: usize) -> Result<Value, String> {
+    let points = NODES
         .iter()
-        .map(|p| {
-            (
-                format!("assign_per_s_{}_nodes", p.nodes),
-                format!("sched_cpu_us_per_assign_{}_nodes", p.nodes),
-            )
-        })
-        .collect();
-    for (p, (a, c)) in points.iter().zip(&names) {
-        metrics.push((a.as_str(), p.assignments_per_s));
-        metrics.push((c.as_str(), p.sched_cpu_us_per_assignment));
+        .map(|&n| measure(n, assignments))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut metrics = Vec::new();
+    for p in &points {
+        metrics.push(json!([
+            format!("assign_per_s_{}_nodes", p.nodes),
+            p.assignments_per_s
+        ]));
+        metrics.push(json!([
+            format!("sched_cpu_us_per_assign_{}_nodes", p.nodes),
+            p.sched_cpu_us_per_assignment
+        ]));
     }
     let ratio = points
         .last()
@@ -233,14 +228,34 @@ pub async fn run(cfg: &BenchConfig) -> Outcome {
         / points
             .first()
             .map_or(f64::NAN, |p| p.sched_cpu_us_per_assignment);
-    metrics.push(("sched_cpu_ratio_500_vs_3", ratio));
+    metrics.push(json!(["sched_cpu_ratio_500_vs_3", ratio]));
     let detail = json!({
         "harness": "in-process: the leader's plan_pass (mozen_scheduler::plan_on) + ClusterState::apply, no Raft/sled/network",
         "round": ROUND, "queued": QUEUED, "slots_per_node": SLOTS,
         "points": points.iter().map(|p| json!({"nodes": p.nodes, "assignments": p.assignments, "rounds": p.rounds,
             "assignments_per_s": p.assignments_per_s, "sched_cpu_us_per_assignment": p.sched_cpu_us_per_assignment})).collect::<Vec<_>>(),
     });
-    Outcome::ok(metrics, detail)
+    Ok(json!({"metrics": metrics, "detail": detail}))
+}
+
+/// `mozen-agent bench-scale ASSIGNMENTS`: prints [`figures`] on stdout (exit 0), or the reason
+/// it could not on stderr (exit 1; 2 for a bad argument).
+pub fn main() -> ExitCode {
+    let arg = std::env::args().nth(2).unwrap_or_default();
+    let Ok(assignments) = arg.parse::<usize>() else {
+        eprintln!("mozen-agent {COMMAND}: '{arg}': expected a number of assignments");
+        return ExitCode::from(2);
+    };
+    match figures(assignments) {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mozen-agent {COMMAND}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[cfg(test)]

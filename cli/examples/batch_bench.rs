@@ -3,14 +3,14 @@
 //! batch` measures the same job on one cluster size with median, min and max over runs.
 //!
 //! ```sh
-//! cargo build --release -p mozen-agent --bins --example batch_bench
+//! cargo build --release -p mozen-agent --bins && cargo build --release -p mozen-cli --example batch_bench
 //! target/release/examples/batch_bench [MB]     # default 50
 //! ```
 //! The agents are the `mozen-agent` binary next to this example's directory.
 
-use mozen_agent::batch::{SliceLines, plan};
-use mozen_agent::bench::cluster::LocalCluster;
-use mozen_agent::bench::wordcount::Corpus;
+use mozen_cli::bench::cluster::LocalCluster;
+use mozen_cli::bench::wordcount::Corpus;
+use mozen_client::batch::{SliceLines, plan};
 use std::path::PathBuf;
 
 #[tokio::main]
@@ -31,7 +31,7 @@ async fn main() {
     let (local_mbs, took) = corpus.run_local().await.expect("local run");
     println!(
         "corpus: about {mb} MB in {} files",
-        mozen_agent::bench::wordcount::FILES
+        mozen_cli::bench::wordcount::FILES
     );
     println!("local, one process, one core: {took:.2}s = {local_mbs:.1} MB/s");
     println!(

@@ -1,8 +1,8 @@
 //! Elastic clusters with real agents: `mozen up` / `mozen down` from a hosts file, and the
 //! leader's autoscaler starting and stopping agents of a `command` pool.
 
-use crate::harness::{AGENT, CLI, eventually, free_port};
-use mozen_agent::client::{CallOptions, Client, call_request};
+use crate::harness::{agent_bin, cli_bin, eventually, free_port};
+use mozen_client::{CallOptions, Client, call_request};
 use mozen_proto as pb;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ impl Drop for Reaper {
 }
 
 fn mozen(args: &[&str]) -> Output {
-    Command::new(CLI).args(args).output().unwrap()
+    Command::new(cli_bin()).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -90,11 +90,11 @@ async fn get(c: &Client, key: &str, wait: bool) -> Option<pb::CallReply> {
 }
 
 async fn answers(addr: &str) -> bool {
-    mozen_agent::elastic::answers(&Default::default(), addr).await
+    mozen_cli::elastic::answers(&Default::default(), addr).await
 }
 
 async fn run_cli(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || Command::new(CLI).args(&args).output().unwrap())
+    tokio::task::spawn_blocking(move || Command::new(cli_bin()).args(&args).output().unwrap())
         .await
         .unwrap()
 }
@@ -110,8 +110,9 @@ async fn up_and_down_lose_no_request_of_a_running_workload() {
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let hosts = dir.path().join("hosts.toml");
+    let agent = agent_bin();
     let mut toml = format!(
-        "[cluster]\nvoters = 3\ndata_dir = \"data\"\nagent = \"{AGENT}\"\nssh = [\"{ssh}\"]\n\
+        "[cluster]\nvoters = 3\ndata_dir = \"data\"\nagent = \"{agent}\"\nssh = [\"{ssh}\"]\n\
          args = [\"--lease\", \"2s\", \"--slots\", \"2\"]\n"
     );
     for (i, a) in addrs.iter().enumerate() {
@@ -217,12 +218,13 @@ async fn autoscaler_starts_pool_agents_for_a_backlog_and_stops_them_when_idle() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _reaper = Reaper(data.clone());
+    let agent = agent_bin();
     let start = script(
         dir.path(),
         "start-spare",
         &format!(
             "# NAME ID PEERS DATA_DIR\nmkdir -p \"$(dirname \"$4\")\"\n\
-             nohup {AGENT} --id \"$2\" --name \"$1\" --listen 127.0.0.1:0 --peers \"$3\" \
+             nohup {agent} --id \"$2\" --name \"$1\" --listen 127.0.0.1:0 --peers \"$3\" \
              --data-dir \"$4\" --lease 2s --slots 2 >> \"$4.log\" 2>&1 < /dev/null &\n\
              echo $! > \"$4.pid\""
         ),
@@ -236,7 +238,7 @@ async fn autoscaler_starts_pool_agents_for_a_backlog_and_stops_them_when_idle() 
             r#"[cluster]
 voters = 1
 data_dir = "data"
-agent = "{AGENT}"
+agent = "{agent}"
 args = ["--lease", "2s", "--slots", "2"]
 [cluster.autoscale]
 enabled = true
@@ -266,7 +268,11 @@ slots = 2
 
     // 24 requests of 0.4 s of CPU on 2 slots: 4.8 s, over the 2 s target. (`spin` holds its
     // slot; `sleep` would not.)
-    let t0 = mozen_agent::node::now_ms();
+    // Milliseconds since the Unix epoch, as events are stamped.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let mut keys = Vec::new();
     for i in 0..24u64 {
         keys.push(submit(&c, "spin", json!(400 + i)).await.unwrap());

@@ -12,8 +12,8 @@
 //! - `memo`: 1,000 sequential calls answered from the memo table (p50, p99).
 //! - `failover`: W1 while the leader is SIGKILLed: time from the kill until throughput is back,
 //!   and every value checked.
-//! - `scale`: the real scheduler and state machine driven in-process with 3, 50 and 500
-//!   registered nodes (assignments/s, scheduler CPU per assignment).
+//! - `scale`: the real scheduler and state machine driven in-process (in the agent binary)
+//!   with 3, 50 and 500 registered nodes (assignments/s, scheduler CPU per assignment).
 //! - `batch`: wordcount over a generated corpus with the batch runner (MB/s).
 //!
 //! Modules: [`cluster`] (agent processes), [`calls`] (the call workloads), [`scale`],
@@ -25,8 +25,8 @@ pub mod report;
 pub mod scale;
 pub mod wordcount;
 
-use crate::client::Client;
 use cluster::LocalCluster;
+use mozen_client::Client;
 use report::{Outcome, Report, RunRecord};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -197,7 +197,8 @@ impl BenchArgs {
                 .and_then(|p| p.parent().map(|d| d.join("mozen-agent")))
                 .unwrap_or_else(|| PathBuf::from("mozen-agent")),
         };
-        if workloads.iter().any(|w| w.needs_cluster()) && !agent_bin.is_file() {
+        // Every workload runs the agent binary: on a cluster, or (scale) for its measurement.
+        if !agent_bin.is_file() {
             return usage(format!(
                 "--agent-bin {}: no such file; build it with `cargo build --release -p mozen-agent --bins` or pass --agent-bin PATH",
                 agent_bin.display()

@@ -1,8 +1,8 @@
 //! The progress display of `mozen run`: a bar on a terminal, plain lines otherwise (stderr in
 //! both cases, so stdout carries only the result).
 
-use super::run::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mozen_client::batch::Progress;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! - `echo [..]` with a unique argument: one request that returns its argument.
 
 use super::history::{Entry, History};
-use crate::client::{CallOptions, Client, ClientError};
+use mozen_client::{CallOptions, Client, ClientError};
 use mozen_model::{Code, RequestKey, canonical_args};
 use rand::Rng;
 use rand::SeedableRng;

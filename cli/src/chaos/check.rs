@@ -15,8 +15,8 @@
 use super::history::Entry;
 use super::procs::LocalCluster;
 use super::workload::expected;
-use crate::client::{Client, ClientError};
 use futures::StreamExt;
+use mozen_client::{Client, ClientError};
 use mozen_proto as pb;
 use serde::Serialize;
 use serde_json::Value;

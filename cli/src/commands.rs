@@ -1,27 +1,23 @@
-//! `mozen`: submit and inspect work, and operate nodes. Exit codes: 0 ok, 1 runtime error,
-//! 2 usage.
-
-/// mimalloc: the agent allocates many small, short-lived buffers on several threads, where
-/// it costs less CPU than the system allocator (measured in docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! The commands of `mozen`: the flags as typed ([`Cli`]), and [`run`], which carries one out
+//! against the cluster and prints the answer. A failure is a [`Fail`]: its exit code (1 at
+//! run time, 2 for usage) and the message to print.
 
 use clap::{Parser, Subcommand};
-use mozen_agent::batch::{self, JobError, JobSpec};
-use mozen_agent::client::{CallOptions, Client, ClientError, split_addrs};
+use mozen_client::batch::{self, JobError, JobSpec};
+use mozen_client::{CallOptions, Client, ClientError, split_addrs};
 use mozen_model::{Code, TaskError};
 use mozen_proto as pb;
 use serde_json::{Value, json};
-use std::process::ExitCode;
 use std::time::Duration;
 
+/// The flags of `mozen`, as typed.
 #[derive(Parser)]
 #[command(
     name = "mozen",
     version,
     about = "Submit and inspect work on a Mozen cluster"
 )]
-struct Cli {
+pub struct Cli {
     /// Agents to talk to, HOST:PORT[,HOST:PORT...]; the leader is found from any of them.
     #[arg(
         long,
@@ -152,9 +148,9 @@ enum Cmd {
         timeout: String,
     },
     /// Runs a local cluster under injected faults and checks what it acknowledged.
-    Chaos(mozen_agent::chaos::cli::ChaosArgs),
+    Chaos(crate::chaos::cli::ChaosArgs),
     /// Starts fresh local clusters, runs the benchmark workloads, prints median/min/max.
-    Bench(mozen_agent::bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Recent cluster events.
     Events {
         #[arg(long, default_value_t = 50)]
@@ -188,8 +184,10 @@ enum NodeCmd {
 }
 
 /// Failure of a command: the exit code and what to print.
-enum Fail {
+pub enum Fail {
+    /// Exit code 2.
     Usage(String),
+    /// Exit code 1.
     Runtime(String),
 }
 
@@ -203,8 +201,8 @@ impl From<JobError> for Fail {
     }
 }
 
-impl From<mozen_agent::elastic::ElasticError> for Fail {
-    fn from(e: mozen_agent::elastic::ElasticError) -> Self {
+impl From<crate::elastic::ElasticError> for Fail {
+    fn from(e: crate::elastic::ElasticError) -> Self {
         if e.is_usage() {
             Fail::Usage(e.to_string())
         } else {
@@ -213,10 +211,10 @@ impl From<mozen_agent::elastic::ElasticError> for Fail {
     }
 }
 
-impl From<mozen_agent::chaos::ChaosError> for Fail {
-    fn from(e: mozen_agent::chaos::ChaosError) -> Self {
+impl From<crate::chaos::ChaosError> for Fail {
+    fn from(e: crate::chaos::ChaosError) -> Self {
         match e {
-            mozen_agent::chaos::ChaosError::Usage(m) => Fail::Usage(m),
+            crate::chaos::ChaosError::Usage(m) => Fail::Usage(m),
             e => Fail::Runtime(e.to_string()),
         }
     }
@@ -225,40 +223,6 @@ impl From<mozen_agent::chaos::ChaosError> for Fail {
 impl From<ClientError> for Fail {
     fn from(e: ClientError) -> Self {
         Fail::Runtime(e.to_string())
-    }
-}
-
-fn main() -> ExitCode {
-    mozen_agent::memory::no_huge_pages();
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
-    // Diagnostics of the client library (leader changes, broken streams) when asked for.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("MOZEN_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Fail::Usage(m)) => {
-            eprintln!("mozen: {m}");
-            ExitCode::from(2)
-        }
-        Err(Fail::Runtime(m)) => {
-            eprintln!("mozen: {m}");
-            ExitCode::from(1)
-        }
     }
 }
 
@@ -367,7 +331,8 @@ fn gib(b: u64) -> String {
     format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-async fn run(cli: Cli) -> Result<(), Fail> {
+/// Carries out the command of `cli`, printing its answer on stdout.
+pub async fn run(cli: Cli) -> Result<(), Fail> {
     let addrs = split_addrs(&cli.addr);
     if addrs.is_empty() {
         return Err(Fail::Usage(format!(
@@ -488,7 +453,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Node { op } => {
             let msg = match op {
                 NodeCmd::Add { spec } => {
-                    let peers = mozen_agent::config::parse_peers(&spec)
+                    let peers = mozen_model::flags::parse_peers(&spec)
                         .map_err(|e| Fail::Usage(e.to_string().replace("--peers", "node add")))?;
                     let [p] = peers.as_slice() else {
                         return Err(Fail::Usage(format!(
@@ -574,7 +539,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 priority,
                 ..Default::default()
             };
-            let req = mozen_agent::client::call_request(&function, &args, &opts);
+            let req = mozen_client::call_request(&function, &args, &opts);
             let r = client
                 .rpc(|mut c| {
                     let r = req.clone();
@@ -757,7 +722,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Run { job, output, json } => {
             let spec = JobSpec::load(&job).map_err(JobError::from)?;
             let prepared = batch::prepare(spec, Some(&client)).await?;
-            let display = batch::progress::Display::new();
+            let display = crate::progress::Display::new();
             let report = batch::run(&prepared, &client, &|p| display.update(p)).await;
             display.finish();
             let report = report?;
@@ -798,12 +763,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 println!("{plan}");
             }
         }
-        Cmd::Up { hosts, timeout } => mozen_agent::elastic::up(&hosts, &timeout, transport).await?,
-        Cmd::Down { hosts, timeout } => {
-            mozen_agent::elastic::down(&hosts, &timeout, transport).await?
-        }
+        Cmd::Up { hosts, timeout } => crate::elastic::up(&hosts, &timeout, transport).await?,
+        Cmd::Down { hosts, timeout } => crate::elastic::down(&hosts, &timeout, transport).await?,
         Cmd::Chaos(args) => args.run().await?,
-        Cmd::Bench(args) => mozen_agent::bench::cli(args).await.map_err(|e| {
+        Cmd::Bench(args) => crate::bench::cli(args).await.map_err(|e| {
             if e.is_usage() {
                 Fail::Usage(e.to_string())
             } else {

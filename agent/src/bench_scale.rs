@@ -3,9 +3,9 @@
 //! registered nodes, without Raft, sled or the network (their costs are in W1 and the store's
 //! benchmarks).
 //!
-//! It measures the daemon's own code, so it runs in the agent binary: `mozen-agent bench-scale
-//! ASSIGNMENTS` ([`COMMAND`], hidden; the stock binary only) prints the figures as one JSON
-//! object, which `mozen bench` reads (the CLI does not compile the daemon).
+//! It measures the daemon's own code, so it runs in an agent binary: `mozen-agent bench-scale
+//! ASSIGNMENTS` ([`COMMAND`], hidden; any binary of [`crate::builder`]) prints the figures as
+//! one JSON object, which `mozen bench` reads (the CLI does not compile the daemon).
 //!
 //! Every node is full and the queue is long; each round is what the leader does when a batch of
 //! completions arrives: one `Complete` of [`ROUND`] running requests, one `Submit` of as many

@@ -109,9 +109,17 @@ impl AgentBuilder {
     ///
     /// `mozen-agent repair <flags>` first moves a damaged data dir aside and takes the node
     /// out of the Raft membership, then runs the agent as a new member that is promoted back
-    /// once it has caught up (see [`crate::repair`]).
+    /// once it has caught up (see [`crate::repair`]). `mozen-agent bench-scale N` runs no agent:
+    /// it prints the figures of `mozen bench`'s scale workload (see [`crate::bench_scale`]).
     pub fn main(self) -> ExitCode {
         let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        // `mozen bench` measures the leader's scheduling code in an agent binary.
+        if argv
+            .get(1)
+            .is_some_and(|a| a == crate::bench_scale::COMMAND)
+        {
+            return crate::bench_scale::main();
+        }
         let repair = argv.get(1).is_some_and(|a| a == "repair");
         if repair {
             argv.remove(1);

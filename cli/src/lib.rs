@@ -4,7 +4,7 @@
 //!   up, down, ...), their flags and their output.
 //! - [`progress`]: the progress bar of `mozen run`.
 //! - [`elastic`]: `mozen up` and `mozen down`: bring a hosts file's cluster up, take it down.
-//! - [`bench`]: `mozen bench`, the benchmark harness on local clusters of real agents.
+//! - [`bench`](mod@bench): `mozen bench`, the benchmark harness on local clusters of real agents.
 //! - [`chaos`]: `mozen chaos`, chaos testing of real agent processes: nemesis, history, checker.
 //!
 //! Dependency rule: depends on model, proto, client and fleet; never on the agent, the store,

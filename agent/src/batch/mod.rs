@@ -5,7 +5,7 @@
 //! - [`job`]: the root request (`mapreduce`) and the shipped slices' texts (`blob`).
 //! - [`builtins`]: `wordcount`, `linecount`, `grep`, `merge_counts`, `sum`, `concat` as
 //!   functions of the agent ([`register`]).
-//! - [`run`]: running one function in this process, without a cluster.
+//! - [`run`](mod@run): running one function in this process, without a cluster.
 //!
 //! The client's side (the work spec, slicing, running and planning a job from a client) is
 //! [`mozen_client::batch`], re-exported here so that `mozen_agent::batch::JobSpec` and the like

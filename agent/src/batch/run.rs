@@ -1,5 +1,6 @@
-//! Running a job from a client is mozen-client's ([`mozen_client::batch::run`], re-exported
-//! here); the agent adds running one function of its registry in this process.
+//! Running a job from a client is mozen-client's
+//! ([`mozen_client::batch::run`](mod@mozen_client::batch::run), re-exported here); the agent
+//! adds running one function of its registry in this process.
 
 use crate::functions::{ClusterCaller, Ctx, Functions, fail};
 use mozen_model::{RequestKey, TaskError, canonical_args};

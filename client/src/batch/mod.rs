@@ -12,7 +12,7 @@
 //! - [`cost`]: the cost model behind auto slicing, `mozen plan` and the autoscaler.
 //! - [`job`]: the job's root request (`mapreduce`) and the shipped slices' texts (`blob`):
 //!   names, arguments and values.
-//! - [`run`]: running a job on a cluster (or locally) with an error policy and progress.
+//! - [`run`](mod@run): running a job on a cluster (or locally) with an error policy and progress.
 //! - [`plan`]: estimates and a verdict on whether distributing is worth it.
 //!
 //! See docs/batch.md for the design.

@@ -1,4 +1,4 @@
-//! Building an agent binary, with the built-ins and any user functions.
+//! Building an agent binary, with the built-ins, the batch functions and any user functions.
 //!
 //! ```no_run
 //! use mozen_agent::{Agent, Ctx, TaskError};
@@ -104,9 +104,17 @@ impl AgentBuilder {
     ///
     /// `mozen-agent repair <flags>` first moves a damaged data dir aside and takes the node
     /// out of the Raft membership, then runs the agent as a new member that is promoted back
-    /// once it has caught up (see [`crate::repair`]).
+    /// once it has caught up (see [`crate::repair`]). `mozen-agent bench-scale N` runs no agent:
+    /// it prints the figures of `mozen bench`'s scale workload (see [`crate::bench_scale`]).
     pub fn main(self) -> ExitCode {
         let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        // `mozen bench` measures the leader's scheduling code in an agent binary.
+        if argv
+            .get(1)
+            .is_some_and(|a| a == crate::bench_scale::COMMAND)
+        {
+            return crate::bench_scale::main();
+        }
         let repair = argv.get(1).is_some_and(|a| a == "repair");
         if repair {
             argv.remove(1);
@@ -123,6 +131,7 @@ impl AgentBuilder {
         crate::supervise::install_panic_hook();
         crate::memory::no_huge_pages();
         let mut functions = Functions::with_builtins(cfg.allow_exec);
+        crate::batch::register(&mut functions);
         if cfg.fault_file.is_some() {
             crate::faults::register_functions(&mut functions);
         }

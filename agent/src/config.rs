@@ -2,9 +2,12 @@
 //!
 //! Errors quote the bad value and say how to fix it; nothing downstream re-validates.
 
-use crate::security::{Security, TlsFiles, read_token};
+use crate::security::{Security, load_tls, read_token};
 use clap::Parser;
 use mozen_model::NodeId;
+pub use mozen_model::flags::{
+    ConfigError, Peer, parse_host_port, parse_peers, parse_size, peers_arg,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,13 +128,6 @@ pub struct AgentArgs {
     pub hosts: Option<PathBuf>,
 }
 
-/// A peer from `--peers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub id: NodeId,
-    pub addr: String,
-}
-
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -172,78 +168,8 @@ pub struct AgentConfig {
     pub hosts: Option<std::sync::Arc<crate::hosts::HostsFile>>,
 }
 
-pub use crate::error::ConfigError;
-
 fn bad(flag: &str, value: &str, why: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("--{flag} '{value}': {why}"))
-}
-
-/// Checks HOST:PORT, quoting the flag on error.
-pub fn parse_host_port(flag: &str, whole: &str, s: &str) -> Result<String, ConfigError> {
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(bad(flag, whole, format!("'{s}' is not HOST:PORT")));
-    };
-    if host.is_empty() {
-        return Err(bad(flag, whole, format!("'{s}' has no host")));
-    }
-    match port.parse::<u32>() {
-        Ok(p) if (1..=65535).contains(&p) => Ok(s.to_string()),
-        _ => Err(bad(flag, whole, "port must be 1-65535")),
-    }
-}
-
-/// The `--peers` value naming `addrs` as nodes 1, 2, ... in order.
-pub fn peers_arg(addrs: &[String]) -> String {
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}@{a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Parses `ID@HOST:PORT[,...]`.
-pub fn parse_peers(s: &str) -> Result<Vec<Peer>, ConfigError> {
-    let mut out: Vec<Peer> = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((id, addr)) = part.split_once('@') else {
-            return Err(bad("peers", part, "expected ID@HOST:PORT"));
-        };
-        let id: NodeId = match id.parse() {
-            Ok(i) if i > 0 => i,
-            _ => return Err(bad("peers", part, "id must be a positive integer")),
-        };
-        let addr = parse_host_port("peers", part, addr)?;
-        if out.iter().any(|p| p.id == id) {
-            return Err(bad("peers", part, format!("id {id} is listed twice")));
-        }
-        out.push(Peer { id, addr });
-    }
-    Ok(out)
-}
-
-/// Parses sizes such as `512MiB`, `16GiB`, `2G`, `1000`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0_f64.powi(4),
-        _ => return None,
-    };
-    let v = n * mult;
-    (v.is_finite() && v >= 0.0).then_some(v as u64)
+    ConfigError::bad(flag, value, why)
 }
 
 fn parse_duration(flag: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -407,7 +333,7 @@ impl AgentArgs {
                 .as_deref()
                 .map(|p| read_token("token-file", p))
                 .transpose()?,
-            tls: TlsFiles::load(
+            tls: load_tls(
                 self.tls_ca.as_deref(),
                 self.tls_cert.as_deref(),
                 self.tls_key.as_deref(),
@@ -615,13 +541,5 @@ mod tests {
         assert!(e.0.contains("at least 16"), "{}", e.0);
         // Loopback needs nothing.
         assert!(args(&[]).validate().is_ok());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("16MiB"), Some(16 << 20));
-        assert_eq!(parse_size("2G"), Some(2_000_000_000));
-        assert_eq!(parse_size("1000"), Some(1000));
-        assert_eq!(parse_size("x"), None);
     }
 }

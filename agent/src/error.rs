@@ -5,9 +5,7 @@ use crate::supervise::Death;
 use mozen_model::{Code, NodeId};
 
 /// A flag that does not make sense, with the text to show the operator.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use mozen_model::flags::ConfigError;
 
 /// Exit code of a runtime error.
 pub const EXIT_ERROR: u8 = 1;

@@ -3,12 +3,10 @@
 //!
 //! Enabled only by the hidden `--fault-file PATH` flag; an agent started without it has no
 //! table and pays nothing. The agent re-reads the file every [`POLL`] and replaces the table
-//! with what it lists, separated by commas or whitespace (a missing or empty file sets no
-//! fault):
-//! - node ids: peers this agent is cut off from;
-//! - `corrupt-digests-from=INDEX`: the state checkpoints this agent reports and compares at
-//!   INDEX and above have their digest altered, as if its state had diverged there (see
-//!   [`crate::integrity`]). The state itself is left alone.
+//! with what it lists; the file's format, and [`write_partition`] that tests and `mozen chaos`
+//! write it with, are in [`mozen_fleet::faults`] (re-exported here). The digest fault
+//! ([`CORRUPT_DIGESTS_FROM`]) alters the checkpoints this agent reports (see
+//! [`crate::integrity`]).
 //!
 //! A blocked peer is cut in both directions:
 //! - outgoing Raft RPCs to it fail at once as `Unreachable` (see `network::PeerClient`);
@@ -24,6 +22,9 @@
 //! on an agent with a fault file, panics with the message it is given.
 
 use crate::functions::Functions;
+pub use mozen_fleet::faults::{
+    CORRUPT_DIGESTS_FROM, FaultSpec, PANIC_RAFT_CORE, parse, parse_ids, write_partition,
+};
 use mozen_model::NodeId;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -34,9 +35,6 @@ use tracing::{info, warn};
 
 /// How often the fault file is re-read.
 pub const POLL: Duration = Duration::from_millis(50);
-
-/// The word in the fault file that makes the Raft core panic.
-pub const PANIC_RAFT_CORE: &str = "panic-raft-core";
 
 /// The test-only function that panics with its argument (a string).
 pub const PANIC_FUNCTION: &str = "fault.panic";
@@ -50,16 +48,6 @@ pub struct Faults {
     /// Checkpoints at this index and above report an altered digest.
     corrupt_digests_from: RwLock<Option<u64>>,
 }
-
-/// What a fault file sets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FaultSpec {
-    pub blocked: BTreeSet<NodeId>,
-    pub corrupt_digests_from: Option<u64>,
-}
-
-/// The fault-file word that simulates a diverged state (see the module docs).
-pub const CORRUPT_DIGESTS_FROM: &str = "corrupt-digests-from=";
 
 impl Faults {
     pub fn blocks(&self, peer: NodeId) -> bool {
@@ -86,37 +74,6 @@ impl Faults {
     /// The index from which this agent's checkpoint digests are altered, if it is set.
     pub fn corrupt_digests_from(&self) -> Option<u64> {
         *self.corrupt_digests_from.read().expect("faults")
-    }
-}
-
-/// Parses the fault file (see the module docs).
-pub fn parse(text: &str) -> Result<FaultSpec, String> {
-    let mut spec = FaultSpec::default();
-    for t in text
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty() && *t != PANIC_RAFT_CORE)
-    {
-        if let Some(index) = t.strip_prefix(CORRUPT_DIGESTS_FROM) {
-            let index = index
-                .parse::<u64>()
-                .map_err(|_| format!("'{t}': expected {CORRUPT_DIGESTS_FROM}INDEX"))?;
-            spec.corrupt_digests_from = Some(index);
-        } else {
-            let id = t
-                .parse::<NodeId>()
-                .map_err(|_| format!("'{t}' is not a node id"))?;
-            spec.blocked.insert(id);
-        }
-    }
-    Ok(spec)
-}
-
-/// Parses a fault file that lists node ids only.
-pub fn parse_ids(text: &str) -> Result<BTreeSet<NodeId>, String> {
-    let spec = parse(text)?;
-    match spec.corrupt_digests_from {
-        None => Ok(spec.blocked),
-        Some(_) => Err(format!("{CORRUPT_DIGESTS_FROM} is not a node id")),
     }
 }
 
@@ -206,42 +163,9 @@ pub fn register_functions(functions: &mut Functions) {
 /// without awaiting: what a naive CPU-bound user function does.
 pub const SPIN_INLINE_FUNCTION: &str = "fault.spin_inline";
 
-/// Writes the fault files of a cluster so that every link between the agents in `side` and
-/// the others is cut in both directions (an empty `side` heals everything). `files` pairs each
-/// agent's id with its fault file; each file is replaced in one step, so an agent never reads
-/// half a file.
-pub fn write_partition(
-    files: &[(NodeId, &std::path::Path)],
-    side: &[NodeId],
-) -> std::io::Result<()> {
-    for (id, path) in files {
-        let blocked: Vec<String> = files
-            .iter()
-            .filter(|(other, _)| side.contains(id) != side.contains(other))
-            .map(|(other, _)| other.to_string())
-            .collect();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, blocked.join(","))?;
-        std::fs::rename(&tmp, path)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_ids_and_rejects_garbage() {
-        assert_eq!(parse_ids("2, 3\n5").unwrap(), BTreeSet::from([2, 3, 5]));
-        assert_eq!(
-            parse_ids("2 panic-raft-core").unwrap(),
-            BTreeSet::from([2]),
-            "the fault word is no id"
-        );
-        assert!(parse_ids("").unwrap().is_empty());
-        assert_eq!(parse_ids("2,x").unwrap_err(), "'x' is not a node id");
-    }
 
     #[test]
     fn parses_the_digest_fault() {

@@ -232,11 +232,12 @@ impl Functions {
         Self::default()
     }
 
-    /// The built-ins every agent has.
+    /// The core built-ins (`noop`, `echo`, `sleep`, `fib`, ...). An agent also has the batch
+    /// functions, which its builder registers ([`crate::batch::register`]): the registry knows
+    /// nothing of batch jobs.
     pub fn with_builtins(allow_exec: bool) -> Self {
         let mut f = Self::new();
         builtins(&mut f, allow_exec);
-        crate::batch::builtins::register(&mut f);
         f
     }
 

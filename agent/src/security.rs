@@ -8,8 +8,8 @@
 //! - Client side, [`ClientTransport`] builds channels: `http` or `https` with the cluster CA,
 //!   a client certificate when mutual TLS is on, and [`Credentials`] that add the token and,
 //!   for agents, the sender's node id (`mozen-node-id`) to every request. It lives in
-//!   [`mozen_client::transport`] and is re-exported here with [`Token`]; this module reads the
-//!   flags into a [`Security`] and keeps the server side.
+//!   [`mozen_client::transport`] and is re-exported here with [`Token`] and [`TlsFiles`]; this
+//!   module reads the flags into a [`Security`] and keeps the server side.
 //!
 //! TLS rules (see docs/operations.md): an agent with TLS has a certificate, its key and the
 //! cluster CA. The CA verifies the peers it dials and the clients that dial it: the server
@@ -18,15 +18,16 @@
 
 use crate::error::ConfigError;
 use crate::faults::Faults;
+use mozen_client::transport::chain;
 use mozen_model::{Code, NodeId};
 use std::path::Path;
 use std::sync::Arc;
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
 pub use mozen_client::transport::{
-    AuthChannel, ClientTransport, Credentials, MIN_TOKEN_LEN, NODE_ID_HEADER, Token,
+    AuthChannel, ClientTransport, Credentials, MIN_TOKEN_LEN, NODE_ID_HEADER, TlsFiles, Token,
 };
 
 /// Reads a token file for `--{flag}`.
@@ -34,149 +35,32 @@ pub fn read_token(flag: &str, path: &Path) -> Result<Token, ConfigError> {
     Token::read(flag, path).map_err(ConfigError)
 }
 
-fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| ConfigError(format!("--{flag} '{}': cannot read: {e}", path.display())))
+/// Reads and checks the TLS flags (see [`TlsFiles::load`]); with a certificate, also that it
+/// serves as this agent's identity, so a bad file is reported at startup.
+pub fn load_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = TlsFiles::load(ca, cert, key).map_err(ConfigError)?;
+    if let Some(server) = files.as_ref().and_then(server_config) {
+        Server::builder().tls_config(server).map_err(|e| {
+            ConfigError(format!(
+                "--tls-cert / --tls-key: unusable as a server identity: {}",
+                chain(&e)
+            ))
+        })?;
+    }
+    Ok(files)
 }
 
-/// Renders an error with its causes (tonic's transport errors say little at the top).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// PEM material from `--tls-ca`, `--tls-cert`, `--tls-key`.
-#[derive(Clone)]
-pub struct TlsFiles {
-    pub ca: Vec<u8>,
-    /// Certificate and key, PEM.
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsFiles")
-            .field("identity", &self.identity.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsFiles {
-    /// Reads and checks the three flags: none (plain TCP), or a CA with an optional
-    /// certificate + key pair. Both the client and, with an identity, the server configuration
-    /// are built once here so a bad file is reported at startup.
-    pub fn load(
-        ca: Option<&Path>,
-        cert: Option<&Path>,
-        key: Option<&Path>,
-    ) -> Result<Option<TlsFiles>, ConfigError> {
-        let ca = match (ca, cert, key) {
-            (None, None, None) => return Ok(None),
-            (_, Some(c), None) => {
-                return Err(ConfigError(format!(
-                    "--tls-cert '{}' needs --tls-key (the certificate's private key)",
-                    c.display()
-                )));
-            }
-            (_, None, Some(k)) => {
-                return Err(ConfigError(format!(
-                    "--tls-key '{}' needs --tls-cert",
-                    k.display()
-                )));
-            }
-            (None, Some(c), Some(_)) => {
-                return Err(ConfigError(format!(
-                    "--tls-cert '{}' needs --tls-ca: the CA certificate that signed the cluster's certificates",
-                    c.display()
-                )));
-            }
-            (Some(ca), _, _) => ca,
-        };
-        let files = TlsFiles {
-            ca: read_pem("tls-ca", ca)?,
-            identity: match (cert, key) {
-                (Some(c), Some(k)) => Some((read_pem("tls-cert", c)?, read_pem("tls-key", k)?)),
-                _ => None,
-            },
-        };
-        Endpoint::from_static("https://127.0.0.1:1")
-            .tls_config(files.client_config())
-            .map_err(|e| {
-                ConfigError(format!(
-                    "--tls-ca '{}' / --tls-cert / --tls-key: unusable: {}",
-                    ca.display(),
-                    chain(&e)
-                ))
-            })?;
-        if let Some(server) = files.server_config() {
-            Server::builder().tls_config(server).map_err(|e| {
-                ConfigError(format!(
-                    "--tls-cert / --tls-key: unusable as a server identity: {}",
-                    chain(&e)
-                ))
-            })?;
-        }
-        Ok(Some(files))
-    }
-
-    fn identity(&self) -> Option<Identity> {
-        self.identity
-            .as_ref()
-            .map(|(c, k)| Identity::from_pem(c, k))
-    }
-
-    /// Trusts the CA; presents the certificate when there is one.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        let c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
-        match self.identity() {
-            Some(id) => c.identity(id),
-            None => c,
-        }
-    }
-
-    /// Serves with the certificate and demands client certificates signed by the CA.
-    pub fn server_config(&self) -> Option<ServerTlsConfig> {
-        Some(
-            ServerTlsConfig::new()
-                .identity(self.identity()?)
-                .client_ca_root(Certificate::from_pem(&self.ca)),
-        )
-    }
-}
-
-/// The security flags of a client program (`mozen`), each with an environment variable.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ClientArgs {
-    /// File holding the cluster token.
-    #[arg(long, global = true, env = "MOZEN_TOKEN_FILE", value_name = "PATH")]
-    pub token_file: Option<std::path::PathBuf>,
-    /// CA certificate (PEM) of the cluster: turns TLS on.
-    #[arg(long, global = true, env = "MOZEN_TLS_CA", value_name = "PATH")]
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) for clusters that demand one (mutual TLS).
-    #[arg(long, global = true, env = "MOZEN_TLS_CERT", value_name = "PATH")]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, global = true, env = "MOZEN_TLS_KEY", value_name = "PATH")]
-    pub tls_key: Option<std::path::PathBuf>,
-}
-
-impl ClientArgs {
-    /// Reads and checks the files.
-    pub fn security(&self) -> Result<Security, ConfigError> {
-        Security::for_client(
-            self.token_file.as_deref(),
-            self.tls_ca.as_deref(),
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-        )
-    }
+/// Serves with the certificate and demands client certificates signed by the CA.
+pub fn server_config(files: &TlsFiles) -> Option<ServerTlsConfig> {
+    Some(
+        ServerTlsConfig::new()
+            .identity(files.identity()?)
+            .client_ca_root(Certificate::from_pem(&files.ca)),
+    )
 }
 
 /// How an agent or client secures its connections.
@@ -198,7 +82,7 @@ impl Security {
             token: token_file
                 .map(|p| read_token("token-file", p))
                 .transpose()?,
-            tls: TlsFiles::load(ca, cert, key)?,
+            tls: load_tls(ca, cert, key)?,
         })
     }
 
@@ -213,7 +97,7 @@ impl Security {
     /// The gRPC server with TLS applied when configured.
     pub fn server(&self) -> Result<Server, String> {
         let builder = Server::builder();
-        match self.tls.as_ref().and_then(TlsFiles::server_config) {
+        match self.tls.as_ref().and_then(server_config) {
             Some(tls) => builder.tls_config(tls).map_err(|e| chain(&e)),
             None => Ok(builder),
         }
@@ -326,21 +210,21 @@ mod tests {
     #[test]
     fn tls_flags_go_together() {
         let p = Path::new("/nonexistent");
-        assert!(TlsFiles::load(None, None, None).unwrap().is_none());
+        assert!(load_tls(None, None, None).unwrap().is_none());
         assert!(
-            TlsFiles::load(None, Some(p), None)
+            load_tls(None, Some(p), None)
                 .unwrap_err()
                 .0
                 .contains("needs --tls-key")
         );
         assert!(
-            TlsFiles::load(None, Some(p), Some(p))
+            load_tls(None, Some(p), Some(p))
                 .unwrap_err()
                 .0
                 .contains("needs --tls-ca")
         );
         assert!(
-            TlsFiles::load(Some(p), None, None)
+            load_tls(Some(p), None, None)
                 .unwrap_err()
                 .0
                 .contains("cannot read")

@@ -481,6 +481,26 @@ impl Client {
         self.inner.epoch.load(Ordering::SeqCst)
     }
 
+    /// Asks the leader to carry out `op` on node `id` (`id` is not used by the autoscaler's
+    /// switch); what it did, in words.
+    pub async fn node_op(
+        &self,
+        id: mozen_model::NodeId,
+        op: mozen_model::NodeOp,
+    ) -> Result<String, ClientError> {
+        let req = pb::NodeOpRequest {
+            node_id: id,
+            op: op.as_str().into(),
+        };
+        Ok(self
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.node_op(r).await }
+            })
+            .await?
+            .message)
+    }
+
     /// Calls `function(args)` and decodes its result.
     pub async fn call<A: Serialize, R: DeserializeOwned>(
         &self,

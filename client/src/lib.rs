@@ -6,13 +6,18 @@
 //!   for the leader when an agent is lost) and re-attaches to a call in flight by its key.
 //! - [`status`]: what a gRPC refusal means (a redirect, a lost agent, the cluster's answer)
 //!   and operator messages with their `MZ-` code.
-//! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]).
+//! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]), the TLS
+//!   files, and (feature `clap`) the security flags of client programs.
 //! - [`error`]: [`ClientError`], typed and with a stable code.
+//! - [`batch`]: batch jobs from the client's side: job files, slicing, running and planning a
+//!   job on a cluster (the agent runs the job's root request and the built-ins).
 //!
 //! Dependency rule: depends on mozen-model, mozen-proto and tonic (with tokio, serde and
-//! futures); never on sled, openraft, the store or the agent. It sees the cluster only
+//! futures, and toml, glob and blake3 for batch jobs); never on sled, openraft, the store or
+//! the agent. It sees the cluster only
 //! through the public gRPC API.
 
+pub mod batch;
 pub mod client;
 pub mod error;
 pub mod status;
@@ -21,4 +26,6 @@ pub mod transport;
 pub use client::{CallOptions, Client, Handle, call_request, split_addrs};
 pub use error::ClientError;
 pub use status::{describe, is_not_leader, is_transport, leader_hint, rejected};
-pub use transport::{AuthChannel, ClientTransport, Credentials, Token};
+#[cfg(feature = "clap")]
+pub use transport::ClientArgs;
+pub use transport::{AuthChannel, ClientTransport, Credentials, TlsFiles, Token};

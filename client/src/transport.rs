@@ -2,8 +2,10 @@
 //!
 //! [`ClientTransport`] builds channels: `http`, or `https` with the cluster CA and, when the
 //! agents demand mutual TLS, a client certificate; its [`Credentials`] add the token and, for
-//! agents calling each other, the sender's node id (`mozen-node-id`) to every request. The
-//! server side (checking the token, serving TLS) belongs to the agent.
+//! agents calling each other, the sender's node id (`mozen-node-id`) to every request.
+//! [`TlsFiles`] reads the PEM files the TLS flags name, for clients and agents alike; with the
+//! `clap` feature, [`ClientArgs`] are the security flags of a client program. The server side
+//! (checking the token, serving TLS) belongs to the agent.
 
 use mozen_model::NodeId;
 use std::path::Path;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 /// Metadata header naming the agent that sends a request (absent from non-agent clients).
@@ -59,6 +61,141 @@ impl Token {
     /// The secret itself, for the request header and the server's comparison; never log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// Renders an error with its causes (tonic's transport errors say little at the top).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("--{flag} '{}': cannot read: {e}", path.display()))
+}
+
+/// PEM material from `--tls-ca`, `--tls-cert`, `--tls-key`.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: Vec<u8>,
+    /// Certificate and key, PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("identity", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsFiles {
+    /// Reads and checks the three flags: none (plain TCP), or a CA with an optional
+    /// certificate + key pair. The client configuration is built once here so that a bad file
+    /// is reported at startup (an agent also checks its server side: `mozen_agent::security`).
+    pub fn load(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Option<TlsFiles>, String> {
+        let ca = match (ca, cert, key) {
+            (None, None, None) => return Ok(None),
+            (_, Some(c), None) => {
+                return Err(format!(
+                    "--tls-cert '{}' needs --tls-key (the certificate's private key)",
+                    c.display()
+                ));
+            }
+            (_, None, Some(k)) => {
+                return Err(format!("--tls-key '{}' needs --tls-cert", k.display()));
+            }
+            (None, Some(c), Some(_)) => {
+                return Err(format!(
+                    "--tls-cert '{}' needs --tls-ca: the CA certificate that signed the cluster's certificates",
+                    c.display()
+                ));
+            }
+            (Some(ca), _, _) => ca,
+        };
+        let files = TlsFiles {
+            ca: read_pem("tls-ca", ca)?,
+            identity: match (cert, key) {
+                (Some(c), Some(k)) => Some((read_pem("tls-cert", c)?, read_pem("tls-key", k)?)),
+                _ => None,
+            },
+        };
+        Endpoint::from_static("https://127.0.0.1:1")
+            .tls_config(files.client_config())
+            .map_err(|e| {
+                format!(
+                    "--tls-ca '{}' / --tls-cert / --tls-key: unusable: {}",
+                    ca.display(),
+                    chain(&e)
+                )
+            })?;
+        Ok(Some(files))
+    }
+
+    /// The certificate and key, when there are some.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
+            .as_ref()
+            .map(|(c, k)| Identity::from_pem(c, k))
+    }
+
+    /// Trusts the CA; presents the certificate when there is one.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        let c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        match self.identity() {
+            Some(id) => c.identity(id),
+            None => c,
+        }
+    }
+}
+
+/// The security flags of a client program (`mozen`), each with an environment variable.
+#[cfg(feature = "clap")]
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientArgs {
+    /// File holding the cluster token.
+    #[arg(long, global = true, env = "MOZEN_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of the cluster: turns TLS on.
+    #[arg(long, global = true, env = "MOZEN_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for clusters that demand one (mutual TLS).
+    #[arg(long, global = true, env = "MOZEN_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "MOZEN_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+#[cfg(feature = "clap")]
+impl ClientArgs {
+    /// Reads and checks the files; errors name the flag and the path.
+    pub fn transport(&self) -> Result<ClientTransport, String> {
+        let token = self
+            .token_file
+            .as_deref()
+            .map(|p| Token::read("token-file", p))
+            .transpose()?;
+        let tls = TlsFiles::load(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?;
+        Ok(ClientTransport::new(
+            token,
+            tls.as_ref().map(TlsFiles::client_config),
+        ))
     }
 }
 

@@ -4,12 +4,14 @@
 //! ([`node`]), content-addressed request keys and canonical arguments ([`key`]), request
 //! records with their life-cycle state ([`request`]), the outcome of running one
 //! ([`outcome`]), and node loads ranked for placement ([`load`]), which the state machine
-//! keeps up to date and the scheduler reads.
+//! keeps up to date and the scheduler reads. [`flags`] reads the values several programs take
+//! from flags and files (addresses, peer lists, sizes).
 //!
 //! Dependency rule: this crate depends on serde (and hashing/hex helpers) only. It knows
 //! nothing of Raft, sled, gRPC or tokio, so the scheduler and the console can use it freely.
 
 pub mod code;
+pub mod flags;
 pub mod key;
 pub mod load;
 pub mod node;

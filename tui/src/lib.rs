@@ -18,8 +18,8 @@
 //!
 //! `main.rs` is thin: flags, terminal setup and restore, and the run loop.
 //!
-//! Dependency rule: mozen-model, mozen-proto and mozen-client; never sled, openraft, the store
-//! or the agent crate. The console sees the cluster only through the public gRPC API.
+//! Dependency rule: mozen-model, mozen-proto and mozen-client; never sled, openraft, the store,
+//! the agent or the CLI. The console sees the cluster only through the public gRPC API.
 
 pub mod access;
 pub mod app;

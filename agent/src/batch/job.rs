@@ -1,81 +1,25 @@
 //! A job inside the cluster: the root request `mapreduce` calls the map on every slice and
 //! reduces the values as a tree of child requests, and `blob` is the content-addressed text of
-//! the slices a job ships.
+//! the slices a job ships. Their arguments, values and names are mozen-client's
+//! ([`mozen_client::batch::job`], re-exported here): the runner builds them there.
 //!
 //! Because the whole job is one request, it survives the client that started it (the client
 //! only waits on the root), the loss of any agent (the root is re-queued like any request and
 //! finds its finished maps in the memo table), and it is memoized as a whole: the same job on
 //! the same files answers at once.
 
-use super::builtins::SliceArgs;
 use super::run::{Skipped, show_chain};
 use super::spec::ErrorPolicy;
 use crate::functions::{Ctx, Functions};
 use futures::StreamExt;
-use mozen_model::{Code, RequestKey, TaskError, canonical_args, codes};
+use mozen_model::{RequestKey, TaskError, canonical_args, codes};
 use mozen_store::Memo;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The root function of a job.
-pub const ROOT: &str = "mapreduce";
-/// The function whose memoized values are the shipped slices' texts.
-pub const BLOB: &str = "blob";
-/// A job stopped by its error policy or by a failed reduce.
-pub const JOB_FAILED: &str = Code::JobFailed.as_str();
-/// A slice's text is not stored in the cluster.
-pub const BLOB_MISSING: &str = Code::BlobMissing.as_str();
-/// Largest shipped slice: each is one value in the replicated log, which followers must take
-/// within a heartbeat interval.
-pub const MAX_BLOB_BYTES: usize = 2 << 20;
+pub use mozen_client::batch::job::*;
+
 /// Child calls the root keeps in flight at once.
 const IN_FLIGHT: usize = 1024;
-
-/// The arguments of [`ROOT`]: everything the job needs, nothing it does not (a shipped slice is
-/// named by the hash of its text, not carried).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobArgs {
-    pub name: String,
-    pub map: String,
-    pub reduce: String,
-    pub fan_in: usize,
-    pub policy: ErrorPolicy,
-    pub slices: Vec<SliceArgs>,
-}
-
-impl JobArgs {
-    /// The request key of this job's root.
-    pub fn key(&self) -> RequestKey {
-        RequestKey::of(ROOT, &canonical_args(&self.value()))
-    }
-
-    /// As the JSON arguments of [`ROOT`].
-    pub fn value(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-}
-
-/// The value of [`ROOT`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct JobResult {
-    pub result: Value,
-    /// Maps that ran for this job (the others were memo hits).
-    pub executed: u64,
-    pub memo_hits: u64,
-    pub reduces: u64,
-    /// Slices left out under `policy = "skip"`, in slice order.
-    pub skipped: Vec<Skipped>,
-}
-
-/// The hash naming `text` as a blob.
-pub fn blob_hash(text: &str) -> String {
-    blake3::hash(text.as_bytes()).to_hex().to_string()
-}
-
-/// The request key of the blob named `hash`.
-pub fn blob_key(hash: &str) -> RequestKey {
-    RequestKey::of(BLOB, &canonical_args(&json!([hash])))
-}
 
 /// `text` as the memoized value of `blob([hash])`, with its hash.
 pub fn blob_memo(text: &str) -> (String, Memo) {
@@ -88,13 +32,6 @@ pub fn blob_memo(text: &str) -> (String, Memo) {
         value: serde_json::to_vec(text).expect("a string encodes"),
     };
     (hash, memo)
-}
-
-/// Whether `s` can name a blob: 64 lowercase hex digits.
-pub fn is_blob_hash(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn job_failed(message: String, cause: TaskError) -> TaskError {

@@ -195,7 +195,7 @@ async fn stopped_worker_goes_down_within_lease_and_comes_back() {
 
 #[test]
 fn bad_flags_quote_the_value_and_exit_2() {
-    let out = std::process::Command::new(AGENT)
+    let out = std::process::Command::new(agent_bin())
         .args(["--id", "1", "--peers", "3@host:99999"])
         .output()
         .unwrap();
@@ -204,13 +204,13 @@ fn bad_flags_quote_the_value_and_exit_2() {
         String::from_utf8_lossy(&out.stderr)
             .contains("--peers '3@host:99999': port must be 1-65535")
     );
-    let out = std::process::Command::new(AGENT)
+    let out = std::process::Command::new(agent_bin())
         .args(["--id", "x"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--id 'x'"));
-    let out = std::process::Command::new(CLI)
+    let out = std::process::Command::new(cli_bin())
         .args(["node", "frobnicate", "1"])
         .output()
         .unwrap();
@@ -223,7 +223,7 @@ async fn wrong_id_for_data_dir_is_refused() {
     c.ready(1).await;
     let dir = c.agents[0].dir.clone();
     assert!(c.agents[0].terminate().success());
-    let out = std::process::Command::new(AGENT)
+    let out = std::process::Command::new(agent_bin())
         .args([
             "--id",
             "7",
@@ -252,7 +252,7 @@ async fn unreachable_peers_keep_waiting_and_cli_reports_unreachable() {
     let silent = tokio::net::TcpSocket::new_v4().unwrap();
     silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let silent_addr = silent.local_addr().unwrap();
-    let out = std::process::Command::new(CLI)
+    let out = std::process::Command::new(cli_bin())
         .env("MOZEN_ADDR", silent_addr.to_string())
         .args(["status"])
         .output()

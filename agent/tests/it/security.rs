@@ -40,7 +40,7 @@ async fn status_code(t: &ClientTransport, addr: &str) -> Result<(), tonic::Statu
 
 /// Runs the `mozen` CLI with `env` and returns its output, failing the test on an error.
 fn cli_ok(c: &Cluster, env: &[(&str, &Path)], args: &[&str]) -> String {
-    let out = Command::new(CLI)
+    let out = Command::new(cli_bin())
         .env("MOZEN_ADDR", c.addrs())
         .envs(env.iter().copied())
         .args(args)
@@ -128,7 +128,7 @@ async fn token_is_required_by_both_services_and_by_peers() {
 fn public_address_without_token_refuses_to_start() {
     let dir = TempDir::new().unwrap();
     let port = free_port();
-    let out = Command::new(AGENT)
+    let out = Command::new(agent_bin())
         .args(["--id", "1", "--listen", &format!("0.0.0.0:{port}")])
         .args(["--advertise", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.path().join("n1"))

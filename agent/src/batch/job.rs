@@ -8,7 +8,7 @@
 //! finds its finished maps in the memo table), and it is memoized as a whole: the same job on
 //! the same files answers at once.
 
-use super::run::{Skipped, show_chain};
+use super::run::show_chain;
 use super::spec::ErrorPolicy;
 use crate::functions::{Ctx, Functions};
 use futures::StreamExt;

@@ -1,6 +1,6 @@
 //! Input files of a job: read once, hashed, indexed by line, and cut into slices.
 
-use super::builtins::SliceArgs;
+use super::slice::SliceArgs;
 use serde_json::Value;
 use std::path::PathBuf;
 

@@ -4,8 +4,7 @@
 //! ships, named by their hash. The runner builds and reads these here; the agent runs them
 //! (`mozen_agent::batch::job`).
 
-use super::builtins::SliceArgs;
-use super::run::Skipped;
+use super::slice::SliceArgs;
 use super::spec::ErrorPolicy;
 use mozen_model::{Code, RequestKey, canonical_args};
 use serde::{Deserialize, Serialize};
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 /// The root function of a job.
 pub const ROOT: &str = "mapreduce";
 /// The function whose memoized values are the shipped slices' texts.
-pub const BLOB: &str = "blob";
+pub use super::slice::BLOB;
 /// A job stopped by its error policy or by a failed reduce.
 pub const JOB_FAILED: &str = Code::JobFailed.as_str();
 /// A slice's text is not stored in the cluster.
@@ -74,4 +73,13 @@ pub fn is_blob_hash(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A slice left out under `policy = "skip"`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Skipped {
+    /// `file:first-last`.
+    pub slice: String,
+    pub key: String,
+    pub error: String,
 }

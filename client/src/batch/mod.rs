@@ -4,8 +4,9 @@
 //! is read and validated, the input sliced, the job started and followed, and planned.
 //!
 //! - [`spec`]: the work spec (TOML or Rust) and its validation.
+//! - [`slice`]: one slice of one file, the argument of every map ([`SliceArgs`]).
 //! - [`input`]: reading, hashing and slicing the input files.
-//! - [`builtins`]: the argument of every map ([`SliceArgs`]) and the pure work of the built-ins
+//! - [`builtins`]: the pure work of the built-ins
 //!   (`wordcount`, `linecount`, `grep`, `merge_counts`, `sum`, `concat`), runnable in this
 //!   process.
 //! - [`corpus`]: a deterministic generated corpus for tests and benchmarks.
@@ -24,9 +25,10 @@ pub mod input;
 pub mod job;
 pub mod plan;
 pub mod run;
+pub mod slice;
 pub mod spec;
 
-pub use builtins::SliceArgs;
 pub use cost::CostModel;
 pub use run::{JobError, JobReport, Prepared, Progress, UPLOAD_BYTES, prepare, run};
+pub use slice::SliceArgs;
 pub use spec::{ErrorPolicy, JobSpec, SliceLines, SpecError};

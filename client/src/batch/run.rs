@@ -7,6 +7,7 @@
 use super::builtins::{self, SliceArgs};
 use super::cost::CostModel;
 use super::input::{InputFile, SliceRef, cut};
+pub use super::job::Skipped;
 use super::job::{self, JobArgs, JobResult};
 use super::spec::{ErrorPolicy, JobSpec, SliceLines, SpecError};
 use crate::client::{CallOptions, Client};
@@ -102,15 +103,6 @@ pub struct Progress {
 /// Attempts of a job's root (and, inherited, of its maps) counting re-queues after the loss
 /// of an agent.
 pub const ROOT_ATTEMPTS: u32 = 10;
-
-/// A slice left out under `policy = "skip"`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Skipped {
-    /// `file:first-last`.
-    pub slice: String,
-    pub key: String,
-    pub error: String,
-}
 
 /// The outcome of a job.
 #[derive(Debug, Clone, Serialize)]

@@ -41,6 +41,18 @@ impl LocalCluster {
     /// Starts `n` agents whose data dirs and logs live under `dir`, and waits until all `n`
     /// nodes are registered and active.
     pub async fn start(agent_bin: &Path, n: usize, dir: &Path) -> Result<LocalCluster, BenchError> {
+        Self::start_with(agent_bin, n, dir, false).await
+    }
+
+    /// As [`start`](Self::start); with `fault_functions`, each agent also gets an empty fault
+    /// file, which registers the fault functions (`fault.spin_inline`, a naive CPU-bound
+    /// `async fn`) and injects nothing.
+    pub async fn start_with(
+        agent_bin: &Path,
+        n: usize,
+        dir: &Path,
+        fault_functions: bool,
+    ) -> Result<LocalCluster, BenchError> {
         let rt = |m: String| BenchError::Runtime(m);
         std::fs::create_dir_all(dir)
             .map_err(|e| rt(format!("cannot create {}: {e}", dir.display())))?;
@@ -56,10 +68,17 @@ impl LocalCluster {
             let log = dir.join(format!("agent-{id}.log"));
             let log_file = std::fs::File::create(&log)
                 .map_err(|e| rt(format!("cannot create {}: {e}", log.display())))?;
-            let child = Command::new(agent_bin)
-                .args(["--id", &id.to_string(), "--listen", addr, "--data-dir"])
+            let mut cmd = Command::new(agent_bin);
+            cmd.args(["--id", &id.to_string(), "--listen", addr, "--data-dir"])
                 .arg(dir.join(format!("n{id}")))
-                .args(["--peers", &peers, "--voters", &voters(n).to_string()])
+                .args(["--peers", &peers, "--voters", &voters(n).to_string()]);
+            if fault_functions {
+                let faults = dir.join(format!("faults-{id}"));
+                std::fs::write(&faults, "")
+                    .map_err(|e| rt(format!("cannot create {}: {e}", faults.display())))?;
+                cmd.arg("--fault-file").arg(faults);
+            }
+            let child = cmd
                 .env(
                     "MOZEN_LOG",
                     std::env::var("MOZEN_BENCH_AGENT_LOG")
@@ -84,6 +103,16 @@ impl LocalCluster {
         cluster.ready(n).await?;
         cluster.startup = started.elapsed();
         Ok(cluster)
+    }
+
+    /// How many agents it started.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether it started none (never: at least one agent is needed to start).
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
     }
 
     /// A client that knows every agent and follows the leader.

@@ -15,13 +15,18 @@
 //! - `scale`: the real scheduler and state machine driven in-process (in the agent binary)
 //!   with 3, 50 and 500 registered nodes (assignments/s, scheduler CPU per assignment).
 //! - `batch`: wordcount over a generated corpus with the batch runner (MB/s).
+//! - `saturate`: CPU-bound calls on every core of every agent (1× and 3×, the built-in `spin`
+//!   and a naive `async fn`) while a probe watches elections, heartbeat ages and a steady
+//!   client's `noop` latency. Not in `all` (about 4.5 minutes a run): ask for it by name.
 //!
 //! Modules: [`cluster`] (agent processes), [`calls`] (the call workloads), [`scale`],
-//! [`wordcount`], [`report`] (statistics, the table and the JSON). See docs/benchmarks.md.
+//! [`wordcount`], [`saturate`], [`report`] (statistics, the table and the JSON). See
+//! docs/benchmarks.md.
 
 pub mod calls;
 pub mod cluster;
 pub mod report;
+pub mod saturate;
 pub mod scale;
 pub mod wordcount;
 
@@ -60,6 +65,8 @@ pub enum Workload {
     Batch,
     /// Last in a run: it kills the leader of the run's cluster.
     Failover,
+    /// Every core computing; by name only (see [`Workload::ALL`]).
+    Saturate,
 }
 
 impl Workload {
@@ -74,8 +81,21 @@ impl Workload {
         Workload::Failover,
     ];
 
+    /// The workloads one may name: `all` and these, in run order.
+    pub const NAMED: [Workload; 8] = [
+        Workload::Scale,
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::Memo,
+        Workload::Batch,
+        Workload::Saturate,
+        Workload::Failover,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
+            Workload::Saturate => "saturate",
             Workload::W1 => "W1",
             Workload::W2 => "W2",
             Workload::W3 => "W3",
@@ -100,18 +120,18 @@ pub fn parse_workloads(s: &str) -> Result<Vec<Workload>, BenchError> {
             out.extend(Workload::ALL);
             continue;
         }
-        let w = Workload::ALL
+        let w = Workload::NAMED
             .into_iter()
             .find(|w| w.name().eq_ignore_ascii_case(part))
             .ok_or_else(|| {
                 BenchError::Usage(format!(
                     "--workload '{s}': unknown workload '{part}'; expected all or a comma-separated list of {}",
-                    Workload::ALL.map(Workload::name).join(", ")
+                    Workload::NAMED.map(Workload::name).join(", ")
                 ))
             })?;
         out.push(w);
     }
-    out.sort_by_key(|w| Workload::ALL.iter().position(|x| x == w));
+    out.sort_by_key(|w| Workload::NAMED.iter().position(|x| x == w));
     out.dedup();
     Ok(out)
 }
@@ -122,7 +142,8 @@ pub struct BenchArgs {
     /// Agents in each run's cluster (voters: 1, 3, 5 or 7 of them); failover needs at least 3.
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
-    /// all, or a comma-separated list of W1, W2, W3, memo, failover, scale, batch.
+    /// all, or a comma-separated list of W1, W2, W3, memo, failover, scale, batch, saturate
+    /// (saturate is not in all).
     #[arg(long, default_value = "all")]
     pub workload: String,
     /// Runs, each on a fresh cluster; the table gives median, min and max over them.
@@ -287,10 +308,11 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
             rec.push(Workload::Scale, out);
         }
         if cfg.workloads.iter().any(|w| w.needs_cluster()) {
-            let cluster = LocalCluster::start(
+            let cluster = LocalCluster::start_with(
                 &cfg.agent_bin,
                 cfg.agents,
                 &dir.path().join(format!("run{run}")),
+                cfg.workloads.contains(&Workload::Saturate),
             )
             .await?;
             let client = cluster.client();
@@ -344,6 +366,7 @@ async fn run_on_cluster(
             Some(c) => wordcount::run(c, client).await,
             None => Outcome::failed("no corpus".into(), Value::Null),
         },
+        Workload::Saturate => saturate::run(cluster, client, cfg, nonce).await,
         Workload::Scale => Outcome::failed("scale runs in-process".into(), json!({})),
     }
 }

@@ -103,6 +103,50 @@ fn smoke_run_of_every_workload_reports_sane_figures() {
     }
 }
 
+/// `saturate` is asked for by name (it is not in `all`) and reports every phase's figures:
+/// the idle client, then elections, heartbeat ages, the steady client's latency, re-executions
+/// and finished calls for the built-in `spin` and the naive `fault.spin_inline` at 1x and 3x
+/// the cores per agent.
+#[test]
+fn saturate_reports_every_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = bench(&[
+        "--workload",
+        "saturate",
+        "--runs",
+        "1",
+        "--scale",
+        "0.02",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "mozen bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let idle = metric(&r, "saturate", "idle_noop_p50_ms");
+    assert!(idle > 0.0, "{idle}");
+    for phase in ["spin_1x", "spin_3x", "naive_1x", "naive_3x"] {
+        let (p50, p99) = (
+            metric(&r, "saturate", &format!("{phase}_noop_p50_ms")),
+            metric(&r, "saturate", &format!("{phase}_noop_p99_ms")),
+        );
+        assert!(0.0 < p50 && p50 <= p99, "{phase}: p50 {p50} p99 {p99}");
+        assert!(metric(&r, "saturate", &format!("{phase}_calls")) >= 1.0, "{phase}");
+        for m in ["elections", "max_heartbeat_age_ms", "reexecuted"] {
+            assert!(metric(&r, "saturate", &format!("{phase}_{m}")) >= 0.0, "{phase} {m}");
+        }
+    }
+    let w = &r["runs"][0]["workloads"]["saturate"]["detail"];
+    let cores = w["cores"].as_u64().unwrap();
+    assert_eq!(w["naive_3x"]["in_flight"].as_u64(), Some(3 * cores * 3), "{w}");
+    assert_eq!(w["naive_3x"]["function"], "fault.spin_inline");
+}
+
 #[test]
 fn bad_flags_are_usage_errors() {
     for (args, says) in [

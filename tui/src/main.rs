@@ -62,7 +62,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let access = match args.access.load() {
+    let access = match args.access.transport() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("mozen-console: {e}");

@@ -136,14 +136,24 @@ fn saturate_reports_every_phase() {
             metric(&r, "saturate", &format!("{phase}_noop_p99_ms")),
         );
         assert!(0.0 < p50 && p50 <= p99, "{phase}: p50 {p50} p99 {p99}");
-        assert!(metric(&r, "saturate", &format!("{phase}_calls")) >= 1.0, "{phase}");
+        assert!(
+            metric(&r, "saturate", &format!("{phase}_calls")) >= 1.0,
+            "{phase}"
+        );
         for m in ["elections", "max_heartbeat_age_ms", "reexecuted"] {
-            assert!(metric(&r, "saturate", &format!("{phase}_{m}")) >= 0.0, "{phase} {m}");
+            assert!(
+                metric(&r, "saturate", &format!("{phase}_{m}")) >= 0.0,
+                "{phase} {m}"
+            );
         }
     }
     let w = &r["runs"][0]["workloads"]["saturate"]["detail"];
     let cores = w["cores"].as_u64().unwrap();
-    assert_eq!(w["naive_3x"]["in_flight"].as_u64(), Some(3 * cores * 3), "{w}");
+    assert_eq!(
+        w["naive_3x"]["in_flight"].as_u64(),
+        Some(3 * cores * 3),
+        "{w}"
+    );
     assert_eq!(w["naive_3x"]["function"], "fault.spin_inline");
 }
 

@@ -441,6 +441,19 @@ mod tests {
     use std::sync::RwLock;
     use std::time::Instant;
 
+    /// `noop(1)`, as submitted.
+    fn noop_request() -> NewRequest {
+        NewRequest {
+            key: RequestKey::of("noop", b"1"),
+            function: "noop".into(),
+            args: b"1".to_vec(),
+            parent: None,
+            priority: 0,
+            retry: Default::default(),
+            no_cache: false,
+        }
+    }
+
     fn leadership() -> Leadership {
         Leadership::new(
             1,
@@ -500,15 +513,7 @@ mod tests {
             let mut reserved = l.reservations();
             l.reserve(&mut reserved, 2).keep();
         }
-        let new = NewRequest {
-            key: RequestKey::of("noop", b"1"),
-            function: "noop".into(),
-            args: b"1".to_vec(),
-            parent: None,
-            priority: 0,
-            retry: Default::default(),
-            no_cache: false,
-        };
+        let new = noop_request();
         l.flights.lock().unwrap().insert(
             new.key,
             Flight {
@@ -535,7 +540,7 @@ mod tests {
         RequestKey,
         mpsc::UnboundedReceiver<Result<pb::WorkItem, tonic::Status>>,
     ) {
-        use mozen_model::{NodeInfo, NodeRole, NodeState, RetryPolicy};
+        use mozen_model::{NodeInfo, NodeRole, NodeState};
         use mozen_store::{Assignment, ClusterState};
         let mut st = ClusterState::new();
         st.apply(&Command::RegisterNode {
@@ -552,15 +557,7 @@ mod tests {
             },
             at: 1,
         });
-        let new = NewRequest {
-            key: RequestKey::of("noop", b"1"),
-            function: "noop".into(),
-            args: b"1".to_vec(),
-            parent: None,
-            priority: 0,
-            retry: RetryPolicy::default(),
-            no_cache: false,
-        };
+        let new = noop_request();
         let key = new.key;
         st.apply(&Command::Submit {
             requests: vec![new.clone()],

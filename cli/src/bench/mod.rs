@@ -65,23 +65,12 @@ pub enum Workload {
     Batch,
     /// Last in a run: it kills the leader of the run's cluster.
     Failover,
-    /// Every core computing; by name only (see [`Workload::ALL`]).
+    /// Every core computing; by name only (not in `all`).
     Saturate,
 }
 
 impl Workload {
     /// Every workload, in the order a run executes them.
-    pub const ALL: [Workload; 7] = [
-        Workload::Scale,
-        Workload::W1,
-        Workload::W2,
-        Workload::W3,
-        Workload::Memo,
-        Workload::Batch,
-        Workload::Failover,
-    ];
-
-    /// The workloads one may name: `all` and these, in run order.
     pub const NAMED: [Workload; 8] = [
         Workload::Scale,
         Workload::W1,
@@ -117,7 +106,11 @@ pub fn parse_workloads(s: &str) -> Result<Vec<Workload>, BenchError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim) {
         if part.eq_ignore_ascii_case("all") {
-            out.extend(Workload::ALL);
+            out.extend(
+                Workload::NAMED
+                    .into_iter()
+                    .filter(|w| *w != Workload::Saturate),
+            );
             continue;
         }
         let w = Workload::NAMED

@@ -207,6 +207,8 @@ type Handler =
     Arc<dyn Fn(Ctx, Value) -> BoxFuture<'static, Result<Value, TaskError>> + Send + Sync>;
 
 struct Function {
+    /// Its name, shared by every run the watchdog watches.
+    name: Arc<str>,
     shape: String,
     handler: Handler,
 }
@@ -306,6 +308,7 @@ impl Functions {
         self.map.insert(
             name.to_string(),
             Arc::new(Function {
+                name: Arc::from(name),
                 shape: shape.to_string(),
                 handler,
             }),
@@ -340,7 +343,6 @@ impl Functions {
                 // (poisoned locks included); the call's context is dropped with the call.
                 let node = ctx.node;
                 let key = ctx.key;
-                let name_of = name.to_string();
                 let name = name.to_string();
                 let call = std::panic::AssertUnwindSafe((f.handler)(ctx, args))
                     .catch_unwind()
@@ -358,9 +360,7 @@ impl Functions {
                     // stops the function there too.
                     Some(pool) => {
                         let running = match &self.watchdog {
-                            Some(dog) => {
-                                pool.spawn(dog.watch(&name_of, &key.to_hex(), call.boxed()))
-                            }
+                            Some(dog) => pool.spawn(dog.watch(f.name.clone(), key, call.boxed())),
                             None => pool.spawn(call),
                         };
                         let running = tokio_util::task::AbortOnDropHandle::new(running);

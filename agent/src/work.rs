@@ -9,6 +9,7 @@
 //! from its raylet and Dask keeps tasks off the event loop. See docs/functions.md.
 
 use futures::future::BoxFuture;
+use mozen_model::RequestKey;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -81,7 +82,7 @@ pub struct Watchdog {
 /// A poll in progress.
 struct Held {
     function: Arc<str>,
-    request: Arc<str>,
+    request: RequestKey,
     since: Instant,
     told: bool,
 }
@@ -111,15 +112,15 @@ impl Watchdog {
     /// `call`, a run of `function` for `request`, watched at each poll.
     pub fn watch<T: Send + 'static>(
         self: &Arc<Self>,
-        function: &str,
-        request: &str,
+        function: Arc<str>,
+        request: RequestKey,
         call: BoxFuture<'static, T>,
     ) -> Watched<T> {
         Watched {
             call,
             id: self.seq.fetch_add(1, Ordering::Relaxed),
-            function: Arc::from(function),
-            request: Arc::from(request),
+            function,
+            request,
             dog: self.clone(),
         }
     }
@@ -161,7 +162,7 @@ pub struct Watched<T> {
     call: BoxFuture<'static, T>,
     id: u64,
     function: Arc<str>,
-    request: Arc<str>,
+    request: RequestKey,
     dog: Arc<Watchdog>,
 }
 
@@ -172,7 +173,7 @@ impl<T> Future for Watched<T> {
         let this = &mut *self;
         let held = Held {
             function: this.function.clone(),
-            request: this.request.clone(),
+            request: this.request,
             since: Instant::now(),
             told: false,
         };
@@ -236,8 +237,8 @@ mod tests {
         // Holds its thread until the watchdog has seen it (then a little longer).
         let seen = dog.clone();
         let naive = dog.watch(
-            "naive",
-            "k1",
+            Arc::from("naive"),
+            RequestKey([1; 32]),
             async move {
                 let t = Instant::now();
                 while seen.holds() == 0 && t.elapsed() < Duration::from_secs(10) {
@@ -249,8 +250,8 @@ mod tests {
         rt.block_on(naive);
         assert!(until_holds(&dog, 1), "the naive function was not named");
         let polite = dog.watch(
-            "polite",
-            "k2",
+            Arc::from("polite"),
+            RequestKey([2; 32]),
             async {
                 for _ in 0..20 {
                     tokio::time::sleep(Duration::from_millis(10)).await;

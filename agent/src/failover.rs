@@ -10,7 +10,10 @@
 //! id, each [`STAGGER`] after the one before. openraft's own timer stays in place behind it.
 //!
 //! Raft's safety does not depend on when an election starts; this only shortens the silence
-//! a follower waits out, and never below the lease the other voters enforce.
+//! a follower waits out, and never below the lease the other voters enforce. The wait adapts
+//! to measured delays: when the leader's `AppendEntries` have lately come further apart than
+//! the heartbeat interval (every core busy, a slow disk), a follower allows that lateness too
+//! ([`lateness_allowance`]), up to openraft's own timer.
 
 use crate::context::{Context, ELECTION_TIMEOUT_MAX_MS};
 use openraft::ServerState;
@@ -26,9 +29,22 @@ const MARGIN: Duration = Duration::from_millis(40);
 pub const STAGGER: Duration = Duration::from_millis(150);
 
 /// How long follower number `rank` (0 = lowest id among the voters other than the leader)
-/// waits after last hearing from its leader before it stands for election.
+/// waits after last hearing from its leader before it stands for election, when the leader's
+/// heartbeats have arrived on time lately.
 pub fn stand_after(rank: usize) -> Duration {
     Duration::from_millis(ELECTION_TIMEOUT_MAX_MS) + MARGIN + STAGGER * rank as u32
+}
+
+/// How much longer a follower waits when the leader's `AppendEntries` have lately arrived as
+/// far apart as `recent_gap` (busy machines): the part of that gap beyond the heartbeat
+/// interval, at most the shortest election timeout (past that, openraft's own timer, which
+/// stays in place, stands first anyway). A leader whose heartbeats came late a moment ago is
+/// more likely late again than dead; a dead one is replaced a little later.
+pub fn lateness_allowance(recent_gap: Duration) -> Duration {
+    let cfg = crate::context::raft_config();
+    recent_gap
+        .saturating_sub(Duration::from_millis(cfg.heartbeat_interval))
+        .min(Duration::from_millis(cfg.election_timeout_min))
 }
 
 pub async fn watch(agent: Arc<Context>) {
@@ -57,9 +73,10 @@ pub async fn watch(agent: Arc<Context>) {
         else {
             continue;
         };
-        let (heard, handling) = {
+        let (heard, handling, late) = {
             let c = agent.leader_contact.lock().expect("contact");
-            (c.last, c.handling)
+            let late = lateness_allowance(c.recent_gap(std::time::Instant::now()));
+            (c.last, c.handling, late)
         };
         let Some((from, term, at)) = heard else {
             continue;
@@ -69,7 +86,7 @@ pub async fn watch(agent: Arc<Context>) {
         if from != leader
             || term != m.current_term
             || handling > 0
-            || at.elapsed() < stand_after(rank)
+            || at.elapsed() < stand_after(rank) + late
         {
             continue;
         }
@@ -77,6 +94,7 @@ pub async fn watch(agent: Arc<Context>) {
             leader,
             term = m.current_term,
             silent_ms = at.elapsed().as_millis() as u64,
+            allowance_ms = late.as_millis() as u64,
             "leader silent past its lease: standing for election"
         );
         stood_in = Some(m.current_term);
@@ -102,5 +120,22 @@ mod tests {
         assert!(stand_after(0) < lease + Duration::from_millis(cfg.election_timeout_min));
         // A heartbeat lost now and then does not make anyone stand.
         assert!(stand_after(0) > Duration::from_millis(cfg.heartbeat_interval * 4));
+    }
+
+    #[test]
+    fn late_heartbeats_lately_make_followers_wait_longer_up_to_the_raft_timer() {
+        let cfg = crate::context::raft_config();
+        let beat = Duration::from_millis(cfg.heartbeat_interval);
+        assert_eq!(lateness_allowance(Duration::ZERO), Duration::ZERO);
+        assert_eq!(lateness_allowance(beat), Duration::ZERO, "on time");
+        assert_eq!(
+            lateness_allowance(beat + Duration::from_millis(150)),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            lateness_allowance(Duration::from_secs(5)),
+            Duration::from_millis(cfg.election_timeout_min),
+            "never past openraft's own timer"
+        );
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// Envelope version of [`RaftPayload::data`].
@@ -320,6 +320,39 @@ pub struct Contact {
     /// `AppendEntries` being handled now: while one is (a large entry being written), the
     /// leader is alive whatever the clock says.
     pub handling: usize,
+    /// The longest gap between two `AppendEntries` of the same leader and term seen lately
+    /// (see [`Contact::recent_gap`]), and when it was seen.
+    longest_gap: Option<(Duration, Instant)>,
+}
+
+/// How long a gap between a leader's `AppendEntries` counts as recent.
+pub const GAP_MEMORY: Duration = Duration::from_secs(30);
+
+impl Contact {
+    /// Notes an `AppendEntries` from `leader` in `term`, heard `now`.
+    fn heard(&mut self, leader: u64, term: u64, now: Instant) {
+        if let Some((l, t, prev)) = self.last
+            && (l, t) == (leader, term)
+        {
+            let gap = now.saturating_duration_since(prev);
+            let longer = self
+                .longest_gap
+                .is_none_or(|(g, at)| gap >= g || now.saturating_duration_since(at) > GAP_MEMORY);
+            if longer {
+                self.longest_gap = Some((gap, now));
+            }
+        }
+        self.last = Some((leader, term, now));
+    }
+
+    /// The longest gap between two `AppendEntries` of the current leader within the last
+    /// [`GAP_MEMORY`]: how late this leader's heartbeats arrive when the machines are busy.
+    pub fn recent_gap(&self, now: Instant) -> Duration {
+        match self.longest_gap {
+            Some((g, at)) if now.saturating_duration_since(at) <= GAP_MEMORY => g,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 pub type LeaderContact = Arc<Mutex<Contact>>;
@@ -336,7 +369,7 @@ impl<'a> Handling<'a> {
         let mut c = contact.lock().expect("contact");
         c.handling += 1;
         if let Some((l, term)) = leader {
-            c.last = Some((l, term, Instant::now()));
+            c.heard(l, term, Instant::now());
         }
         Handling(contact)
     }
@@ -449,6 +482,37 @@ impl raft_server::Raft for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_recent_gap_of_one_leader_is_remembered_for_a_while() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = Contact::default();
+        c.heard(1, 5, t0);
+        c.heard(1, 5, t0 + ms(100));
+        c.heard(1, 5, t0 + ms(500));
+        c.heard(1, 5, t0 + ms(600));
+        assert_eq!(
+            c.recent_gap(t0 + ms(600)),
+            ms(400),
+            "the longest, not the last"
+        );
+        // Another leader or term starts afresh: its first message is no gap.
+        c.heard(2, 6, t0 + ms(5_000));
+        assert_eq!(c.recent_gap(t0 + ms(5_000)), ms(400));
+        assert_eq!(
+            c.recent_gap(t0 + ms(500) + GAP_MEMORY + ms(1)),
+            Duration::ZERO
+        );
+        // Heartbeats on time for longer than the memory: the long gap is forgotten, and the
+        // longest of the recent ones (a heartbeat interval) takes its place.
+        let mut at = t0 + ms(5_000);
+        while at < t0 + ms(5_000) + GAP_MEMORY + ms(500) {
+            at += ms(100);
+            c.heard(2, 6, at);
+        }
+        assert_eq!(c.recent_gap(at), ms(100));
+    }
     use proptest::prelude::*;
 
     #[tokio::test]

@@ -13,7 +13,9 @@
 //! a follower waits out, and never below the lease the other voters enforce. The wait adapts
 //! to measured delays: when the leader's `AppendEntries` have lately come further apart than
 //! the heartbeat interval (every core busy, a slow disk), a follower allows that lateness too
-//! ([`lateness_allowance`]), up to openraft's own timer.
+//! ([`lateness_allowance`]), up to openraft's own timer. And a follower whose own watch woke
+//! late (its process was not scheduled) looks again once its transport had its turn, before
+//! it takes the silence for the leader's ([`stalled`]).
 
 use crate::context::{Context, ELECTION_TIMEOUT_MAX_MS};
 use openraft::ServerState;
@@ -47,12 +49,27 @@ pub fn lateness_allowance(recent_gap: Duration) -> Duration {
         .min(Duration::from_millis(cfg.election_timeout_min))
 }
 
+/// Whether the watch's own tick came so late (`since_last` after the one before) that this
+/// agent itself was stalled (its process not scheduled, every core busy): then AppendEntries
+/// may be waiting, unread, in its sockets, and the silence it measures is its own. It looks
+/// again at the next tick, once the transport had its turn.
+pub fn stalled(since_last: Duration) -> bool {
+    since_last > TICK * 3
+}
+
 pub async fn watch(agent: Arc<Context>) {
     let mut stood_in: Option<u64> = None;
+    let mut last_tick = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = agent.shutdown.cancelled() => return,
+        }
+        let now = std::time::Instant::now();
+        let own_stall = stalled(now.duration_since(last_tick));
+        last_tick = now;
+        if own_stall {
+            continue;
         }
         let m = agent.raft.metrics().borrow().clone();
         let me = agent.me();
@@ -120,6 +137,13 @@ mod tests {
         assert!(stand_after(0) < lease + Duration::from_millis(cfg.election_timeout_min));
         // A heartbeat lost now and then does not make anyone stand.
         assert!(stand_after(0) > Duration::from_millis(cfg.heartbeat_interval * 4));
+    }
+
+    #[test]
+    fn a_late_tick_of_its_own_is_no_silence_of_the_leader() {
+        assert!(!stalled(TICK));
+        assert!(!stalled(TICK * 2));
+        assert!(stalled(Duration::from_millis(300)));
     }
 
     #[test]

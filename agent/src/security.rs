@@ -1,6 +1,7 @@
 //! Who may talk to an agent: the cluster token and TLS, on both gRPC services.
 //!
-//! - Server side, [`Guard`] runs before every RPC of the `Raft` and `Mozen` services: with a
+//! - Server side, [`Guard`] runs before every RPC of the `Raft` and `Mozen` services and of
+//!   server reflection (gRPC health is exempt, see docs/operations.md): with a
 //!   token configured, a request must carry `authorization: Bearer <token>`; the comparison is
 //!   constant-time (both sides are hashed with BLAKE3, whose `Hash` equality is constant-time,
 //!   so neither the content nor the length leaks). The guard also applies the test-only fault

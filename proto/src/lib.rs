@@ -3,7 +3,8 @@
 //! Two services in separate files: `proto/mozen.proto` (the public `Mozen` API used by the
 //! CLI, the console, clients and workers) and `proto/raft.proto` (the peer-only `Raft`
 //! transport). [`convert`] maps between wire messages and mozen-model types. No logic lives
-//! here.
+//! here. [`FILE_DESCRIPTOR_SET`] is the compiled schema, which the agent serves through gRPC
+//! server reflection.
 //!
 //! Dependency rule: depends on mozen-model and tonic/prost only.
 
@@ -15,6 +16,10 @@ pub mod v1 {
 pub mod convert;
 
 pub use v1::*;
+
+/// The encoded `FileDescriptorSet` of both .proto files, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mozen_descriptor.bin"));
 
 /// Metadata key carrying the leader's address when a follower refuses a write.
 pub const LEADER_ADDR_HEADER: &str = "mozen-leader-addr";

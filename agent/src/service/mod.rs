@@ -7,6 +7,8 @@
 //! - [`reads`]: everyone: cluster info, status, nodes, queue, trees, events, the console's
 //!   Watch stream, state digests.
 //!
+//! Beside them, [`standard`] serves gRPC health and server reflection.
+//!
 //! This file serves the services and holds what every audience shares: leadership and
 //! membership checks, proposing, a request's reply. Writes go to the leader: what only a
 //! leader may do takes the [`Leadership`] the agent hands out, and a follower answers
@@ -18,6 +20,7 @@
 mod admin;
 mod calls;
 mod reads;
+mod standard;
 pub(crate) mod work;
 
 pub(crate) use work::{WorkStream, complete_reported, open_work, park_request};
@@ -37,9 +40,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-/// Serves both gRPC services on `listener` until `stop` fires.
+/// Serves the `Mozen` and `Raft` services, health and reflection on `listener` until `stop`
+/// fires. Every service but health passes the [`crate::security::Guard`] first.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken) {
     let max = agent.cfg.max_message;
     let mozen = MozenServer::new(Service {
@@ -65,17 +70,27 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
         agent.cfg.security.token.as_ref(),
         agent.faults.clone(),
     );
-    let server = match agent.cfg.security.server() {
+    let mut server = match agent.cfg.security.server() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("gRPC server TLS: {e}");
             return;
         }
     };
+    let (reflection_v1, reflection_v1alpha) = match standard::reflection() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("gRPC reflection: {e}");
+            return;
+        }
+    };
+    let health = standard::health(&agent).await;
     let r = server
-        .layer(tonic::service::InterceptorLayer::new(guard))
-        .add_service(raft)
-        .add_service(mozen)
+        .add_service(health)
+        .add_service(InterceptedService::new(reflection_v1, guard.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, guard.clone()))
+        .add_service(InterceptedService::new(raft, guard.clone()))
+        .add_service(InterceptedService::new(mozen, guard))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await;
     if let Err(e) = r {

@@ -17,3 +17,4 @@ mod integrity;
 mod limits;
 mod partition;
 mod security;
+mod standard;

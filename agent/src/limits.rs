@@ -14,6 +14,13 @@
 //!   `MZ-TOO-MANY-STREAMS`. Agents (requests carrying `mozen-node-id`) are exempt: their
 //!   child calls nest as deep as the call trees they serve.
 //!
+//! - `--max-streams-per-connection`: HTTP/2 streams open at once on one connection, advertised
+//!   in the server's HTTP/2 settings; a client queues more until one ends;
+//! - `--max-client-connections`: connections accepted at once (see [`crate::connections`]);
+//! - [`HTTP2_KEEPALIVE_INTERVAL`], [`HTTP2_KEEPALIVE_TIMEOUT`]: the server pings every
+//!   connection this often and closes one that does not answer in time, so a vanished client
+//!   does not keep its connection and streams.
+//!
 //! `--max-message` (the gRPC message bound) is older and lives in the config alone.
 
 use crate::security::NODE_ID_HEADER;
@@ -21,6 +28,7 @@ use mozen_model::{Code, Outcome, TaskError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tonic::Status;
 
 /// Stable codes of the limit refusals.
@@ -47,6 +55,11 @@ pub fn check_function_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// How often the server pings each HTTP/2 connection.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The configured limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -54,6 +67,8 @@ pub struct Limits {
     pub max_result: usize,
     pub max_queue: usize,
     pub max_client_streams: usize,
+    pub max_streams_per_connection: u32,
+    pub max_client_connections: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +78,10 @@ impl Default for Limits {
             max_result: mozen_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_queue: 1_000_000,
             max_client_streams: 256,
+            max_streams_per_connection: 256,
+            max_client_connections: crate::connections::default_cap(
+                crate::connections::open_files_limit(),
+            ),
         }
     }
 }
@@ -236,6 +255,7 @@ mod tests {
             max_result: 4,
             max_queue: 2,
             max_client_streams: 1,
+            ..Limits::default()
         };
         assert!(l.check_args("f", 10).is_ok());
         let e = l.check_args("f", 11).unwrap_err();

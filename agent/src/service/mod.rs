@@ -30,6 +30,7 @@ use crate::hub::Woken;
 use crate::leadership::{Leadership, NotLeader};
 use crate::proposer::ProposeError;
 use calls::CallsStream;
+use futures::StreamExt;
 use mozen_model::{Code, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_proto::mozen_server::{Mozen, MozenServer};
@@ -62,21 +63,33 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     // The listener is bound by the caller, so the builder's own TCP options do not reach the
     // accepted sockets: set them here. Without TCP_NODELAY, small replies wait for the peer's
     // delayed ACK (about 40 ms per round trip).
+    let gate = crate::connections::Gate::new(agent.cfg.limits.max_client_connections);
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
+        .with_keepalive(Some(Duration::from_secs(30)))
+        .filter_map(move |accepted| {
+            futures::future::ready(match accepted {
+                Ok(tcp) => gate.admit(tcp).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
     let guard = crate::security::Guard::new(
         agent.me(),
         agent.cfg.security.token.as_ref(),
         agent.faults.clone(),
     );
-    let mut server = match agent.cfg.security.server() {
+    let server = match agent.cfg.security.server() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("gRPC server TLS: {e}");
             return;
         }
     };
+    let limits = &agent.cfg.limits;
+    let mut server = server
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(crate::limits::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::limits::HTTP2_KEEPALIVE_TIMEOUT));
     let (reflection_v1, reflection_v1alpha) = match standard::reflection() {
         Ok(r) => r,
         Err(e) => {

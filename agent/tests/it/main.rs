@@ -8,6 +8,7 @@ use mozen_testkit as harness;
 mod bad_input;
 mod batch;
 mod cluster;
+mod connections;
 mod core_death;
 mod corruption;
 mod execution;

@@ -25,6 +25,7 @@
 
 use crate::security::NODE_ID_HEADER;
 use mozen_model::{Code, Outcome, TaskError};
+use mozen_proto::status::status;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -45,12 +46,14 @@ pub const MAX_FUNCTION_NAME: usize = 256;
 pub fn check_function_name(name: &str) -> Result<(), Status> {
     if name.len() > MAX_FUNCTION_NAME {
         let cut = name.char_indices().nth(40).map_or(name.len(), |(i, _)| i);
-        return Err(Status::invalid_argument(format!(
-            "{}: function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+        return Err(status(
             Code::BadArguments,
-            &name[..cut],
-            name.len()
-        )));
+            format_args!(
+                "function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+                &name[..cut],
+                name.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -90,11 +93,14 @@ impl Limits {
     /// Refuses arguments longer than `--max-args`.
     pub fn check_args(&self, function: &str, len: usize) -> Result<(), Status> {
         if len > self.max_args {
-            return Err(Status::invalid_argument(format!(
-                "{TOO_LARGE}: arguments of {function} are {len} bytes; this cluster accepts at \
+            return Err(status(
+                Code::TooLarge,
+                format_args!(
+                    "arguments of {function} are {len} bytes; this cluster accepts at \
                  most {} (--max-args)",
-                self.max_args
-            )));
+                    self.max_args
+                ),
+            ));
         }
         Ok(())
     }
@@ -137,11 +143,14 @@ impl Limits {
     /// Refuses a new top-level request while `queued` requests wait.
     pub fn check_queue(&self, queued: usize) -> Result<(), Status> {
         if queued >= self.max_queue {
-            return Err(Status::resource_exhausted(format!(
-                "{QUEUE_FULL}: {queued} requests are queued, the most this cluster holds \
+            return Err(status(
+                Code::QueueFull,
+                format_args!(
+                    "{queued} requests are queued, the most this cluster holds \
                  (--max-queue {}); retry later",
-                self.max_queue
-            )));
+                    self.max_queue
+                ),
+            ));
         }
         Ok(())
     }
@@ -196,12 +205,15 @@ impl StreamLimiter {
         let mut open = self.open.lock().expect("streams");
         let n = open.entry(addr).or_default();
         if *n >= self.max {
-            return Err(Status::resource_exhausted(format!(
-                "{TOO_MANY_STREAMS}: the connection from {addr} already has {n} calls open, \
+            return Err(status(
+                Code::TooManyStreams,
+                format_args!(
+                    "the connection from {addr} already has {n} calls open, \
                  the most one client may hold (--max-client-streams {}); wait for one to end \
                  or open another connection",
-                self.max
-            )));
+                    self.max
+                ),
+            ));
         }
         *n += 1;
         Ok(StreamPermit {

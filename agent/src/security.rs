@@ -21,6 +21,7 @@ use crate::error::ConfigError;
 use crate::faults::Faults;
 use mozen_client::transport::chain;
 use mozen_model::{Code, NodeId};
+use mozen_proto::status::status;
 use std::path::Path;
 use std::sync::Arc;
 use tonic::service::Interceptor;
@@ -134,12 +135,13 @@ impl Interceptor for Guard {
                 .and_then(|v| v.parse::<NodeId>().ok())
             && faults.blocks(peer)
         {
-            return Err(Status::unavailable(Code::Partitioned.message(
+            return Err(status(
+                Code::Partitioned,
                 format_args!(
                     "node {} is cut off from node {peer} by the fault control",
                     self.me
                 ),
-            )));
+            ));
         }
         let Some(want) = &self.token else {
             return Ok(req);
@@ -151,12 +153,14 @@ impl Interceptor for Guard {
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if blake3::hash(t.as_bytes()) == *want => Ok(req),
-            Some(_) => Err(Status::unauthenticated(Code::Unauthenticated.message(
+            Some(_) => Err(status(
+                Code::Unauthenticated,
                 "the token does not match this cluster's; check --token-file",
-            ))),
-            None => Err(Status::unauthenticated(Code::Unauthenticated.message(
+            )),
+            None => Err(status(
+                Code::Unauthenticated,
                 "this cluster requires a token: pass --token-file PATH (MOZEN_TOKEN_FILE for the mozen CLI)",
-            ))),
+            )),
         }
     }
 }

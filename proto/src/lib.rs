@@ -2,11 +2,12 @@
 //!
 //! Two services in separate files: `proto/mozen.proto` (the public `Mozen` API used by the
 //! CLI, the console, clients and workers) and `proto/raft.proto` (the peer-only `Raft`
-//! transport). [`convert`] maps between wire messages and mozen-model types. No logic lives
+//! transport). [`convert`] maps between wire messages and mozen-model types; [`status`] maps
+//! error codes to gRPC statuses with their `google.rpc.Status` details. No other logic lives
 //! here. [`FILE_DESCRIPTOR_SET`] is the compiled schema, which the agent serves through gRPC
 //! server reflection.
 //!
-//! Dependency rule: depends on mozen-model and tonic/prost only.
+//! Dependency rule: depends on mozen-model and tonic/prost (with tonic-types) only.
 
 #[allow(clippy::all, rust_2018_idioms)]
 pub mod v1 {
@@ -14,6 +15,7 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod status;
 
 pub use v1::*;
 

@@ -35,6 +35,7 @@ use mozen_model::{Code, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_proto::mozen_server::{Mozen, MozenServer};
 use mozen_proto::raft_server::RaftServer;
+use mozen_proto::status::{self, status};
 use mozen_store::{Command, Response as SmResponse};
 use reads::WatchStream;
 use std::sync::Arc;
@@ -130,7 +131,7 @@ impl Service {
     fn not_leader(&self) -> Status {
         match self.agent.leadership() {
             Err(e) => e.into(),
-            Ok(_) => Status::failed_precondition(Code::NotLeader.message("leadership changing")),
+            Ok(_) => status::not_leader("leadership changing", ""),
         }
     }
 
@@ -145,7 +146,7 @@ impl Service {
     /// For reads of the replicated state: refused with `MZ-CORRUPT` on a quarantined agent.
     fn require_sound_member(&self) -> Result<(), Status> {
         match self.agent.integrity.refusal(self.agent.me()) {
-            Some(m) => Err(Status::failed_precondition(m)),
+            Some(m) => Err(status::coded(m)),
             None => self.require_member(),
         }
     }
@@ -213,7 +214,7 @@ impl Service {
                                 detail: e.to_string(),
                             });
                     }
-                    Status::internal(e.to_string())
+                    status::coded(e)
                 })?,
             };
             match outcome {
@@ -336,13 +337,7 @@ impl Mozen for Service {
 /// `MZ-NOT-LEADER`, naming the leader (also in the `mozen-leader-addr` header) when known.
 impl From<NotLeader> for Status {
     fn from(e: NotLeader) -> Status {
-        let mut s = Status::failed_precondition(e.to_string());
-        if !e.addr.is_empty()
-            && let Ok(v) = e.addr.parse()
-        {
-            s.metadata_mut().insert(pb::LEADER_ADDR_HEADER, v);
-        }
-        s
+        status::not_leader(&e, &e.addr)
     }
 }
 
@@ -351,15 +346,15 @@ pub(crate) fn propose_status(agent: &Agent, e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { .. } => match agent.leadership() {
             Err(e) => e.into(),
-            Ok(_) => Status::failed_precondition(e.to_string()),
+            Ok(_) => status::not_leader(e, ""),
         },
-        ProposeError::Closed => Status::unavailable(e.to_string()),
-        ProposeError::Raft(m) => Status::unavailable(format!("{}: {m}", Code::Raft)),
+        ProposeError::Closed => status::coded(e),
+        ProposeError::Raft(m) => status(Code::Raft, m),
     }
 }
 
 /// Parses a request key from the public API (64 hex digits).
 fn parse_key(s: &str) -> Result<RequestKey, Status> {
     s.parse()
-        .map_err(|e| Status::invalid_argument(format!("{}: key: {e}", Code::BadArguments)))
+        .map_err(|e| status(Code::BadArguments, format_args!("key: {e}")))
 }

@@ -96,6 +96,12 @@ async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
         "{}",
         refusal.message()
     );
+    let info = tonic_types::StatusExt::get_details_error_info(&refusal).expect("an ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("MZ-QUEUE-FULL", "mozen")
+    );
+    assert!(tonic_types::StatusExt::get_details_retry_info(&refusal).is_some());
     // Joining a request already known is not new work: still answered.
     let again = conn
         .submit(call("spin", json!(600_001)))

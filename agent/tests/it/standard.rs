@@ -1,5 +1,6 @@
 //! The standard gRPC services on real agents: health follows the member's reach of a leader,
 //! reflection lists the Mozen service, and only health answers without the cluster's token.
+//! Errors carry `google.rpc.Status` details.
 
 use crate::harness::*;
 use mozen_agent::security::{AuthChannel, ClientTransport, Security};
@@ -181,4 +182,39 @@ async fn health_answers_without_the_token_and_reflection_does_not() {
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let listed = listed_v1(&with_token, &addr).await.unwrap();
     assert!(listed.iter().any(|s| s == "mozen.v1.Mozen"), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_refusal_carries_error_info_naming_the_leader() {
+    use tonic_types::StatusExt;
+    let c = Cluster::start(3, &[]);
+    c.ready(3).await;
+    let leader = c.leader().await;
+    let follower = c.agents.iter().find(|a| a.id != leader).unwrap();
+    let mut conn = mozen_proto::mozen_client::MozenClient::new(channel(
+        &ClientTransport::default(),
+        &follower.addr,
+    ));
+    let refusal = conn
+        .node_op(mozen_proto::NodeOpRequest {
+            node_id: leader,
+            op: "drain".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refusal.message().starts_with("MZ-NOT-LEADER: "),
+        "{refusal:?}"
+    );
+    let info = refusal.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "MZ-NOT-LEADER");
+    assert_eq!(info.domain, "mozen");
+    assert_eq!(
+        info.metadata.get("leader_addr"),
+        Some(&c.by_id(leader).addr),
+        "{info:?}"
+    );
+    let retry = refusal.get_details_retry_info().expect("a RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::ZERO));
 }

@@ -3,6 +3,7 @@
 //! `--max-streams-per-connection` RPCs at once.
 
 use crate::harness::*;
+use crate::limits::open_watch;
 use mozen_proto as pb;
 use mozen_proto::mozen_client::MozenClient;
 use serde_json::json;
@@ -114,16 +115,8 @@ async fn one_connection_opens_at_most_max_streams_per_connection() {
     let c = Cluster::start(1, &["--voters", "1", "--max-streams-per-connection", "2"]);
     c.ready(1).await;
     let mut conn = connection(&c.agents[0].addr).await;
-    let w1 = conn
-        .watch(pb::WatchRequest { requests: 1 })
-        .await
-        .unwrap()
-        .into_inner();
-    let w2 = conn
-        .watch(pb::WatchRequest { requests: 1 })
-        .await
-        .unwrap()
-        .into_inner();
+    let w1 = open_watch(&mut conn).await;
+    let w2 = open_watch(&mut conn).await;
     // A third stream on the same connection waits in the client for a free one: the agent
     // advertised 2 in its HTTP/2 settings. Another connection is not held up.
     let mut third = tokio::spawn({

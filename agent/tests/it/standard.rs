@@ -38,54 +38,38 @@ async fn reports(addr: &str, want: ServingStatus) -> bool {
     true
 }
 
-/// The services reflection v1 lists at `addr`.
-async fn listed_v1(t: &ClientTransport, addr: &str) -> Result<Vec<String>, tonic::Status> {
-    let mut c = refl::server_reflection_client::ServerReflectionClient::new(channel(t, addr));
-    let req = refl::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            refl::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut replies = c
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await?
-        .into_inner();
-    match replies.message().await?.and_then(|r| r.message_response) {
-        Some(refl::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
-            Ok(l.service.into_iter().map(|s| s.name).collect())
+/// The services a reflection client of version `$v` (`refl` or `refl_alpha`) lists at
+/// `$addr` through `$t`: the two versions have the same messages in different modules.
+macro_rules! listed {
+    ($v:ident, $t:expr, $addr:expr) => {
+        async {
+            let mut c =
+                $v::server_reflection_client::ServerReflectionClient::new(channel($t, $addr));
+            let req = $v::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some($v::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                )),
+            };
+            let mut replies = c
+                .server_reflection_info(tokio_stream::iter([req]))
+                .await?
+                .into_inner();
+            match replies.message().await?.and_then(|r| r.message_response) {
+                Some($v::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                    Ok::<Vec<String>, tonic::Status>(
+                        l.service.into_iter().map(|s| s.name).collect(),
+                    )
+                }
+                other => panic!("reflection answered {other:?}"),
+            }
         }
-        other => panic!("reflection v1 answered {other:?}"),
-    }
+    };
 }
 
-/// The services reflection v1alpha lists at `addr`.
-async fn listed_v1alpha(addr: &str) -> Vec<String> {
-    let t = ClientTransport::default();
-    let mut c =
-        refl_alpha::server_reflection_client::ServerReflectionClient::new(channel(&t, addr));
-    let req = refl_alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            refl_alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut replies = c
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    match replies
-        .message()
-        .await
-        .unwrap()
-        .and_then(|r| r.message_response)
-    {
-        Some(refl_alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("reflection v1alpha answered {other:?}"),
-    }
+/// The services reflection v1 lists at `addr`.
+async fn listed_v1(t: &ClientTransport, addr: &str) -> Result<Vec<String>, tonic::Status> {
+    listed!(refl, t, addr).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,7 +86,9 @@ async fn every_agent_serves_health_and_reflection() {
             .unwrap();
         assert!(v1.iter().any(|s| s == "mozen.v1.Mozen"), "{v1:?}");
         assert!(v1.iter().any(|s| s == "grpc.health.v1.Health"), "{v1:?}");
-        let alpha = listed_v1alpha(&a.addr).await;
+        let alpha = listed!(refl_alpha, &ClientTransport::default(), &a.addr)
+            .await
+            .unwrap();
         assert!(alpha.iter().any(|s| s == "mozen.v1.Mozen"), "{alpha:?}");
     }
     let unknown = check(

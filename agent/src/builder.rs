@@ -120,6 +120,8 @@ impl AgentBuilder {
             argv.remove(1);
         }
         let args = AgentArgs::parse_from(argv);
+        // Before the config: the default --max-client-connections follows the raised limit.
+        let open_files = crate::connections::raise_open_files();
         let mut cfg = match args.validate() {
             Ok(c) => c,
             Err(e) => {
@@ -128,6 +130,13 @@ impl AgentBuilder {
             }
         };
         init_tracing();
+        match open_files {
+            Ok((before, after)) if before != after => {
+                tracing::info!("open-file limit raised from {before} to {after}")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+        }
         crate::supervise::install_panic_hook();
         crate::memory::no_huge_pages();
         let mut functions = Functions::with_builtins(cfg.allow_exec);

@@ -80,6 +80,14 @@ pub struct AgentArgs {
     /// Most open calls (Call, CallBatch, Submit, Get, Watch) per client connection.
     #[arg(long, default_value = "256")]
     pub max_client_streams: String,
+    /// Most concurrent HTTP/2 streams (RPCs) on one connection, advertised to the client;
+    /// more wait in the client until one ends.
+    #[arg(long, default_value = "256")]
+    pub max_streams_per_connection: String,
+    /// Most connections accepted at once (clients and peers); more are closed at once
+    /// (default: the open-file limit less 64).
+    #[arg(long)]
+    pub max_client_connections: Option<String>,
     /// Allow the built-in `exec` function to run programs on this machine.
     #[arg(long)]
     pub allow_exec: bool,
@@ -316,6 +324,22 @@ impl AgentArgs {
             max_result: size_limit("max-result", &self.max_result)?,
             max_queue: count("max-queue", &self.max_queue)?,
             max_client_streams: count("max-client-streams", &self.max_client_streams)?,
+            max_streams_per_connection: count(
+                "max-streams-per-connection",
+                &self.max_streams_per_connection,
+            )?
+            .try_into()
+            .map_err(|_| {
+                bad(
+                    "max-streams-per-connection",
+                    &self.max_streams_per_connection,
+                    "must be at most 4294967295",
+                )
+            })?,
+            max_client_connections: match &self.max_client_connections {
+                Some(v) => count("max-client-connections", v)?,
+                None => crate::connections::default_cap(crate::connections::open_files_limit()),
+            },
         };
         let metrics = match &self.metrics {
             Some(m) => Some(m.parse().map_err(|_| {

@@ -30,7 +30,8 @@
 //! - [`batch`]: the batch job's root request and the batch built-ins as functions; the
 //!   client's side of batch jobs is re-exported from mozen-client.
 //! - [`service`], [`view`]: the public `Mozen` gRPC service and its read views.
-//! - [`limits`]: argument, result, queue and per-client stream limits of the public API.
+//! - [`limits`]: argument, result, queue and per-client stream limits of the public API;
+//!   [`connections`]: the open-file limit and the cap on accepted connections.
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`hosts`], [`launch`], [`memory`]: the hosts file, the launchers and the memory setting,
 //!   re-exported from mozen-fleet, which the CLI shares.
@@ -49,6 +50,7 @@ pub mod builder;
 pub mod checks;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod error;
 pub mod failover;

@@ -14,13 +14,22 @@
 //!   `MZ-TOO-MANY-STREAMS`. Agents (requests carrying `mozen-node-id`) are exempt: their
 //!   child calls nest as deep as the call trees they serve.
 //!
+//! - `--max-streams-per-connection`: HTTP/2 streams open at once on one connection, advertised
+//!   in the server's HTTP/2 settings; a client queues more until one ends;
+//! - `--max-client-connections`: connections accepted at once (see [`crate::connections`]);
+//! - [`HTTP2_KEEPALIVE_INTERVAL`], [`HTTP2_KEEPALIVE_TIMEOUT`]: the server pings every
+//!   connection this often and closes one that does not answer in time, so a vanished client
+//!   does not keep its connection and streams.
+//!
 //! `--max-message` (the gRPC message bound) is older and lives in the config alone.
 
 use crate::security::NODE_ID_HEADER;
 use mozen_model::{Code, Outcome, TaskError};
+use mozen_proto::status::status;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tonic::Status;
 
 /// Stable codes of the limit refusals.
@@ -37,15 +46,22 @@ pub const MAX_FUNCTION_NAME: usize = 256;
 pub fn check_function_name(name: &str) -> Result<(), Status> {
     if name.len() > MAX_FUNCTION_NAME {
         let cut = name.char_indices().nth(40).map_or(name.len(), |(i, _)| i);
-        return Err(Status::invalid_argument(format!(
-            "{}: function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+        return Err(status(
             Code::BadArguments,
-            &name[..cut],
-            name.len()
-        )));
+            format_args!(
+                "function name '{}...' is {} bytes; at most {MAX_FUNCTION_NAME}",
+                &name[..cut],
+                name.len()
+            ),
+        ));
     }
     Ok(())
 }
+
+/// How often the server pings each HTTP/2 connection.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The configured limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +70,8 @@ pub struct Limits {
     pub max_result: usize,
     pub max_queue: usize,
     pub max_client_streams: usize,
+    pub max_streams_per_connection: u32,
+    pub max_client_connections: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +81,10 @@ impl Default for Limits {
             max_result: mozen_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_queue: 1_000_000,
             max_client_streams: 256,
+            max_streams_per_connection: 256,
+            max_client_connections: crate::connections::default_cap(
+                crate::connections::open_files_limit(),
+            ),
         }
     }
 }
@@ -71,11 +93,14 @@ impl Limits {
     /// Refuses arguments longer than `--max-args`.
     pub fn check_args(&self, function: &str, len: usize) -> Result<(), Status> {
         if len > self.max_args {
-            return Err(Status::invalid_argument(format!(
-                "{TOO_LARGE}: arguments of {function} are {len} bytes; this cluster accepts at \
+            return Err(status(
+                Code::TooLarge,
+                format_args!(
+                    "arguments of {function} are {len} bytes; this cluster accepts at \
                  most {} (--max-args)",
-                self.max_args
-            )));
+                    self.max_args
+                ),
+            ));
         }
         Ok(())
     }
@@ -118,11 +143,14 @@ impl Limits {
     /// Refuses a new top-level request while `queued` requests wait.
     pub fn check_queue(&self, queued: usize) -> Result<(), Status> {
         if queued >= self.max_queue {
-            return Err(Status::resource_exhausted(format!(
-                "{QUEUE_FULL}: {queued} requests are queued, the most this cluster holds \
+            return Err(status(
+                Code::QueueFull,
+                format_args!(
+                    "{queued} requests are queued, the most this cluster holds \
                  (--max-queue {}); retry later",
-                self.max_queue
-            )));
+                    self.max_queue
+                ),
+            ));
         }
         Ok(())
     }
@@ -177,12 +205,15 @@ impl StreamLimiter {
         let mut open = self.open.lock().expect("streams");
         let n = open.entry(addr).or_default();
         if *n >= self.max {
-            return Err(Status::resource_exhausted(format!(
-                "{TOO_MANY_STREAMS}: the connection from {addr} already has {n} calls open, \
+            return Err(status(
+                Code::TooManyStreams,
+                format_args!(
+                    "the connection from {addr} already has {n} calls open, \
                  the most one client may hold (--max-client-streams {}); wait for one to end \
                  or open another connection",
-                self.max
-            )));
+                    self.max
+                ),
+            ));
         }
         *n += 1;
         Ok(StreamPermit {
@@ -236,6 +267,7 @@ mod tests {
             max_result: 4,
             max_queue: 2,
             max_client_streams: 1,
+            ..Limits::default()
         };
         assert!(l.check_args("f", 10).is_ok());
         let e = l.check_args("f", 11).unwrap_err();

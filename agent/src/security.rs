@@ -1,6 +1,7 @@
 //! Who may talk to an agent: the cluster token and TLS, on both gRPC services.
 //!
-//! - Server side, [`Guard`] runs before every RPC of the `Raft` and `Mozen` services: with a
+//! - Server side, [`Guard`] runs before every RPC of the `Raft` and `Mozen` services and of
+//!   server reflection (gRPC health is exempt, see docs/operations.md): with a
 //!   token configured, a request must carry `authorization: Bearer <token>`; the comparison is
 //!   constant-time (both sides are hashed with BLAKE3, whose `Hash` equality is constant-time,
 //!   so neither the content nor the length leaks). The guard also applies the test-only fault
@@ -20,6 +21,7 @@ use crate::error::ConfigError;
 use crate::faults::Faults;
 use mozen_client::transport::chain;
 use mozen_model::{Code, NodeId};
+use mozen_proto::status::status;
 use std::path::Path;
 use std::sync::Arc;
 use tonic::service::Interceptor;
@@ -133,12 +135,13 @@ impl Interceptor for Guard {
                 .and_then(|v| v.parse::<NodeId>().ok())
             && faults.blocks(peer)
         {
-            return Err(Status::unavailable(Code::Partitioned.message(
+            return Err(status(
+                Code::Partitioned,
                 format_args!(
                     "node {} is cut off from node {peer} by the fault control",
                     self.me
                 ),
-            )));
+            ));
         }
         let Some(want) = &self.token else {
             return Ok(req);
@@ -150,12 +153,14 @@ impl Interceptor for Guard {
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(t) if blake3::hash(t.as_bytes()) == *want => Ok(req),
-            Some(_) => Err(Status::unauthenticated(Code::Unauthenticated.message(
+            Some(_) => Err(status(
+                Code::Unauthenticated,
                 "the token does not match this cluster's; check --token-file",
-            ))),
-            None => Err(Status::unauthenticated(Code::Unauthenticated.message(
+            )),
+            None => Err(status(
+                Code::Unauthenticated,
                 "this cluster requires a token: pass --token-file PATH (MOZEN_TOKEN_FILE for the mozen CLI)",
-            ))),
+            )),
         }
     }
 }

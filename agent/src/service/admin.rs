@@ -6,27 +6,25 @@ use crate::context::now_ms;
 use crate::membership::NodeOpError;
 use mozen_model::{Code, NodeInfo, NodeOp, NodeRole, NodeState, UnknownNodeOp};
 use mozen_proto as pb;
+use mozen_proto::status::{self, status};
 use mozen_store::Command;
 use std::collections::BTreeMap;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 pub(super) async fn node_op(s: &Service, r: Request<pb::NodeOpRequest>) -> Res<pb::NodeOpReply> {
     let leadership = s.leadership()?;
     let r = r.into_inner();
     let op: NodeOp =
         r.op.parse()
-            .map_err(|e: UnknownNodeOp| Status::invalid_argument(Code::BadOp.message(e)))?;
+            .map_err(|e: UnknownNodeOp| status(Code::BadOp, e))?;
     if op.is_autoscale_switch() {
         let message = crate::leadership::autoscale::switch(&s.agent, op).await;
         return Ok(Response::new(pb::NodeOpReply { message }));
     }
     match crate::membership::node_op(&s.agent, &leadership, r.node_id, op).await {
         Ok(message) => Ok(Response::new(pb::NodeOpReply { message })),
-        Err(NodeOpError::UnknownNode(id)) => {
-            Err(Status::not_found(NodeOpError::UnknownNode(id).to_string()))
-        }
         Err(NodeOpError::Propose(e)) => Err(propose_status(&s.agent, e)),
-        Err(e) => Err(Status::failed_precondition(e.to_string())),
+        Err(e) => Err(status::coded(e)),
     }
 }
 
@@ -34,12 +32,13 @@ pub(super) async fn add_node(s: &Service, r: Request<pb::AddNodeRequest>) -> Res
     s.leadership()?;
     let r = r.into_inner();
     if r.node_id == 0 {
-        return Err(Status::invalid_argument(
-            Code::BadArguments.message("node id must be a positive integer"),
+        return Err(status(
+            Code::BadArguments,
+            "node id must be a positive integer",
         ));
     }
     crate::config::parse_host_port("addr", &r.addr, &r.addr)
-        .map_err(|e| Status::invalid_argument(format!("{}: {e}", Code::BadArguments)))?;
+        .map_err(|e| status(Code::BadArguments, e))?;
     if s.agent
         .sm
         .shared()
@@ -48,11 +47,10 @@ pub(super) async fn add_node(s: &Service, r: Request<pb::AddNodeRequest>) -> Res
         .node(r.node_id)
         .is_some()
     {
-        return Err(Status::already_exists(format!(
-            "{}: node {} is already in the node table",
+        return Err(status(
             Code::NodeExists,
-            r.node_id
-        )));
+            format_args!("node {} is already in the node table", r.node_id),
+        ));
     }
     let at = now_ms();
     let node = NodeInfo {

@@ -8,6 +8,7 @@ use crate::hub::Woken;
 use crate::leadership::{Leadership, Start};
 use mozen_model::{Code, RequestKey, RequestState, RetryPolicy, canonical_args};
 use mozen_proto as pb;
+use mozen_proto::status::{self, status};
 use mozen_store::{Command, ForgetSelector, NewRequest, Response as SmResponse, SubmitReply};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,9 +48,7 @@ pub(super) async fn calls(
             tokio::spawn(async move {
                 let result = match m.call {
                     Some(c) => svc.do_call(c).await,
-                    None => Err(Status::invalid_argument(
-                        Code::BadArguments.message("a tagged call without its call"),
-                    )),
+                    None => Err(status(Code::BadArguments, "a tagged call without its call")),
                 };
                 let _ = tx.send(Ok(tagged_reply(m.tag, result)));
                 drop(permit);
@@ -116,10 +115,10 @@ pub(super) async fn get(s: &Service, r: Request<pb::GetRequest>) -> Res<pb::Call
         .is_none()
         && !s.agent.hub.leadership().is_some_and(|l| l.flies(&key))
     {
-        return Err(Status::not_found(format!(
-            "{}: no request {key} (never submitted, or forgotten)",
-            Code::UnknownRequest
-        )));
+        return Err(status(
+            Code::UnknownRequest,
+            format_args!("no request {key} (never submitted, or forgotten)",),
+        ));
     }
     if !r.wait {
         let mut reply = s.reply_for(&key, false, None)?;
@@ -153,7 +152,7 @@ pub(super) async fn cancel(s: &Service, r: Request<pb::CancelRequest>) -> Res<pb
         SmResponse::Cancelled(keys) => Ok(Response::new(pb::CancelReply {
             cancelled: keys.iter().map(|k| k.to_hex()).collect(),
         })),
-        SmResponse::Rejected(rej) => Err(Status::not_found(rej.to_string())),
+        SmResponse::Rejected(rej) => Err(status::coded(rej)),
         _ => Ok(Response::new(pb::CancelReply::default())),
     }
 }
@@ -168,8 +167,9 @@ pub(super) async fn forget(s: &Service, r: Request<pb::ForgetRequest>) -> Res<pb
     } else if r.older_than_ms > 0 {
         ForgetSelector::OlderThan(now_ms().saturating_sub(r.older_than_ms))
     } else {
-        return Err(Status::invalid_argument(
-            Code::BadArguments.message("forget needs a key, a function or an age"),
+        return Err(status(
+            Code::BadArguments,
+            "forget needs a key, a function or an age",
         ));
     };
     s.leadership()?;
@@ -193,19 +193,23 @@ pub(super) async fn put_blobs(
     s.leadership()?;
     let r = r.into_inner();
     if let Some((i, h)) = r.check.iter().enumerate().find(|(_, h)| !is_blob_hash(h)) {
-        return Err(Status::invalid_argument(format!(
-            "{}: check[{i}] ({} bytes) is not a blob hash (64 lowercase hex digits)",
+        return Err(status(
             Code::BadArguments,
-            h.len()
-        )));
+            format_args!(
+                "check[{i}] ({} bytes) is not a blob hash (64 lowercase hex digits)",
+                h.len()
+            ),
+        ));
     }
     let limit = MAX_BLOB_BYTES.min(s.agent.cfg.limits.max_result.saturating_sub(2));
     if let Some((i, b)) = r.blobs.iter().enumerate().find(|(_, b)| b.len() > limit) {
-        return Err(Status::invalid_argument(format!(
-            "{}: blob {i} is {} bytes; this cluster takes blobs of at most {limit}: cut the job into smaller slices",
-            crate::limits::TOO_LARGE,
-            b.len()
-        )));
+        return Err(status(
+            Code::TooLarge,
+            format_args!(
+                "blob {i} is {} bytes; this cluster takes blobs of at most {limit}: cut the job into smaller slices",
+                b.len()
+            ),
+        ));
     }
     let memos: Vec<_> = r.blobs.iter().map(|b| blob_memo(b).1).collect();
     let missing = {
@@ -320,9 +324,7 @@ impl Service {
 
     fn parse_call(&self, c: &pb::CallRequest) -> Result<(RequestKey, NewRequest), Status> {
         if c.function.is_empty() {
-            return Err(Status::invalid_argument(
-                Code::BadArguments.message("function name is empty"),
-            ));
+            return Err(status(Code::BadArguments, "function name is empty"));
         }
         crate::limits::check_function_name(&c.function)?;
         (self.agent.cfg.limits).check_args(&c.function, c.args_json.len())?;
@@ -332,20 +334,21 @@ impl Service {
             c.args_json.as_str()
         };
         let args: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            Status::invalid_argument(format!(
-                "{}: arguments of {} are not one JSON value: {e}",
+            status(
                 Code::BadArguments,
-                c.function
-            ))
+                format_args!("arguments of {} are not one JSON value: {e}", c.function),
+            )
         })?;
         let canon = canonical_args(&args);
         let key = RequestKey::of(&c.function, &canon);
         let parent = if c.parent.is_empty() {
             None
         } else {
-            Some(c.parent.parse::<RequestKey>().map_err(|e| {
-                Status::invalid_argument(format!("{}: parent: {e}", Code::BadArguments))
-            })?)
+            Some(
+                c.parent
+                    .parse::<RequestKey>()
+                    .map_err(|e| status(Code::BadArguments, format_args!("parent: {e}",)))?,
+            )
         };
         let def = RetryPolicy::default();
         let unset = c.retries == 0 && c.backoff_ms == 0 && c.max_attempts == 0;
@@ -497,10 +500,10 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 const CALLS_PER_STREAM: usize = 16_384;
 
 fn parent_gone() -> Status {
-    Status::failed_precondition(format!(
-        "{}: the calling request is no longer running (cancelled or re-queued)",
-        Code::ParentGone
-    ))
+    status(
+        Code::ParentGone,
+        format_args!("the calling request is no longer running (cancelled or re-queued)",),
+    )
 }
 
 /// A call's outcome as a Calls stream message.

@@ -7,6 +7,8 @@
 //! - [`reads`]: everyone: cluster info, status, nodes, queue, trees, events, the console's
 //!   Watch stream, state digests.
 //!
+//! Beside them, [`standard`] serves gRPC health and server reflection.
+//!
 //! This file serves the services and holds what every audience shares: leadership and
 //! membership checks, proposing, a request's reply. Writes go to the leader: what only a
 //! leader may do takes the [`Leadership`] the agent hands out, and a follower answers
@@ -18,6 +20,7 @@
 mod admin;
 mod calls;
 mod reads;
+mod standard;
 pub(crate) mod work;
 
 pub(crate) use work::{WorkStream, complete_reported, open_work, park_request};
@@ -27,19 +30,23 @@ use crate::hub::Woken;
 use crate::leadership::{Leadership, NotLeader};
 use crate::proposer::ProposeError;
 use calls::CallsStream;
+use futures::StreamExt;
 use mozen_model::{Code, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_proto::mozen_server::{Mozen, MozenServer};
 use mozen_proto::raft_server::RaftServer;
+use mozen_proto::status::{self, status};
 use mozen_store::{Command, Response as SmResponse};
 use reads::WatchStream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-/// Serves both gRPC services on `listener` until `stop` fires.
+/// Serves the `Mozen` and `Raft` services, health and reflection on `listener` until `stop`
+/// fires. Every service but health passes the [`crate::security::Guard`] first.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken) {
     let max = agent.cfg.max_message;
     let mozen = MozenServer::new(Service {
@@ -57,9 +64,16 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     // The listener is bound by the caller, so the builder's own TCP options do not reach the
     // accepted sockets: set them here. Without TCP_NODELAY, small replies wait for the peer's
     // delayed ACK (about 40 ms per round trip).
+    let gate = crate::connections::Gate::new(agent.cfg.limits.max_client_connections);
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
+        .with_keepalive(Some(Duration::from_secs(30)))
+        .filter_map(move |accepted| {
+            futures::future::ready(match accepted {
+                Ok(tcp) => gate.admit(tcp).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
     let guard = crate::security::Guard::new(
         agent.me(),
         agent.cfg.security.token.as_ref(),
@@ -72,10 +86,25 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
             return;
         }
     };
+    let limits = &agent.cfg.limits;
+    let mut server = server
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(crate::limits::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::limits::HTTP2_KEEPALIVE_TIMEOUT));
+    let (reflection_v1, reflection_v1alpha) = match standard::reflection() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("gRPC reflection: {e}");
+            return;
+        }
+    };
+    let health = standard::health(&agent).await;
     let r = server
-        .layer(tonic::service::InterceptorLayer::new(guard))
-        .add_service(raft)
-        .add_service(mozen)
+        .add_service(health)
+        .add_service(InterceptedService::new(reflection_v1, guard.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, guard.clone()))
+        .add_service(InterceptedService::new(raft, guard.clone()))
+        .add_service(InterceptedService::new(mozen, guard))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await;
     if let Err(e) = r {
@@ -102,7 +131,7 @@ impl Service {
     fn not_leader(&self) -> Status {
         match self.agent.leadership() {
             Err(e) => e.into(),
-            Ok(_) => Status::failed_precondition(Code::NotLeader.message("leadership changing")),
+            Ok(_) => status::not_leader("leadership changing", ""),
         }
     }
 
@@ -117,7 +146,7 @@ impl Service {
     /// For reads of the replicated state: refused with `MZ-CORRUPT` on a quarantined agent.
     fn require_sound_member(&self) -> Result<(), Status> {
         match self.agent.integrity.refusal(self.agent.me()) {
-            Some(m) => Err(Status::failed_precondition(m)),
+            Some(m) => Err(status::coded(m)),
             None => self.require_member(),
         }
     }
@@ -185,7 +214,7 @@ impl Service {
                                 detail: e.to_string(),
                             });
                     }
-                    Status::internal(e.to_string())
+                    status::coded(e)
                 })?,
             };
             match outcome {
@@ -308,13 +337,7 @@ impl Mozen for Service {
 /// `MZ-NOT-LEADER`, naming the leader (also in the `mozen-leader-addr` header) when known.
 impl From<NotLeader> for Status {
     fn from(e: NotLeader) -> Status {
-        let mut s = Status::failed_precondition(e.to_string());
-        if !e.addr.is_empty()
-            && let Ok(v) = e.addr.parse()
-        {
-            s.metadata_mut().insert(pb::LEADER_ADDR_HEADER, v);
-        }
-        s
+        status::not_leader(&e, &e.addr)
     }
 }
 
@@ -323,15 +346,15 @@ pub(crate) fn propose_status(agent: &Agent, e: ProposeError) -> Status {
     match e {
         ProposeError::NotLeader { .. } => match agent.leadership() {
             Err(e) => e.into(),
-            Ok(_) => Status::failed_precondition(e.to_string()),
+            Ok(_) => status::not_leader(e, ""),
         },
-        ProposeError::Closed => Status::unavailable(e.to_string()),
-        ProposeError::Raft(m) => Status::unavailable(format!("{}: {m}", Code::Raft)),
+        ProposeError::Closed => status::coded(e),
+        ProposeError::Raft(m) => status(Code::Raft, m),
     }
 }
 
 /// Parses a request key from the public API (64 hex digits).
 fn parse_key(s: &str) -> Result<RequestKey, Status> {
     s.parse()
-        .map_err(|e| Status::invalid_argument(format!("{}: key: {e}", Code::BadArguments)))
+        .map_err(|e| status(Code::BadArguments, format_args!("key: {e}")))
 }

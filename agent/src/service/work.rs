@@ -9,6 +9,7 @@ use crate::context::now_ms;
 use crate::leadership::{Leadership, assignment_item};
 use mozen_model::{Code, NodeInfo, NodeState, RequestKey, RequestState};
 use mozen_proto as pb;
+use mozen_proto::status::status;
 use mozen_store::Command;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -24,8 +25,9 @@ pub(super) async fn join(s: &Service, r: Request<pb::JoinRequest>) -> Res<pb::Jo
     let leadership = s.leadership()?;
     let r = r.into_inner();
     if r.id == 0 || r.slots == 0 {
-        return Err(Status::invalid_argument(
-            Code::BadArguments.message("join needs a positive id and slots"),
+        return Err(status(
+            Code::BadArguments,
+            "join needs a positive id and slots",
         ));
     }
     let role = s.agent.role_of(r.id);
@@ -68,11 +70,10 @@ pub(super) async fn heartbeat(
         .node(r.node_id)
         .is_some();
     if !known {
-        return Err(Status::not_found(format!(
-            "{}: node {} is not in the node table",
+        return Err(status(
             Code::UnknownNode,
-            r.node_id
-        )));
+            format_args!("node {} is not in the node table", r.node_id),
+        ));
     }
     {
         let mut l = leadership.liveness.lock().expect("liveness");
@@ -195,10 +196,10 @@ pub(crate) fn open_work(
 ) -> Result<WorkStream, Status> {
     let state = agent.sm.shared();
     if state.read().expect("state").node(node).is_none() {
-        return Err(Status::not_found(format!(
-            "{}: node {node} is not in the node table",
-            Code::UnknownNode
-        )));
+        return Err(status(
+            Code::UnknownNode,
+            format_args!("node {node} is not in the node table",),
+        ));
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let conn = agent.next_conn();
@@ -244,8 +245,9 @@ pub(crate) async fn complete_reported(
     let mut completions = Vec::with_capacity(reported.len());
     for c in reported {
         let Some(key) = pb::convert::key_from_bytes(&c.key) else {
-            return Err(Status::invalid_argument(
-                Code::BadArguments.message("completion key must be 32 bytes"),
+            return Err(status(
+                Code::BadArguments,
+                "completion key must be 32 bytes",
             ));
         };
         let outcome = match (c.value, c.error) {
@@ -276,10 +278,11 @@ pub(crate) async fn complete_reported(
     if leadership.any_stray(&express)
         && !crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
     {
-        return Err(Status::failed_precondition(Code::NotReady.message(
+        return Err(status(
+            Code::NotReady,
             "this leader has not yet applied what earlier leaders committed; \
              report again",
-        )));
+        ));
     }
     let mut cmds = Vec::new();
     if !express.is_empty() {
@@ -322,9 +325,7 @@ pub(crate) async fn complete_reported(
 /// own worker).
 pub(crate) async fn park_request(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status> {
     let Some(key) = pb::convert::key_from_bytes(&r.key) else {
-        return Err(Status::invalid_argument(
-            Code::BadArguments.message("park key must be 32 bytes"),
-        ));
+        return Err(status(Code::BadArguments, "park key must be 32 bytes"));
     };
     agent
         .propose(Command::Park {

@@ -17,6 +17,16 @@ async fn connection(c: &Cluster) -> MozenClient<Channel> {
         .unwrap()
 }
 
+/// A `Watch` stream on `conn`, open until dropped (an RPC that stays open).
+pub(crate) async fn open_watch(
+    conn: &mut MozenClient<Channel>,
+) -> tonic::Streaming<pb::ClusterUpdate> {
+    conn.watch(pb::WatchRequest { requests: 1 })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn call(function: &str, args: serde_json::Value) -> pb::CallRequest {
     pb::CallRequest {
         function: function.into(),
@@ -96,6 +106,12 @@ async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
         "{}",
         refusal.message()
     );
+    let info = tonic_types::StatusExt::get_details_error_info(&refusal).expect("an ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("MZ-QUEUE-FULL", "mozen")
+    );
+    assert!(tonic_types::StatusExt::get_details_retry_info(&refusal).is_some());
     // Joining a request already known is not new work: still answered.
     let again = conn
         .submit(call("spin", json!(600_001)))
@@ -127,16 +143,8 @@ async fn one_connection_holds_at_most_max_client_streams_open_calls() {
     let c = Cluster::start(1, &["--voters", "1", "--max-client-streams", "2"]);
     c.ready(1).await;
     let mut conn = connection(&c).await;
-    let w1 = conn
-        .watch(pb::WatchRequest { requests: 1 })
-        .await
-        .unwrap()
-        .into_inner();
-    let w2 = conn
-        .watch(pb::WatchRequest { requests: 1 })
-        .await
-        .unwrap()
-        .into_inner();
+    let w1 = open_watch(&mut conn).await;
+    let w2 = open_watch(&mut conn).await;
     let s = conn.call(call("echo", json!(1))).await.unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(

@@ -53,6 +53,27 @@ impl LocalCluster {
         dir: &Path,
         fault_functions: bool,
     ) -> Result<LocalCluster, BenchError> {
+        // A port found free can be taken by another program before the agent binds it: then
+        // the cluster starts again on other ports, in a clean dir.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(agent_bin, n, dir, fault_functions).await {
+                Err(BenchError::Runtime(m)) if m.contains("cannot bind") && attempt < 3 => {
+                    eprintln!("a port was taken before an agent could bind it; starting again");
+                    let _ = std::fs::remove_dir_all(dir);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(
+        agent_bin: &Path,
+        n: usize,
+        dir: &Path,
+        fault_functions: bool,
+    ) -> Result<LocalCluster, BenchError> {
         let rt = |m: String| BenchError::Runtime(m);
         std::fs::create_dir_all(dir)
             .map_err(|e| rt(format!("cannot create {}: {e}", dir.display())))?;

@@ -297,11 +297,17 @@ impl Functions {
                 let a: A = serde_json::from_value(args.clone()).map_err(|e| {
                     TaskError::new(
                         codes::BAD_ARGUMENTS,
-                        format!("{fname}: arguments {args} do not match the expected shape {fshape}: {e}"),
+                        format!(
+                            "{fname}: arguments {} do not match the expected shape {fshape}: {}",
+                            mozen_model::quote(&args.to_string(), mozen_model::QUOTED_ARGS_BYTES),
+                            // serde quotes the value it could not take (a whole string).
+                            mozen_model::quote(&e.to_string(), mozen_model::QUOTED_ARGS_BYTES)
+                        ),
                     )
                 })?;
                 let r = f(ctx, a).await?;
-                serde_json::to_value(r).map_err(|e| fail(format!("{fname}: result does not encode: {e}")))
+                serde_json::to_value(r)
+                    .map_err(|e| fail(format!("{fname}: result does not encode: {e}")))
             }
             .boxed()
         });

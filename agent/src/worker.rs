@@ -16,7 +16,10 @@ use crate::service::WorkStream;
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use mozen_model::{ChainLink, Code, RequestKey, TaskError, codes};
+use mozen_model::{
+    ChainLink, Code, ERROR_MESSAGE_BYTES, QUOTED_ARGS_BYTES, RequestKey, TaskError, codes, quote,
+    quote_bytes,
+};
 use mozen_proto as pb;
 use mozen_proto::mozen_client::MozenClient;
 use serde_json::Value;
@@ -145,23 +148,6 @@ where
         Ok(l) => local(l).await.map_err(|s| crate::client::rejected(&s)),
         Err(_) => agent.client.rpc(remote).await.map(|_| ()),
     }
-}
-
-/// Most bytes of a request's arguments quoted in an error chain.
-const CHAIN_ARGS_BYTES: usize = 1024;
-
-/// A request's arguments as an error chain quotes them: cut after [`CHAIN_ARGS_BYTES`] (a
-/// job's root or a shipped slice carries far more than a reader needs to recognise it).
-fn chain_args(args: &[u8]) -> String {
-    let text = String::from_utf8_lossy(args);
-    if text.len() <= CHAIN_ARGS_BYTES {
-        return text.into_owned();
-    }
-    let mut end = CHAIN_ARGS_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &text[..end], args.len())
 }
 
 /// A request this worker runs, or has finished and reports.
@@ -431,10 +417,13 @@ fn start(
                 if e.node.is_none() {
                     e.node = Some(me);
                 }
+                // A function's own message, however long, is kept only up to a bound: it is
+                // written down and served to every reader of the request.
+                e.message = quote(&e.message, ERROR_MESSAGE_BYTES);
                 e.chain.push(ChainLink {
                     key,
                     function: a.function.clone(),
-                    args: chain_args(&a.args),
+                    args: quote_bytes(&a.args, QUOTED_ARGS_BYTES),
                     node: Some(me),
                 });
                 (None, Some(pb::TaskError::from(&e)))

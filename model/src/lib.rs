@@ -16,6 +16,7 @@ pub mod key;
 pub mod load;
 pub mod node;
 pub mod outcome;
+pub mod quote;
 pub mod request;
 
 pub use code::{Code, UnknownCode, code_of};
@@ -26,6 +27,7 @@ pub use node::{
     max_assigned, score,
 };
 pub use outcome::{ChainLink, Outcome, TaskError, codes};
+pub use quote::{ERROR_MESSAGE_BYTES, QUOTED_ARGS_BYTES, quote, quote_bytes};
 pub use request::{Request, RequestState, RetryPolicy};
 
 /// Milliseconds since the Unix epoch. Timestamps are stamped into commands by the proposer;

@@ -170,3 +170,53 @@ async fn one_connection_holds_at_most_max_client_streams_open_calls() {
     .await;
     drop(w2);
 }
+
+/// A function failing with a 1 MiB message, and a call whose 1 MiB argument has the wrong
+/// shape: what readers get back quotes each only up to a bound, with its size and hash, and
+/// every read of the cluster (the request, its events, the queue) still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_user_data_in_errors_is_quoted_only_up_to_a_bound() {
+    let c = Cluster::start(1, &["--voters", "1"]);
+    c.ready(1).await;
+    let client = c.client();
+    let big = "m".repeat(1 << 20);
+    let failed = client.call::<_, String>("fail", &big).await;
+    let e = match failed {
+        Err(ClientError::Task(e)) => e,
+        other => panic!("expected the function's failure, got {other:?}"),
+    };
+    assert!(e.message.len() < 4_200, "{} bytes", e.message.len());
+    assert!(
+        e.message.contains("... (1048576 bytes, blake3 "),
+        "{}",
+        &e.message[4000..]
+    );
+    assert!(
+        e.chain.iter().all(|l| l.args.len() < 1_100),
+        "{:?}",
+        e.chain.len()
+    );
+
+    let shapeless = "s".repeat(1 << 20);
+    match client.call::<_, f64>("divide", &shapeless).await {
+        Err(ClientError::Task(e)) => {
+            assert_eq!(e.code, "MZ-BAD-ARGUMENTS");
+            // The argument and serde's own quote of it, a kibibyte each at most.
+            assert!(e.message.len() < 2_400, "{} bytes", e.message.len());
+            assert!(e.message.contains("bytes, blake3 "), "{}", e.message);
+        }
+        other => panic!("expected bad arguments, got {other:?}"),
+    }
+    // Readers of the cluster are not poisoned by either.
+    let mut conn = connection(&c).await;
+    let events = conn
+        .events(pb::EventsRequest { limit: 100 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!events.events.is_empty());
+    let queue = conn.queue(pb::QueueRequest { limit: 10 }).await.unwrap();
+    assert_eq!(queue.into_inner().head.len(), 0);
+    let mut watch = open_watch(&mut conn).await;
+    assert!(watch.message().await.unwrap().is_some());
+}

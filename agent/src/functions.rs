@@ -559,24 +559,29 @@ async fn run_exec(c: Ctx, spec: ExecSpec) -> Result<Value, TaskError> {
     }))
 }
 
+/// The caller of a function run in this process alone (a local batch run, a test): a child
+/// call fails, naming the function it wanted.
+pub struct NoCluster;
+
+impl ClusterCaller for NoCluster {
+    fn call_child(
+        &self,
+        _parent: RequestKey,
+        function: String,
+        _args: Value,
+    ) -> BoxFuture<'static, Result<(Value, bool), TaskError>> {
+        Box::pin(async move {
+            Err(fail(format!(
+                "{function}: a local run cannot call the cluster"
+            )))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::FutureExt;
-
-    /// A caller for functions that make no child calls.
-    struct NoCluster;
-
-    impl ClusterCaller for NoCluster {
-        fn call_child(
-            &self,
-            _parent: RequestKey,
-            function: String,
-            _args: Value,
-        ) -> BoxFuture<'static, Result<(Value, bool), TaskError>> {
-            Box::pin(async move { Err(fail(format!("no cluster to call {function}"))) })
-        }
-    }
 
     fn ctx() -> Ctx {
         Ctx::new(

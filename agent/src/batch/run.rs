@@ -2,7 +2,7 @@
 //! ([`mozen_client::batch::run`](mod@mozen_client::batch::run), re-exported here); the agent
 //! adds running one function of its registry in this process.
 
-use crate::functions::{ClusterCaller, Ctx, Functions, fail};
+use crate::functions::{Ctx, Functions, NoCluster};
 use mozen_model::{RequestKey, TaskError, canonical_args};
 use serde_json::Value;
 use std::sync::Arc;
@@ -16,21 +16,6 @@ pub async fn run_local(
     function: &str,
     args: Value,
 ) -> Result<Value, TaskError> {
-    struct NoCluster;
-    impl ClusterCaller for NoCluster {
-        fn call_child(
-            &self,
-            _parent: RequestKey,
-            function: String,
-            _args: Value,
-        ) -> futures::future::BoxFuture<'static, Result<(Value, bool), TaskError>> {
-            Box::pin(async move {
-                Err(fail(format!(
-                    "{function}: a local run cannot call the cluster"
-                )))
-            })
-        }
-    }
     let key = RequestKey::of(function, &canonical_args(&args));
     let ctx = Ctx::new(key, 0, 1, Default::default(), Arc::new(NoCluster));
     functions.run(function, ctx, args).await

@@ -106,6 +106,87 @@ impl Security {
     }
 }
 
+/// Header a client may send to name itself (letters, digits, `-_.@:`, at most
+/// [`MAX_CLIENT_ID`] bytes). It is the caller's identity for admission and fair share when its
+/// credential does not name it (no token, or the single cluster token).
+pub const CLIENT_ID_HEADER: &str = "mozen-client-id";
+
+/// Longest client name kept; longer or malformed ones are refused.
+pub const MAX_CLIENT_ID: usize = 64;
+
+/// What a caller may do: the roles its credential grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// Raft RPCs between voters and learners.
+    pub const PEER: Roles = Roles(1);
+    /// Worker RPCs: join, heartbeat, the Work stream, completions, parking.
+    pub const WORKER: Roles = Roles(2);
+    /// Node operations.
+    pub const OPERATOR: Roles = Roles(4);
+    /// Calls and reads.
+    pub const CLIENT: Roles = Roles(8);
+    /// Everything: no token configured, or the single cluster token.
+    pub const ALL: Roles = Roles(15);
+
+    pub const fn union(self, other: Roles) -> Roles {
+        Roles(self.0 | other.0)
+    }
+
+    pub const fn contains(self, other: Roles) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// Who is calling, as the [`Guard`] established it: placed in every request's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub roles: Roles,
+    /// The caller's identity for admission and fair share: the credential's name, else the
+    /// `mozen-client-id` header, else "anonymous".
+    pub name: Arc<str>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller {
+            roles: Roles::ALL,
+            name: Arc::from("anonymous"),
+        }
+    }
+
+    /// The caller of `req` (anonymous with every role when no guard ran, as in unit tests).
+    pub fn of<T>(req: &Request<T>) -> Caller {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous)
+    }
+}
+
+/// The `mozen-client-id` header of `req`, checked: `Ok(None)` when absent.
+pub fn client_id<T>(req: &Request<T>) -> Result<Option<&str>, Status> {
+    let Some(v) = req.metadata().get(CLIENT_ID_HEADER) else {
+        return Ok(None);
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_CLIENT_ID
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+    };
+    match v.to_str() {
+        Ok(s) if ok(s) => Ok(Some(s)),
+        _ => Err(status(
+            Code::BadArguments,
+            format_args!(
+                "header {CLIENT_ID_HEADER}: at most {MAX_CLIENT_ID} bytes of letters, digits and -_.@:"
+            ),
+        )),
+    }
+}
+
 /// Runs before every RPC an agent serves: the fault table, then the token.
 #[derive(Clone)]
 pub struct Guard {
@@ -143,6 +224,12 @@ impl Interceptor for Guard {
                 ),
             ));
         }
+        let name: Arc<str> = Arc::from(client_id(&req)?.unwrap_or("anonymous"));
+        let mut req = req;
+        req.extensions_mut().insert(Caller {
+            roles: Roles::ALL,
+            name,
+        });
         let Some(want) = &self.token else {
             return Ok(req);
         };

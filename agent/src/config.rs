@@ -192,6 +192,30 @@ fn parse_positive(flag: &str, s: &str) -> Result<u32, ConfigError> {
 }
 
 /// Detected CPUs of this machine.
+/// Room in a Raft message beside the values its entry carries (keys, names, framing).
+const RAFT_FRAMING: usize = 1 << 20;
+
+/// The slowest link between voters an entry of the largest size must cross in
+/// [`AgentConfig::append_entries_timeout_ms`] (bytes per second).
+const SLOWEST_PEER_LINK: u64 = 16 << 20;
+
+impl AgentConfig {
+    /// The largest message between Raft members, derived from the API's limits so that every
+    /// entry the API can cause replicates: one log entry holds at most one value past the
+    /// proposer's batching bound, and the largest fact is a call run before it was written
+    /// down (its arguments and its result together). Never below `--max-message`.
+    pub fn raft_message(&self) -> usize {
+        (self.limits.max_args + self.limits.max_result + RAFT_FRAMING).max(self.max_message)
+    }
+
+    /// How long an AppendEntries carrying entries may take to reach a follower and be written
+    /// there: the largest one ([`Self::raft_message`]) over [`SLOWEST_PEER_LINK`], at least a
+    /// second. Heartbeats keep the 100 ms of the Raft timing (see `context::raft_config`).
+    pub fn append_entries_timeout_ms(&self) -> u64 {
+        (self.raft_message() as u64 * 1000 / SLOWEST_PEER_LINK).max(1000)
+    }
+}
+
 pub fn detect_cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }

@@ -38,6 +38,9 @@ pub const RESULT_TOO_LARGE: &str = Code::ResultTooLarge.as_str();
 pub const QUEUE_FULL: &str = Code::QueueFull.as_str();
 pub const TOO_MANY_STREAMS: &str = Code::TooManyStreams.as_str();
 
+/// Bytes a message may hold past `--max-message` around one value at its bound.
+pub const FRAMING: usize = 64 << 10;
+
 /// Longest function name accepted. Names are quoted in errors, and gRPC errors travel in
 /// headers that peers bound (a 100 KB name made the client drop the connection).
 pub const MAX_FUNCTION_NAME: usize = 256;

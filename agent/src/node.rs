@@ -76,6 +76,7 @@ pub async fn run(
     let config = Arc::new(
         openraft::Config {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            append_entries_timeout: cfg.append_entries_timeout_ms(),
             ..raft_config()
         }
         .validate()
@@ -84,7 +85,7 @@ pub async fn run(
     let faults = cfg.fault_file.as_ref().map(|_| Arc::new(Faults::default()));
     let transport = cfg.security.client().from_node(cfg.id);
     let network = Network {
-        max_message: cfg.max_message,
+        max_message: cfg.raft_message(),
         transport: transport.clone(),
         faults: faults.clone(),
     };
@@ -108,9 +109,13 @@ pub async fn run(
     supervisor.watch("proposer", Lives::AsLongAsTheAgent, proposing);
     let mut addrs = vec![cfg.advertise.clone()];
     addrs.extend(cfg.peers.iter().map(|p| p.addr.clone()));
-    let client =
-        Client::with_transport(addrs, cfg.max_message, Duration::from_secs(3600), transport)
-            .map_err(|e| AgentError::Server(e.to_string()))?;
+    let client = Client::with_transport(
+        addrs,
+        cfg.raft_message(),
+        Duration::from_secs(3600),
+        transport,
+    )
+    .map_err(|e| AgentError::Server(e.to_string()))?;
     let ctx = Arc::new(Context {
         cfg,
         raft,

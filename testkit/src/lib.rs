@@ -137,7 +137,10 @@ impl Agent {
             .arg(&self.dir)
             .args(["--peers", &self.peers, "--lease", "2s"])
             .args(&self.extra)
-            .env("MOZEN_LOG", "info,openraft=error");
+            .env(
+                "MOZEN_LOG",
+                std::env::var("TEST_AGENT_LOG").unwrap_or("info,openraft=error".into()),
+            );
         cmd
     }
 

@@ -71,7 +71,7 @@ pub(super) async fn call_batch(
 
 pub(super) async fn submit(s: &Service, r: Request<pb::CallRequest>) -> Res<pb::SubmitReply> {
     let _open = s.streams.acquire(&r)?;
-    let (key, new) = s.parse_call(r.get_ref())?;
+    let (key, new) = s.parse_call(r.get_ref()).await?;
     let leadership = s.leadership()?;
     let admitted = s.agent.sm.shared();
     (s.agent.cfg.limits).admit(
@@ -322,25 +322,21 @@ impl Service {
         }
     }
 
-    fn parse_call(&self, c: &pb::CallRequest) -> Result<(RequestKey, NewRequest), Status> {
+    async fn parse_call(&self, c: &pb::CallRequest) -> Result<(RequestKey, NewRequest), Status> {
         if c.function.is_empty() {
             return Err(status(Code::BadArguments, "function name is empty"));
         }
         crate::limits::check_function_name(&c.function)?;
         (self.agent.cfg.limits).check_args(&c.function, c.args_json.len())?;
-        let text = if c.args_json.trim().is_empty() {
-            "null"
+        let (key, canon) = if c.args_json.len() <= LARGE_ARGS {
+            canonical_call(&c.function, &c.args_json)?
         } else {
-            c.args_json.as_str()
+            // Parsing and hashing megabytes takes a while: off the threads that serve Raft.
+            let (function, text) = (c.function.clone(), c.args_json.clone());
+            tokio::task::spawn_blocking(move || canonical_call(&function, &text))
+                .await
+                .map_err(|e| status(Code::Internal, format_args!("parsing arguments: {e}")))??
         };
-        let args: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            status(
-                Code::BadArguments,
-                format_args!("arguments of {} are not one JSON value: {e}", c.function),
-            )
-        })?;
-        let canon = canonical_args(&args);
-        let key = RequestKey::of(&c.function, &canon);
         let parent = if c.parent.is_empty() {
             None
         } else {
@@ -400,7 +396,7 @@ impl Service {
     }
 
     async fn do_call(&self, c: pb::CallRequest) -> Result<pb::CallReply, Status> {
-        let (key, new) = self.parse_call(&c)?;
+        let (key, new) = self.parse_call(&c).await?;
         if !c.no_cache && self.memo_hit(&key) {
             return self.reply_for(&key, true, None);
         }
@@ -527,4 +523,25 @@ fn tagged_reply(tag: u64, result: Result<pb::CallReply, Status>) -> pb::TaggedRe
             ..Default::default()
         },
     }
+}
+
+/// Arguments longer than this are parsed on a blocking thread.
+const LARGE_ARGS: usize = 64 << 10;
+
+/// The key and canonical argument bytes of a call of `function` with `args_json` (empty:
+/// `null`).
+fn canonical_call(function: &str, args_json: &str) -> Result<(RequestKey, Vec<u8>), Status> {
+    let text = if args_json.trim().is_empty() {
+        "null"
+    } else {
+        args_json
+    };
+    let args: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        status(
+            Code::BadArguments,
+            format_args!("arguments of {function} are not one JSON value: {e}"),
+        )
+    })?;
+    let canon = canonical_args(&args);
+    Ok((RequestKey::of(function, &canon), canon))
 }

@@ -48,19 +48,22 @@ use tonic::{Request, Response, Status};
 /// Serves the `Mozen` and `Raft` services, health and reflection on `listener` until `stop`
 /// fires. Every service but health passes the [`crate::security::Guard`] first.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken) {
-    let max = agent.cfg.max_message;
+    // Room around a value at the bound (a result of --max-result in a completion, arguments
+    // of --max-args in a call), so the limits refuse it with their own codes.
+    let max = agent.cfg.max_message + crate::limits::FRAMING;
     let mozen = MozenServer::new(Service {
         agent: agent.clone(),
         streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let raft_max = agent.cfg.raft_message();
     let raft = RaftServer::new(crate::network::RaftService {
         raft: agent.raft.clone(),
         contact: agent.leader_contact.clone(),
     })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    .max_decoding_message_size(raft_max)
+    .max_encoding_message_size(raft_max);
     // The listener is bound by the caller, so the builder's own TCP options do not reach the
     // accepted sockets: set them here. Without TCP_NODELAY, small replies wait for the peer's
     // delayed ACK (about 40 ms per round trip).

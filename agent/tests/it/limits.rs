@@ -220,3 +220,49 @@ async fn large_user_data_in_errors_is_quoted_only_up_to_a_bound() {
     let mut watch = open_watch(&mut conn).await;
     assert!(watch.message().await.unwrap().is_some());
 }
+
+/// Four calls at once whose arguments and results sit at the bounds (`--max-args` and
+/// `--max-result` of 4 MiB), beside a stream of small calls, on a 3-voter cluster: every call
+/// succeeds and the leader keeps its term. Before the Raft transport's limits were derived
+/// from the API's, such entries timed out on their way to the followers, again and again,
+/// and the followers stood for election.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_with_arguments_at_the_bound_replicate_without_an_election() {
+    let c = Cluster::start(3, &["--max-args", "4MiB", "--max-result", "4MiB"]);
+    c.ready(3).await;
+    let before = c.status().await.expect("status");
+    let client = c.client();
+    let small = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..200u64 {
+                if let Err(e) = client.call::<_, u64>("echo", &i).await {
+                    failures.push(e.to_string());
+                }
+            }
+            failures
+        })
+    };
+    let mut large = Vec::new();
+    for i in 0..4u8 {
+        let client = client.clone();
+        large.push(tokio::spawn(async move {
+            // A JSON string of exactly 4 MiB, quotes included.
+            let value = format!("{i}{}", "x".repeat((4 << 20) - 3));
+            let got: String = client.call("echo", &value).await.expect("a large call");
+            assert_eq!(got, value);
+        }));
+    }
+    for l in large {
+        l.await.unwrap();
+    }
+    let failures = small.await.unwrap();
+    assert!(failures.is_empty(), "small calls failed: {failures:?}");
+    let after = c.status().await.expect("status");
+    assert_eq!(
+        (after.term, after.leader_id),
+        (before.term, before.leader_id),
+        "the leader changed while large values replicated"
+    );
+}

@@ -128,6 +128,12 @@ pub struct Config {
     #[clap(long, default_value = "50")]
     pub heartbeat_interval: u64,
 
+    /// The timeout in milliseconds for an AppendEntries that carries entries, which may be
+    /// large; `0` (the default) uses `heartbeat_interval`, as upstream does for every
+    /// AppendEntries. Heartbeats (no entries) always use `heartbeat_interval`.
+    #[clap(long, default_value = "0")]
+    pub append_entries_timeout: u64,
+
     /// The timeout for sending then installing the last snapshot segment,
     /// in millisecond. It is also used as the timeout for sending a non-last segment, if
     /// `send_snapshot_timeout` is 0.
@@ -255,6 +261,16 @@ impl Config {
     /// Generate a new random election timeout within the configured min & max.
     pub fn new_rand_election_timeout<RT: AsyncRuntime>(&self) -> u64 {
         RT::thread_rng().gen_range(self.election_timeout_min..self.election_timeout_max)
+    }
+
+    /// How long an AppendEntries of `entries` entries may take: `heartbeat_interval` for a
+    /// heartbeat, `append_entries_timeout` (when set) for one that carries entries.
+    pub fn append_entries_timeout(&self, entries: usize) -> Duration {
+        if entries == 0 || self.append_entries_timeout == 0 {
+            Duration::from_millis(self.heartbeat_interval)
+        } else {
+            Duration::from_millis(self.append_entries_timeout.max(self.heartbeat_interval))
+        }
     }
 
     /// Get the timeout for sending and installing the last snapshot segment.

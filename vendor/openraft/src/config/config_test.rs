@@ -162,3 +162,26 @@ fn test_config_enable_elect() -> anyhow::Result<()> {
 
     Ok(())
 }
+
+#[test]
+fn test_append_entries_timeout() -> anyhow::Result<()> {
+    let upstream = Config {
+        heartbeat_interval: 100,
+        ..Default::default()
+    };
+    assert_eq!(upstream.append_entries_timeout, 0);
+    assert_eq!(Duration::from_millis(100), upstream.append_entries_timeout(0));
+    assert_eq!(Duration::from_millis(100), upstream.append_entries_timeout(5));
+
+    let config = Config::build(&["foo", "--heartbeat-interval=100", "--append-entries-timeout=3000"])?;
+    assert_eq!(Duration::from_millis(100), config.append_entries_timeout(0));
+    assert_eq!(Duration::from_millis(3000), config.append_entries_timeout(1));
+
+    let shorter = Config {
+        heartbeat_interval: 100,
+        append_entries_timeout: 20,
+        ..Default::default()
+    };
+    assert_eq!(Duration::from_millis(100), shorter.append_entries_timeout(1));
+    Ok(())
+}

@@ -458,15 +458,15 @@ where
             entries: logs,
         };
 
-        // Send the payload.
+        // Send the payload. Entries may be large: they get `append_entries_timeout`.
+        let the_timeout = self.config.append_entries_timeout(payload.entries.len());
         tracing::debug!(
             payload=%payload.summary(),
             now = debug(leader_time),
             "start sending append_entries, timeout: {:?}",
-            self.config.heartbeat_interval
+            the_timeout
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 

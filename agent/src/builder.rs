@@ -140,10 +140,13 @@ impl AgentBuilder {
         crate::supervise::install_panic_hook();
         crate::memory::no_huge_pages();
         let mut functions = Functions::with_builtins(cfg.allow_exec);
+        functions.origin(crate::functions::origin::BATCH);
         crate::batch::register(&mut functions);
         if cfg.fault_file.is_some() {
+            functions.origin(crate::functions::origin::FAULTS);
             crate::faults::register_functions(&mut functions);
         }
+        functions.origin(crate::functions::origin::CUSTOM);
         for f in self.extra {
             f(&mut functions);
         }

@@ -210,7 +210,21 @@ struct Function {
     /// Its name, shared by every run the watchdog watches.
     name: Arc<str>,
     shape: String,
+    origin: &'static str,
     handler: Handler,
+}
+
+/// Where a function comes from, as `Functions` lists it.
+pub mod origin {
+    /// The core built-ins of every agent (`noop`, `echo`, `sleep`...).
+    pub const BUILT_IN: &str = "built-in";
+    /// The batch-job functions of every agent (`mapreduce`, `blob`, the slices' map and
+    /// reduce).
+    pub const BATCH: &str = "batch";
+    /// Test-only functions of an agent started with `--fault-file`.
+    pub const FAULTS: &str = "faults";
+    /// Added by the program the agent was built into (`AgentBuilder::function`...).
+    pub const CUSTOM: &str = "custom";
 }
 
 /// The functions an agent can run.
@@ -221,6 +235,8 @@ pub struct Functions {
     pool: Option<tokio::runtime::Handle>,
     /// Names functions that hold a work thread without awaiting (see [`crate::work`]).
     watchdog: Option<Arc<crate::work::Watchdog>>,
+    /// The origin given to functions registered from now on (see [`Functions::origin`]).
+    registering: Option<&'static str>,
 }
 
 /// A failure of the function itself (retryable under the request's retry policy).
@@ -239,8 +255,17 @@ impl Functions {
     /// nothing of batch jobs.
     pub fn with_builtins(allow_exec: bool) -> Self {
         let mut f = Self::new();
+        f.origin(origin::BUILT_IN);
         builtins(&mut f, allow_exec);
+        f.origin(origin::CUSTOM);
         f
+    }
+
+    /// Functions registered from now on come from `origin` (one of [`origin`]); unset, they
+    /// are [`origin::CUSTOM`].
+    pub fn origin(&mut self, origin: &'static str) -> &mut Self {
+        self.registering = Some(origin);
+        self
     }
 
     /// Runs every function on `pool` (the work runtime) instead of the caller's runtime,
@@ -316,6 +341,7 @@ impl Functions {
             Arc::new(Function {
                 name: Arc::from(name),
                 shape: shape.to_string(),
+                origin: self.registering.unwrap_or(origin::CUSTOM),
                 handler,
             }),
         );
@@ -326,12 +352,17 @@ impl Functions {
         self.map.contains_key(name)
     }
 
-    /// Registered names with their argument shapes.
-    pub fn list(&self) -> Vec<(String, String)> {
+    /// Registered names with their argument shapes and origins.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
         self.map
             .iter()
-            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .map(|(k, v)| (k.clone(), v.shape.clone(), v.origin))
             .collect()
+    }
+
+    /// The argument shape and origin of `name`, if registered.
+    pub fn describe(&self, name: &str) -> Option<(&str, &'static str)> {
+        self.map.get(name).map(|f| (f.shape.as_str(), f.origin))
     }
 
     /// Runs `name` with JSON arguments. An unknown name is a typed error, not a hang; a

@@ -65,6 +65,7 @@ pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod paging;
 pub mod proposer;
 pub mod repair;
 pub mod security;

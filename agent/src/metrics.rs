@@ -39,8 +39,9 @@ pub fn render(agent: &Agent) -> String {
         }
     };
     let status = crate::view::raft_status(agent);
-    let (queue, _) = crate::view::queue(agent, 0);
-    let functions = crate::view::functions(agent);
+    let mut fit = crate::paging::Fit::new(usize::MAX);
+    let (queue, _, _) = crate::view::queue(agent, 0, None, &mut fit);
+    let (functions, _) = crate::view::functions(agent, None, METRIC_FUNCTIONS, &mut fit);
     let nodes = match agent.leadership() {
         Ok(l) => crate::view::nodes(agent, &l),
         Err(_) => Vec::new(),
@@ -220,3 +221,7 @@ fn integrity(agent: &Agent, metric: &mut impl FnMut(&str, &str, &str, Vec<(Strin
         vec![(String::new(), newest as f64)],
     );
 }
+
+/// Most functions given their own series (by name): names are chosen by callers, so their
+/// number is bounded here rather than by what callers send.
+const METRIC_FUNCTIONS: usize = 1000;

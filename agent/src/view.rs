@@ -3,7 +3,8 @@
 use crate::agent::Agent;
 use crate::context::now_ms;
 use crate::leadership::Leadership;
-use mozen_model::{Code, Request, RequestKey, RequestState};
+use crate::paging::{self, Fit};
+use mozen_model::{Code, Request, RequestKey, RequestState, SHOWN_ARGS_BYTES, quote_bytes};
 use mozen_proto as pb;
 use mozen_store::ClusterState;
 use std::collections::{BTreeMap, HashSet};
@@ -124,7 +125,9 @@ pub fn request_info(state: &ClusterState, r: &Request, error: String) -> pb::Req
     pb::RequestInfo {
         key: r.key.to_hex(),
         function: r.function.clone(),
-        args_json: String::from_utf8_lossy(&r.args).into_owned(),
+        args_json: quote_bytes(&r.args, SHOWN_ARGS_BYTES),
+        args_bytes: r.args.len() as u64,
+        args_cut: r.args.len() > SHOWN_ARGS_BYTES,
         state: r.state.name().into(),
         node: r.state.node().or(r.last_node),
         attempts: r.attempts,
@@ -148,16 +151,26 @@ fn error_of(agent: &Agent, r: &Request) -> String {
     String::new()
 }
 
-/// Depth-first request tree from `root`, at most `max` entries, `max_depth` levels below it,
-/// arguments left out unless `with_args`. Shared children (several parents) are marked; a
-/// child seen before is listed once more as `repeated`, without its subtree.
+/// What to list of a request tree (see [`tree`]).
+pub struct TreePage {
+    pub max: usize,
+    pub max_depth: u32,
+    pub with_args: bool,
+    /// Entries already read (from the page token).
+    pub skip: usize,
+}
+
+/// Depth-first request tree from `root`: after the first `page.skip` entries, at most
+/// `page.max` more that fit `fit`, `page.max_depth` levels below the root, arguments left
+/// out unless `page.with_args`. Shared children (several parents) are marked; a child seen
+/// before is listed once more as `repeated`, without its subtree. Also returns the token of
+/// the next page when entries remain.
 pub fn tree(
     agent: &Agent,
     root: RequestKey,
-    max: usize,
-    max_depth: u32,
-    with_args: bool,
-) -> Result<Vec<pb::TreeEntry>, String> {
+    page: &TreePage,
+    fit: &mut Fit,
+) -> Result<(Vec<pb::TreeEntry>, String), String> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     if state.request(&root).is_none() {
@@ -166,32 +179,45 @@ pub fn tree(
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut stack = vec![(root, 0u32)];
+    let mut walked = 0usize;
     while let Some((k, depth)) = stack.pop() {
-        if out.len() >= max {
-            break;
-        }
         let Some(r) = state.request(&k) else { continue };
         let repeated = !seen.insert(k);
-        let mut info = request_info(&state, &r, error_of(agent, &r));
-        if !with_args {
-            info.args_json.clear();
-        }
-        out.push(pb::TreeEntry {
-            depth,
-            request: Some(info),
-            shared: r.parents.len() > 1,
-            repeated,
-        });
-        if !repeated && depth < max_depth {
+        if !repeated && depth < page.max_depth {
             for c in state.children(&k).iter().rev() {
                 stack.push((*c, depth + 1));
             }
         }
+        walked += 1;
+        if walked <= page.skip {
+            continue;
+        }
+        let mut info = request_info(&state, &r, error_of(agent, &r));
+        if !page.with_args {
+            info.args_json.clear();
+        }
+        let entry = pb::TreeEntry {
+            depth,
+            request: Some(info),
+            shared: r.parents.len() > 1,
+            repeated,
+        };
+        if out.len() >= page.max || !fit.take(&entry) {
+            return Ok((out, paging::next_tree_token(walked - 1)));
+        }
+        out.push(entry);
     }
-    Ok(out)
+    Ok((out, String::new()))
 }
 
-pub fn functions(agent: &Agent) -> Vec<pb::FunctionStats> {
+/// Every function the cluster counted or some agent registered, by name: after `after`, at
+/// most `limit` that fit `fit`, and the token of the next page when more remain.
+pub fn functions(
+    agent: &Agent,
+    after: Option<&str>,
+    limit: usize,
+    fit: &mut Fit,
+) -> (Vec<pb::FunctionStats>, String) {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let mut out: BTreeMap<String, pb::FunctionStats> = BTreeMap::new();
@@ -205,33 +231,69 @@ pub fn functions(agent: &Agent) -> Vec<pb::FunctionStats> {
                 memo_hits: c.memo_hits,
                 joined: c.joined,
                 failures: c.failures,
-                registered: agent.functions.contains(name),
+                ..Default::default()
             },
         );
     }
-    for (name, _) in agent.functions.list() {
-        out.entry(name.clone()).or_insert(pb::FunctionStats {
+    drop(state);
+    for (name, shape, origin) in agent.functions.list() {
+        let f = out.entry(name.clone()).or_insert(pb::FunctionStats {
             name,
-            registered: true,
             ..Default::default()
         });
+        f.registered = true;
+        f.shape = shape;
+        f.origin = origin.into();
     }
-    out.into_values().collect()
+    let mut page = Vec::new();
+    let from = after.map_or(std::ops::Bound::Unbounded, |a| {
+        std::ops::Bound::Excluded(a.to_string())
+    });
+    for (_, f) in out.range::<String, _>((from, std::ops::Bound::Unbounded)) {
+        if page.len() >= limit || !fit.take(f) {
+            // When not even this one fits, the next page starts after it: no page loops.
+            let token = paging::next_functions_token(&page.last().unwrap_or(f).name);
+            return (page, token);
+        }
+        page.push(f.clone());
+    }
+    (page, String::new())
 }
 
-pub fn queue(agent: &Agent, limit: usize) -> (pb::QueueSummary, Vec<pb::RequestInfo>) {
+/// The queue's summary, and its requests after position `after` (priority, seq) in the
+/// order they will run: at most `limit` that fit `fit`, with the token of the next page when
+/// more remain.
+pub fn queue(
+    agent: &Agent,
+    limit: usize,
+    after: Option<(i32, u64)>,
+    fit: &mut Fit,
+) -> (pb::QueueSummary, Vec<pb::RequestInfo>, String) {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let now = now_ms();
     let mut groups: BTreeMap<(i32, String), (u64, u64)> = BTreeMap::new();
-    let mut head = Vec::new();
     for r in state.queue() {
         let g = groups.entry((-r.priority, r.function.clone())).or_default();
         g.0 += 1;
         g.1 = g.1.max(now.saturating_sub(r.created));
-        if head.len() < limit {
-            head.push(request_info(&state, r, String::new()));
+    }
+    let mut head: Vec<pb::RequestInfo> = Vec::new();
+    let mut next = String::new();
+    let mut last = None;
+    for r in state.queue_after(after) {
+        let info = request_info(&state, r, String::new());
+        if head.len() >= limit || !fit.take(&info) {
+            if let Some((p, seq)) = last.or(after) {
+                next = paging::next_queue_token(p, seq);
+            } else if head.is_empty() && limit > 0 {
+                // The first queued request alone does not fit: name the page after it.
+                next = paging::next_queue_token(r.priority, r.seq);
+            }
+            break;
         }
+        last = Some((r.priority, r.seq));
+        head.push(info);
     }
     let counts = state.state_counts();
     // Throughput and the express calls held for a place are leader memory (none elsewhere).
@@ -258,49 +320,100 @@ pub fn queue(agent: &Agent, limit: usize) -> (pb::QueueSummary, Vec<pb::RequestI
         done: counts.get("done").copied().unwrap_or(0),
         failed: counts.get("failed").copied().unwrap_or(0),
     };
-    (summary, head)
+    (summary, head, next)
 }
 
-pub fn events(agent: &Agent, limit: usize) -> Vec<pb::Event> {
+/// The newest events older than `before` (see [`paging::events_token`]), oldest first: at most
+/// `limit` that fit `fit`, and the token of the next (older) page when more remain.
+pub fn events(
+    agent: &Agent,
+    limit: usize,
+    before: Option<(u64, usize)>,
+    fit: &mut Fit,
+) -> (Vec<pb::Event>, String) {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
-    let all: Vec<_> = state.events().collect();
-    let skip = all.len().saturating_sub(limit);
-    all.into_iter()
-        .skip(skip)
-        .map(|e| pb::Event {
+    let mut skip_at = before.map_or(0, |(_, n)| n);
+    let mut page: Vec<pb::Event> = Vec::new();
+    let mut next = String::new();
+    for e in state.events().rev() {
+        if let Some((at, _)) = before {
+            if e.at > at {
+                continue;
+            }
+            if e.at == at && skip_at > 0 {
+                skip_at -= 1;
+                continue;
+            }
+        }
+        let event = pb::Event {
             at_ms: e.at,
             kind: e.kind.clone(),
             node: e.node,
             message: e.message.clone(),
-        })
-        .collect()
+        };
+        if page.len() >= limit || !fit.take(&event) {
+            // Older events remain: the next page starts below the oldest one read.
+            let oldest = page.last().map_or(e.at, |o| o.at_ms);
+            let mut n = page.iter().filter(|o| o.at_ms == oldest).count();
+            if let Some((at, done)) = before
+                && at == oldest
+            {
+                n += done;
+            }
+            if page.is_empty() {
+                // This one alone does not fit: step over it.
+                n += 1;
+            }
+            next = paging::next_events_token(oldest, n);
+            break;
+        }
+        page.push(event);
+    }
+    page.reverse();
+    (page, next)
 }
 
-/// Recently updated requests, newest first.
-pub fn recent_requests(agent: &Agent, n: usize) -> Vec<pb::RequestInfo> {
+/// Recently updated requests, newest first, as many of `n` as fit `fit`.
+pub fn recent_requests(agent: &Agent, n: usize, fit: &mut Fit) -> Vec<pb::RequestInfo> {
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     state
         .recent(n)
         .iter()
         .map(|r| request_info(&state, r, String::new()))
+        .take_while(|info| fit.take(info))
         .collect()
 }
 
+/// Most requests a Watch update carries.
+pub const WATCH_REQUESTS_MAX: usize = 1000;
+/// Most functions a Watch update carries.
+const WATCH_FUNCTIONS_MAX: usize = 1000;
+/// Events a Watch update carries.
+const WATCH_EVENTS: usize = 100;
+
+/// One update of the console's feed, its lists within `budget` bytes together.
 pub fn cluster_update(
     agent: &Agent,
     leadership: &Leadership,
     requests: usize,
+    budget: usize,
 ) -> pb::ClusterUpdate {
-    let (queue, _) = queue(agent, 0);
+    let mut fit = Fit::new(budget);
+    let (queue, _, _) = queue(agent, 0, None, &mut fit);
+    let nodes = nodes(agent, leadership);
+    let (events, _) = events(agent, WATCH_EVENTS, None, &mut fit);
+    let (functions, _) = functions(agent, None, WATCH_FUNCTIONS_MAX, &mut fit);
+    let requests = recent_requests(agent, requests.min(WATCH_REQUESTS_MAX), &mut fit);
     pb::ClusterUpdate {
         now_ms: now_ms(),
         raft: Some(raft_status(agent)),
-        nodes: nodes(agent, leadership),
+        nodes,
         queue: Some(queue),
-        requests: recent_requests(agent, requests),
-        events: events(agent, 100),
-        functions: functions(agent),
+        requests,
+        events,
+        functions,
+        truncated: fit.cut,
     }
 }

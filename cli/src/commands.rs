@@ -659,32 +659,42 @@ pub async fn run(cli: Cli) -> Result<(), Fail> {
             println!("forgot {} result(s)", r.forgotten);
         }
         Cmd::Functions { json } => {
-            let r = client
-                .rpc(|mut c| async move { c.functions(pb::FunctionsRequest {}).await })
-                .await?;
+            let functions = client.functions().await?;
             if json {
                 print_json(&Value::Array(
-                    r.functions
+                    functions
                         .iter()
-                        .map(|f| json!({"name": f.name, "submitted": f.submitted, "executions": f.executions, "memo_hits": f.memo_hits, "joined": f.joined, "failures": f.failures, "registered": f.registered}))
+                        .map(|f| json!({"name": f.name, "submitted": f.submitted, "executions": f.executions, "memo_hits": f.memo_hits, "joined": f.joined, "failures": f.failures, "registered": f.registered, "shape": f.shape, "origin": f.origin}))
                         .collect(),
                 ));
             } else {
                 println!(
-                    "{:<16} {:>10} {:>10} {:>10} {:>8}",
-                    "FUNCTION", "EXECUTIONS", "MEMO HITS", "FAILURES", "JOINED"
+                    "{:<16} {:>10} {:>10} {:>10} {:>8}  {:<8} ARGUMENTS",
+                    "FUNCTION", "EXECUTIONS", "MEMO HITS", "FAILURES", "JOINED", "ORIGIN"
                 );
-                for f in &r.functions {
+                for f in &functions {
                     println!(
-                        "{:<16} {:>10} {:>10} {:>10} {:>8}",
-                        f.name, f.executions, f.memo_hits, f.failures, f.joined
+                        "{:<16} {:>10} {:>10} {:>10} {:>8}  {:<8} {}",
+                        f.name,
+                        f.executions,
+                        f.memo_hits,
+                        f.failures,
+                        f.joined,
+                        if f.origin.is_empty() { "-" } else { &f.origin },
+                        f.shape
                     );
                 }
             }
         }
         Cmd::Queue { limit, json } => {
             let r = client
-                .rpc(|mut c| async move { c.queue(pb::QueueRequest { limit }).await })
+                .rpc(|mut c| async move {
+                    c.queue(pb::QueueRequest {
+                        limit,
+                        ..Default::default()
+                    })
+                    .await
+                })
                 .await?;
             let s = r.summary.unwrap_or_default();
             if json {
@@ -764,13 +774,11 @@ pub async fn run(cli: Cli) -> Result<(), Fail> {
             }
         })?,
         Cmd::Events { limit, json } => {
-            let r = client
-                .rpc(|mut c| async move { c.events(pb::EventsRequest { limit }).await })
-                .await?;
+            let events = client.events(limit as usize).await?;
             if json {
-                print_json(&Value::Array(r.events.iter().map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "node": e.node, "message": e.message})).collect()));
+                print_json(&Value::Array(events.iter().map(|e| json!({"at_ms": e.at_ms, "kind": e.kind, "node": e.node, "message": e.message})).collect()));
             } else {
-                for e in &r.events {
+                for e in &events {
                     println!("{} {:<10} {}", e.at_ms, e.kind, e.message);
                 }
             }

@@ -501,6 +501,57 @@ impl Client {
             .message)
     }
 
+    /// Every function the cluster knows, by name, read page by page.
+    pub async fn functions(&self) -> Result<Vec<pb::FunctionStats>, ClientError> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = pb::FunctionsRequest {
+                limit: 0,
+                page_token,
+            };
+            let page = self
+                .rpc(|mut c| {
+                    let r = req.clone();
+                    async move { c.functions(r).await }
+                })
+                .await?;
+            all.extend(page.functions);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// The newest `limit` events (0: 100), oldest first, read page by page.
+    pub async fn events(&self, limit: usize) -> Result<Vec<pb::Event>, ClientError> {
+        let want = if limit == 0 { 100 } else { limit };
+        let mut pages: Vec<Vec<pb::Event>> = Vec::new();
+        let mut got = 0;
+        let mut page_token = String::new();
+        while got < want {
+            let req = pb::EventsRequest {
+                limit: (want - got).min(u32::MAX as usize) as u32,
+                page_token,
+            };
+            let page = self
+                .rpc(|mut c| {
+                    let r = req.clone();
+                    async move { c.events(r).await }
+                })
+                .await?;
+            got += page.events.len();
+            pages.push(page.events);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        // Each page is older than the one before it.
+        Ok(pages.into_iter().rev().flatten().collect())
+    }
+
     /// Calls `function(args)` and decodes its result.
     pub async fn call<A: Serialize, R: DeserializeOwned>(
         &self,

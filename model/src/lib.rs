@@ -27,7 +27,7 @@ pub use node::{
     max_assigned, score,
 };
 pub use outcome::{ChainLink, Outcome, TaskError, codes};
-pub use quote::{ERROR_MESSAGE_BYTES, QUOTED_ARGS_BYTES, quote, quote_bytes};
+pub use quote::{ERROR_MESSAGE_BYTES, QUOTED_ARGS_BYTES, SHOWN_ARGS_BYTES, quote, quote_bytes};
 pub use request::{Request, RequestState, RetryPolicy};
 
 /// Milliseconds since the Unix epoch. Timestamps are stamped into commands by the proposer;

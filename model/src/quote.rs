@@ -5,6 +5,10 @@
 /// Most bytes of a request's arguments quoted in an error message or chain.
 pub const QUOTED_ARGS_BYTES: usize = 1024;
 
+/// Most bytes of a request's arguments shown in listings (requests, trees, the queue, the
+/// console's feed).
+pub const SHOWN_ARGS_BYTES: usize = 4096;
+
 /// Most bytes of a function's own error message kept in its request's outcome.
 pub const ERROR_MESSAGE_BYTES: usize = 4096;
 
@@ -30,7 +34,22 @@ pub fn quote(text: &str, max: usize) -> String {
 
 /// Bytes (expected to be UTF-8 JSON) quoted as [`quote`] does.
 pub fn quote_bytes(bytes: &[u8], max: usize) -> String {
-    quote(&String::from_utf8_lossy(bytes), max)
+    if bytes.len() <= max {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => quote(text, max),
+        // Not UTF-8: quote the head without converting the whole.
+        Err(_) => {
+            let hash = blake3::hash(bytes).to_hex();
+            format!(
+                "{}... ({} bytes, blake3 {})",
+                String::from_utf8_lossy(&bytes[..max]),
+                bytes.len(),
+                &hash[..16]
+            )
+        }
+    }
 }
 
 #[cfg(test)]

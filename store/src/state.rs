@@ -1018,6 +1018,18 @@ impl ClusterState {
             .filter_map(|(_, _, k)| self.requests.get(k))
     }
 
+    /// Queued requests after queue position (priority, seq), in the order they will run
+    /// (all of them for `None`).
+    pub fn queue_after(&self, after: Option<(i32, u64)>) -> impl Iterator<Item = &Request> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |(priority, seq)| {
+            Bound::Excluded((Reverse(priority), seq, RequestKey([0xff; 32])))
+        });
+        self.queue
+            .range((from, Bound::Unbounded))
+            .filter_map(|(_, _, k)| self.requests.get(k))
+    }
+
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }

@@ -63,6 +63,7 @@ fn update(tick: u64) -> pb::ClusterUpdate {
         })
         .collect();
     pb::ClusterUpdate {
+        truncated: false,
         now_ms: 1_000_000 + tick * 500,
         raft: Some(pb::RaftStatus {
             node_id: 1,

@@ -729,6 +729,16 @@ impl App {
                     );
                     return None;
                 }
+                if r.args_cut {
+                    self.status = Status::new(
+                        StatusKind::Info,
+                        format!(
+                            "its arguments ({} bytes) are too long to show here, so the console cannot send them again; call it again from its caller",
+                            r.args_bytes
+                        ),
+                    );
+                    return None;
+                }
                 let effect = Effect::Retry {
                     function: r.function.clone(),
                     args_json: r.args_json.clone(),

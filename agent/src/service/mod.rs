@@ -147,6 +147,11 @@ impl Service {
     }
 
     /// For reads of the replicated state: refused with `MZ-CORRUPT` on a quarantined agent.
+    /// The byte budget of one read's reply (see [`crate::paging`]).
+    fn fit(&self) -> crate::paging::Fit {
+        crate::paging::Fit::new(crate::paging::reply_budget(self.agent.cfg.max_message))
+    }
+
     fn require_sound_member(&self) -> Result<(), Status> {
         match self.agent.integrity.refusal(self.agent.me()) {
             Some(m) => Err(status::coded(m)),

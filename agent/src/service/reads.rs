@@ -3,6 +3,7 @@
 //! sound member, but the node table and Watch, which carry the leader's liveness view.
 
 use super::{Res, Service, parse_key};
+use crate::paging;
 use crate::view;
 use mozen_proto as pb;
 use std::pin::Pin;
@@ -76,35 +77,58 @@ pub(super) async fn tree(s: &Service, r: Request<pb::TreeRequest>) -> Res<pb::Tr
     } else {
         r.max_depth
     };
-    let entries = view::tree(&s.agent, key, max, depth, !r.omit_args).map_err(Status::not_found)?;
-    Ok(Response::new(pb::TreeReply { entries }))
+    let page = view::TreePage {
+        max: max.min(paging::MAX_PAGE),
+        max_depth: depth,
+        with_args: !r.omit_args,
+        skip: paging::tree_token(&r.page_token)?,
+    };
+    let mut fit = s.fit();
+    let (entries, next_page_token) =
+        view::tree(&s.agent, key, &page, &mut fit).map_err(Status::not_found)?;
+    Ok(Response::new(pb::TreeReply {
+        entries,
+        next_page_token,
+    }))
 }
 
 pub(super) async fn functions(
     s: &Service,
-    _r: Request<pb::FunctionsRequest>,
+    r: Request<pb::FunctionsRequest>,
 ) -> Res<pb::FunctionsReply> {
     s.require_sound_member()?;
+    let r = r.into_inner();
+    let after = paging::functions_token(&r.page_token)?;
+    let limit = paging::page_size(r.limit, 1000);
+    let (functions, next_page_token) = view::functions(&s.agent, after, limit, &mut s.fit());
     Ok(Response::new(pb::FunctionsReply {
-        functions: view::functions(&s.agent),
+        functions,
+        next_page_token,
     }))
 }
 
 pub(super) async fn queue(s: &Service, r: Request<pb::QueueRequest>) -> Res<pb::QueueReply> {
     s.require_sound_member()?;
-    let limit = r.into_inner().limit.max(1) as usize;
-    let (summary, head) = view::queue(&s.agent, limit);
+    let r = r.into_inner();
+    let after = paging::queue_token(&r.page_token)?;
+    let limit = paging::page_size(r.limit, 1);
+    let (summary, head, next_page_token) = view::queue(&s.agent, limit, after, &mut s.fit());
     Ok(Response::new(pb::QueueReply {
         summary: Some(summary),
         head,
+        next_page_token,
     }))
 }
 
 pub(super) async fn events(s: &Service, r: Request<pb::EventsRequest>) -> Res<pb::EventsReply> {
     s.require_member_or_quarantined()?;
-    let limit = r.into_inner().limit;
+    let r = r.into_inner();
+    let before = paging::events_token(&r.page_token)?;
+    let limit = paging::page_size(r.limit, 100);
+    let (events, next_page_token) = view::events(&s.agent, limit, before, &mut s.fit());
     Ok(Response::new(pb::EventsReply {
-        events: view::events(&s.agent, if limit == 0 { 100 } else { limit as usize }),
+        events,
+        next_page_token,
     }))
 }
 
@@ -113,6 +137,7 @@ pub(super) async fn watch(s: &Service, r: Request<pb::WatchRequest>) -> Res<Watc
     let open = s.streams.acquire(&r)?;
     let n = r.into_inner().requests;
     let n = if n == 0 { 200 } else { n as usize };
+    let budget = paging::reply_budget(s.agent.cfg.max_message);
     let agent = s.agent.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // The stream ends with the leadership: the console reconnects and follows the new leader.
@@ -124,7 +149,7 @@ pub(super) async fn watch(s: &Service, r: Request<pb::WatchRequest>) -> Res<Watc
             let Some(l) = leadership.upgrade().filter(|_| agent.is_leader()) else {
                 break;
             };
-            let update = view::cluster_update(&agent, &l, n);
+            let update = view::cluster_update(&agent, &l, n, budget);
             drop(l);
             if tx.send(Ok(update)).await.is_err() {
                 break;

@@ -230,3 +230,30 @@ async fn forget_and_cancel() {
     let got = c.cli_json(&["get", &key, "--json"]);
     assert_eq!(got["state"], "cancelled");
 }
+
+/// `Functions` says what each function expects and where it comes from.
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_list_their_argument_shape_and_origin() {
+    let c = Cluster::start(1, &["--voters", "1"]);
+    c.ready(1).await;
+    let fs = c.cli_json(&["functions", "--json"]);
+    let of = |name: &str| -> Value {
+        fs.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {fs}"))
+    };
+    let divide = of("divide");
+    assert_eq!(divide["origin"], "built-in");
+    assert!(!divide["shape"].as_str().unwrap().is_empty(), "{divide}");
+    assert_eq!(of("mapreduce")["origin"], "batch");
+    assert!(
+        fs.as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["registered"] == true && f["origin"] != ""),
+        "{fs}"
+    );
+}

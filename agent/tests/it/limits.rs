@@ -210,12 +210,21 @@ async fn large_user_data_in_errors_is_quoted_only_up_to_a_bound() {
     // Readers of the cluster are not poisoned by either.
     let mut conn = connection(&c).await;
     let events = conn
-        .events(pb::EventsRequest { limit: 100 })
+        .events(pb::EventsRequest {
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(!events.events.is_empty());
-    let queue = conn.queue(pb::QueueRequest { limit: 10 }).await.unwrap();
+    let queue = conn
+        .queue(pb::QueueRequest {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(queue.into_inner().head.len(), 0);
     let mut watch = open_watch(&mut conn).await;
     assert!(watch.message().await.unwrap().is_some());
@@ -265,4 +274,142 @@ async fn calls_with_arguments_at_the_bound_replicate_without_an_election() {
         (before.term, before.leader_id),
         "the leader changed while large values replicated"
     );
+}
+
+/// Readers of a queue of 200 requests with 60 KiB arguments each, against a 1 MiB message
+/// limit: every list comes in pages within the bound, arguments are quoted (cut, with their
+/// size), paging visits each queued request once and in order, events page backwards without
+/// gaps, and the console's feed stays within the bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_read_is_bounded_in_bytes_and_pages_through_everything() {
+    use prost::Message;
+    let c = Cluster::start(
+        1,
+        &[
+            "--voters",
+            "1",
+            "--max-message",
+            "1MiB",
+            "--max-args",
+            "512KiB",
+        ],
+    );
+    c.ready(1).await;
+    let out = c.cli(&["node", "drain", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut conn = connection(&c).await;
+    let mut keys = Vec::new();
+    for i in 0..200u32 {
+        let args = json!([i, "p".repeat(60 << 10)]);
+        let reply = conn
+            .submit(call("echo", args))
+            .await
+            .expect("submitted")
+            .into_inner();
+        keys.push(reply.key);
+    }
+    // The queue, page by page.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let reply = conn
+            .queue(pb::QueueRequest {
+                limit: 10_000,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("queue page")
+            .into_inner();
+        assert!(
+            reply.encoded_len() <= 1 << 20,
+            "{} bytes",
+            reply.encoded_len()
+        );
+        pages += 1;
+        for r in &reply.head {
+            assert!(r.args_cut && r.args_bytes > 60 << 10, "{}", r.args_bytes);
+            assert!(r.args_json.len() < 4_200, "{}", r.args_json.len());
+            assert!(r.args_json.contains("bytes, blake3 "));
+        }
+        seen.extend(reply.head.into_iter().map(|r| r.key));
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        token = reply.next_page_token;
+    }
+    assert!(
+        pages >= 2,
+        "one page held it all: the byte bound did not apply"
+    );
+    assert_eq!(
+        seen, keys,
+        "paging must visit each queued request once, in order"
+    );
+    let bad = conn
+        .queue(pb::QueueRequest {
+            limit: 1,
+            page_token: "nonsense".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // Events: pages of 1 walk back through what one read of all returns.
+    let all = conn
+        .events(pb::EventsRequest {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.next_page_token.is_empty());
+    assert!(!all.events.is_empty());
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let reply = conn
+            .events(pb::EventsRequest {
+                limit: 1,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        paged.splice(0..0, reply.events);
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        token = reply.next_page_token;
+    }
+    assert_eq!(paged, all.events);
+
+    // The console's feed asks for more requests than fit: bounded, and says so.
+    let mut watch = conn
+        .watch(pb::WatchRequest { requests: 100_000 })
+        .await
+        .unwrap()
+        .into_inner();
+    let update = watch.message().await.unwrap().expect("an update");
+    assert!(update.encoded_len() <= 1 << 20, "{}", update.encoded_len());
+    assert!(update.truncated);
+    assert!(!update.requests.is_empty() && update.requests.len() < 200);
+    drop(watch);
+
+    // Nothing was lost: undrained, every request runs to its value.
+    let out = c.cli(&["node", "undrain", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    for key in &keys {
+        let reply = conn
+            .get(pb::GetRequest {
+                key: key.clone(),
+                wait: true,
+                timeout_ms: 60_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.state, "done", "{key}");
+    }
 }

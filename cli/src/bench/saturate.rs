@@ -267,6 +267,7 @@ async fn reexecuted(client: &Client, keys: &[String]) -> u64 {
             max_nodes: 1,
             max_depth: 1,
             omit_args: true,
+            page_token: String::new(),
         };
         let reply = client
             .rpc(|mut c| {

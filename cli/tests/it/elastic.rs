@@ -279,7 +279,13 @@ slots = 2
     }
     let events = || async {
         let r = c
-            .rpc(|mut c| async move { c.events(pb::EventsRequest { limit: 200 }).await })
+            .rpc(|mut c| async move {
+                c.events(pb::EventsRequest {
+                    limit: 200,
+                    ..Default::default()
+                })
+                .await
+            })
             .await
             .unwrap();
         r.events

@@ -152,11 +152,8 @@ impl Prepared {
 pub async fn prepare(spec: JobSpec, client: Option<&Client>) -> Result<Prepared, JobError> {
     let paths = spec.expand_files()?;
     if let Some(client) = client {
-        let known = client
-            .rpc(|mut c| async move { c.functions(pb::FunctionsRequest {}).await })
-            .await?;
+        let known = client.functions().await?;
         let names: Vec<&str> = known
-            .functions
             .iter()
             .filter(|f| f.registered)
             .map(|f| f.name.as_str())
@@ -454,23 +451,34 @@ async fn poll_progress(
     bytes_of: &HashMap<String, u64>,
     p: &mut Progress,
 ) {
-    let req = pb::TreeRequest {
-        key: root.to_string(),
-        max_nodes: (job.slices.len() * 2 + 64).min(u32::MAX as usize) as u32,
-        max_depth: 1,
-        omit_args: true,
-    };
-    let Ok(tree) = client
-        .rpc(|mut c| {
-            let r = req.clone();
-            async move { c.tree(r).await }
-        })
-        .await
-    else {
-        return; // not submitted yet, or between leaders: the next poll tells
-    };
+    // The tree comes in pages (the agent bounds each reply): read them all.
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::TreeRequest {
+            key: root.to_string(),
+            max_nodes: (job.slices.len() * 2 + 64).min(u32::MAX as usize) as u32,
+            max_depth: 1,
+            omit_args: true,
+            page_token,
+        };
+        let Ok(tree) = client
+            .rpc(|mut c| {
+                let r = req.clone();
+                async move { c.tree(r).await }
+            })
+            .await
+        else {
+            return; // not submitted yet, or between leaders: the next poll tells
+        };
+        entries.extend(tree.entries);
+        if tree.next_page_token.is_empty() {
+            break;
+        }
+        page_token = tree.next_page_token;
+    }
     let (mut done, mut failed, mut bytes, mut reduces) = (0, 0, 0, 0);
-    for e in tree.entries.iter().filter(|e| e.depth == 1) {
+    for e in entries.iter().filter(|e| e.depth == 1) {
         let Some(r) = &e.request else { continue };
         let finished = match r.state.as_str() {
             "done" => true,

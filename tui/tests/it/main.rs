@@ -56,6 +56,7 @@ pub fn req(k: &str, f: &str, a: &str, s: &str) -> pb::RequestInfo {
 /// A small healthy-ish cluster: a leader, a draining voter, a down voter, a learner, a worker.
 pub fn fixture() -> pb::ClusterUpdate {
     pb::ClusterUpdate {
+        truncated: false,
         now_ms: 10_000,
         raft: Some(pb::RaftStatus {
             node_id: 1,
@@ -139,6 +140,8 @@ pub fn fixture() -> pb::ClusterUpdate {
                 joined: 2,
                 failures: 0,
                 registered: true,
+                shape: "n".into(),
+                origin: "built-in".into(),
             },
             pb::FunctionStats {
                 name: "ratio".into(),
@@ -148,6 +151,8 @@ pub fn fixture() -> pb::ClusterUpdate {
                 joined: 0,
                 failures: 2,
                 registered: true,
+                shape: "[a, b]".into(),
+                origin: "custom".into(),
             },
         ],
     }

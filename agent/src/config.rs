@@ -605,17 +605,33 @@ mod tests {
         let c = a(&format!("{}\n", line("peer", "node-1"))).unwrap();
         assert!(c.security.access.is_some());
         assert!(a(&line("worker", "pool-a")).is_ok());
-        let e = a(&format!("# x\n{}\nclient bob nothex", line("peer", "node-1"))).unwrap_err();
+        let e = a(&format!(
+            "# x\n{}\nclient bob nothex",
+            line("peer", "node-1")
+        ))
+        .unwrap_err();
         assert!(
-            e.0.starts_with(&format!("--access-file '{}': line 3: 'nothex'", access.display())),
+            e.0.starts_with(&format!(
+                "--access-file '{}': line 3: 'nothex'",
+                access.display()
+            )),
             "{}",
             e.0
         );
         let e = a(&line("client", "node-1")).unwrap_err();
-        assert!(e.0.contains("an agent needs peer (voters) or worker"), "{}", e.0);
+        assert!(
+            e.0.contains("an agent needs peer (voters) or worker"),
+            "{}",
+            e.0
+        );
         let e = a(&line("peer", "node-2")).unwrap_err();
         assert!(e.0.contains("bound to node 2"), "{}", e.0);
-        let e = a(&AccessList::line("peer", "node-1", "another-token-0123456789")).unwrap_err();
+        let e = a(&AccessList::line(
+            "peer",
+            "node-1",
+            "another-token-0123456789",
+        ))
+        .unwrap_err();
         assert!(e.0.contains("not in --access-file"), "{}", e.0);
     }
 }

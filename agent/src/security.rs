@@ -25,9 +25,9 @@ use crate::faults::Faults;
 use mozen_client::transport::chain;
 use mozen_model::{Code, NodeId};
 use mozen_proto::status::status;
+use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
-use std::convert::Infallible;
 use std::task::{Context, Poll};
 use tonic::codegen::http::HeaderMap;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -220,10 +220,7 @@ impl Roles {
 
     /// The role named `s` (`peer`, `worker`, `operator`, `client`).
     pub fn parse(s: &str) -> Option<Roles> {
-        ROLE_NAMES
-            .iter()
-            .find(|(n, _)| *n == s)
-            .map(|&(_, r)| r)
+        ROLE_NAMES.iter().find(|(n, _)| *n == s).map(|&(_, r)| r)
     }
 
     /// The names of the roles held, comma-separated (`none` for none).
@@ -802,7 +799,10 @@ operator ops {o}
         let a = access();
         let p = a.find(&tok("p1")).unwrap();
         assert_eq!((p.name.as_ref(), p.node), ("node-1", Some(1)));
-        assert!(p.roles.contains(Roles::PEER.union(Roles::WORKER).union(Roles::CLIENT)));
+        assert!(
+            p.roles
+                .contains(Roles::PEER.union(Roles::WORKER).union(Roles::CLIENT))
+        );
         let w = a.find(&tok("w")).unwrap();
         assert_eq!((w.name.as_ref(), w.node), ("builder", None));
         assert!(!w.roles.contains(Roles::PEER));
@@ -810,11 +810,17 @@ operator ops {o}
         let h = blake3::hash(b"x").to_hex();
         let bad = |text: &str| AccessList::parse(text).unwrap_err();
         assert!(bad(&format!("# c\n\nclient alice {h} extra")).starts_with("line 3: expected"));
-        assert!(bad(&format!("client alice {h}\nroot bob {h}")).starts_with("line 2: unknown role 'root'"));
+        assert!(
+            bad(&format!("client alice {h}\nroot bob {h}"))
+                .starts_with("line 2: unknown role 'root'")
+        );
         assert!(bad("client alice 1234").starts_with("line 1: '1234' is not a BLAKE3 hash"));
         assert!(bad(&format!("client al ice! {h}")).starts_with("line 1: expected"));
         assert!(bad(&format!("client al!ce {h}")).starts_with("line 1: name 'al!ce'"));
-        assert!(bad(&format!("client a {h}\nworker b {h}")).starts_with("line 2: the same token as 'a'"));
+        assert!(
+            bad(&format!("client a {h}\nworker b {h}"))
+                .starts_with("line 2: the same token as 'a'")
+        );
         assert!(bad("# only comments\n").contains("no credential"));
         // An operator or client named node-N is not bound: binding is for agents.
         let op = AccessList::parse(&format!("operator node-2 {h}")).unwrap();
@@ -828,26 +834,61 @@ operator ops {o}
     #[test]
     fn scoped_tokens_get_their_roles_and_names() {
         let g = Guard::new(1, None, None).with_access(Some(Arc::new(access())));
-        let refused = |path: &str, token: &str| g.admit(Some(path), &headers(token, None)).unwrap_err();
+        let refused =
+            |path: &str, token: &str| g.admit(Some(path), &headers(token, None)).unwrap_err();
         let e = refused("/mozen.v1.Raft/Vote", &tok("c"));
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().starts_with("MZ-FORBIDDEN: /mozen.v1.Raft/Vote needs the peer role; credential 'alice' has client"), "{e}");
-        for path in ["/mozen.v1.MozenWorker/Complete", "/mozen.v1.Mozen/Join", "/mozen.v1.Mozen/NodeOp"] {
-            assert_eq!(refused(path, &tok("c")).code(), tonic::Code::PermissionDenied, "{path}");
+        for path in [
+            "/mozen.v1.MozenWorker/Complete",
+            "/mozen.v1.Mozen/Join",
+            "/mozen.v1.Mozen/NodeOp",
+        ] {
+            assert_eq!(
+                refused(path, &tok("c")).code(),
+                tonic::Code::PermissionDenied,
+                "{path}"
+            );
         }
-        assert_eq!(refused("/mozen.v1.Raft/AppendEntries", &tok("w")).code(), tonic::Code::PermissionDenied);
-        assert_eq!(refused("/mozen.v1.Mozen/NodeOp", &tok("w")).code(), tonic::Code::PermissionDenied);
-        assert_eq!(refused("/mozen.v1.Mozen/Call", &tok("zz")).code(), tonic::Code::Unauthenticated);
-        let (caller, _) = g.admit(Some("/mozen.v1.Mozen/Call"), &headers(&tok("c"), None)).unwrap();
+        assert_eq!(
+            refused("/mozen.v1.Raft/AppendEntries", &tok("w")).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            refused("/mozen.v1.Mozen/NodeOp", &tok("w")).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            refused("/mozen.v1.Mozen/Call", &tok("zz")).code(),
+            tonic::Code::Unauthenticated
+        );
+        let (caller, _) = g
+            .admit(Some("/mozen.v1.Mozen/Call"), &headers(&tok("c"), None))
+            .unwrap();
         assert_eq!(caller.name.as_ref(), "alice");
-        assert!(g.admit(Some("/mozen.v1.Mozen/NodeOp"), &headers(&tok("o"), None)).is_ok());
-        let (_, s) = g.admit(Some("/mozen.v1.Raft/Vote"), &headers(&tok("p1"), Some(1))).unwrap();
+        assert!(
+            g.admit(Some("/mozen.v1.Mozen/NodeOp"), &headers(&tok("o"), None))
+                .is_ok()
+        );
+        let (_, s) = g
+            .admit(Some("/mozen.v1.Raft/Vote"), &headers(&tok("p1"), Some(1)))
+            .unwrap();
         assert_eq!(s.bound, Some(1));
         assert!(s.may_speak_for(1) && !s.may_speak_for(2));
-        let e = g.admit(Some("/mozen.v1.Raft/Vote"), &headers(&tok("p1"), Some(2))).unwrap_err();
+        let e = g
+            .admit(Some("/mozen.v1.Raft/Vote"), &headers(&tok("p1"), Some(2)))
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        let (_, s) = g.admit(Some("/mozen.v1.MozenWorker/Complete"), &headers(&tok("w"), Some(5))).unwrap();
-        assert!(s.may_speak_for(5) && !s.may_speak_for(6), "the header binds an unbound credential's request");
+        let (_, s) = g
+            .admit(
+                Some("/mozen.v1.MozenWorker/Complete"),
+                &headers(&tok("w"), Some(5)),
+            )
+            .unwrap();
+        assert!(
+            s.may_speak_for(5) && !s.may_speak_for(6),
+            "the header binds an unbound credential's request"
+        );
     }
 
     #[test]

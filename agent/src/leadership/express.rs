@@ -285,7 +285,11 @@ impl Leadership {
 
     /// The node an express flight of `key` runs on, if one flies.
     pub fn flight_node(&self, key: &RequestKey) -> Option<NodeId> {
-        self.flights.lock().expect("flights").get(key).map(|f| f.node)
+        self.flights
+            .lock()
+            .expect("flights")
+            .get(key)
+            .map(|f| f.node)
     }
 
     /// Whether `key` flies (runs here before being written down) or is held to fly.

@@ -365,7 +365,9 @@ pub(crate) async fn park_request(
         Verdict::Holds => {}
         Verdict::Stale => return Ok(()),
         Verdict::Refused(reason) => {
-            return Err(refuse(agent, speaker, reason, "park", &key, r.node, r.attempt));
+            return Err(refuse(
+                agent, speaker, reason, "park", &key, r.node, r.attempt,
+            ));
         }
     }
     agent
@@ -430,7 +432,13 @@ async fn provenance(
         _ => None,
     }) {
         return Err(refuse(
-            agent, speaker, reason, "completion", &c.key, c.node, c.attempt,
+            agent,
+            speaker,
+            reason,
+            "completion",
+            &c.key,
+            c.node,
+            c.attempt,
         ));
     }
     Ok(completions

@@ -22,6 +22,8 @@ struct Roles {
     operator: PathBuf,
     worker: PathBuf,
     worker9: PathBuf,
+    node4: PathBuf,
+    access: PathBuf,
     metrics: Vec<(u64, String)>,
 }
 
@@ -57,6 +59,8 @@ async fn roles_cluster() -> Roles {
     let operator = cred("operator", "ops");
     let worker = cred("worker", "builder");
     let worker9 = cred("worker", "node-9");
+    // For a worker-only agent 4 a test may add.
+    let node4 = cred("worker", "node-4");
     let access = dir.join("access");
     std::fs::write(&access, lines.join("\n")).unwrap();
     let mut c = Cluster::new(3, &[]).with_client_transport(transport(&client));
@@ -85,6 +89,8 @@ async fn roles_cluster() -> Roles {
         operator,
         worker,
         worker9,
+        node4,
+        access,
         metrics,
     }
 }
@@ -403,4 +409,198 @@ async fn forged_completions_never_reach_the_caller_or_the_memo() {
 
     assert_eq!(leader_term(c).await, before, "leader and term unchanged");
     nothing_lost(c, &acked).await;
+}
+
+/// The running node of request `key`, once it runs.
+async fn running_node(client: &Client, key: &str) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Unknown until the parent calls it (and, flying express, until it is written down).
+        let g = client
+            .rpc(|mut cl| {
+                let key = key.to_string();
+                async move {
+                    cl.get(pb::GetRequest {
+                        key,
+                        wait: false,
+                        timeout_ms: 0,
+                    })
+                    .await
+                }
+            })
+            .await;
+        if let Ok(g) = &g
+            && g.state == "running"
+            && let Some(n) = g.node
+        {
+            return n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key} never ran: {g:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_child_value_never_reaches_its_parent() {
+    let r = roles_cluster().await;
+    let c = &r.c;
+    let before = leader_term(c).await;
+    let acked = acknowledged(c, "before").await;
+    let leader_addr = c.by_id(before.0).addr.clone();
+    let client = c.client();
+    // A parent whose one child sleeps 3 s: the parent waits for the child's value, which the
+    // leader hands it as soon as a worker reports it (before it is committed).
+    let parent_args = json!([3000, 0, 1, 1, "forge-me"]);
+    let child_args = json!([3000, 0, 0, 1, "forge-me"]);
+    let child = mozen_model::RequestKey::of("bogosity", &mozen_model::canonical_args(&child_args));
+    let pending = {
+        let client = client.clone();
+        let args = parent_args.clone();
+        tokio::spawn(async move {
+            client
+                .call_json("bogosity", args, &Default::default())
+                .await
+        })
+    };
+    let node = running_node(&client, &child.to_hex()).await;
+    let forged = |node: u64, attempt: u32| pb::CompleteRequest {
+        completions: vec![pb::Completion {
+            key: child.0.to_vec(),
+            node,
+            attempt,
+            value: Some(b"\"forged child\"".to_vec()),
+            error: None,
+            duration_ms: 1,
+        }],
+    };
+    let mut w = pb::mozen_worker_client::MozenWorkerClient::new(
+        transport(&r.worker).channel(&leader_addr).unwrap(),
+    );
+    forbidden("attempt never run", w.complete(forged(node, 7)).await);
+    forbidden(
+        "express attempt on a node not running it",
+        w.complete(forged(node % 3 + 1, 0)).await,
+    );
+    let mut w9 = pb::mozen_worker_client::MozenWorkerClient::new(
+        transport(&r.worker9).channel(&leader_addr).unwrap(),
+    );
+    forbidden("bound to node 9", w9.complete(forged(node, 1)).await);
+
+    let reply = pending.await.unwrap().unwrap();
+    let result = reply.result_json.unwrap();
+    assert!(!result.contains("forged"), "{result}");
+    assert!(
+        result.contains("level 1") && result.contains("level 0"),
+        "{result}"
+    );
+    let memo = get(&client, &child.to_hex(), false).await;
+    assert_eq!(memo.state, "done");
+    assert!(
+        !memo.result_json.as_deref().unwrap().contains("forged"),
+        "{memo:?}"
+    );
+    assert_eq!(leader_term(c).await, before, "leader and term unchanged");
+    nothing_lost(c, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_agent_with_a_worker_credential_joins_and_runs_work() {
+    let mut r = roles_cluster().await;
+    let before = leader_term(&r.c).await;
+    let acked = acknowledged(&r.c, "before").await;
+    // Node 4's own credential: worker, bound to node 4 (listed in every agent's file).
+    let (tok, access) = (r.node4.clone(), r.access.clone());
+    let i = r.c.add(
+        4,
+        &[
+            "--token-file",
+            tok.to_str().unwrap(),
+            "--access-file",
+            access.to_str().unwrap(),
+        ],
+    );
+    r.c.agents[i].start();
+    r.c.ready(4).await;
+    // Its credential joins and heartbeats through MozenWorker, but reaches no Raft RPC.
+    let mut raft =
+        pb::raft_client::RaftClient::new(transport(&tok).channel(&r.c.agents[0].addr).unwrap());
+    forbidden("worker agent Vote", raft.vote(payload()).await);
+    let got: Value = r.c.client().call("echo", json!("with four")).await.unwrap();
+    assert_eq!(got, json!("with four"));
+    assert_eq!(leader_term(&r.c).await, before, "leader and term unchanged");
+    nothing_lost(&r.c, &acked).await;
+}
+
+#[test]
+fn token_command_mints_a_credential_and_its_line() {
+    let out = std::process::Command::new(agent_bin())
+        .args(["token", "--role", "worker,client", "--name", "pool-a"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let line = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        line.trim(),
+        AccessList::line("worker,client", "pool-a", &token)
+    );
+    let list = AccessList::parse(&line).unwrap();
+    assert_eq!(list.find(&token).unwrap().name.as_ref(), "pool-a");
+    let bad = std::process::Command::new(agent_bin())
+        .args(["token", "--role", "admin", "--name", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown role 'admin'"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(bad.stdout.is_empty(), "no token printed for a refused line");
+}
+
+#[test]
+fn a_malformed_access_file_stops_the_agent_naming_the_line() {
+    let dir = TempDir::new().unwrap();
+    let (tok, t) = token_file(dir.path(), "node-1");
+    let access = dir.path().join("access");
+    std::fs::write(
+        &access,
+        format!(
+            "{}\nclient alice not-a-hash\n",
+            AccessList::line("peer", "node-1", &t)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "--id",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--token-file")
+        .arg(&tok)
+        .arg("--access-file")
+        .arg(&access)
+        .arg("--data-dir")
+        .arg(dir.path().join("n1"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--access-file '{}': line 2:", access.display())),
+        "{err}"
+    );
+    assert!(!dir.path().join("n1").exists(), "nothing was created");
 }

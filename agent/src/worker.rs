@@ -11,18 +11,17 @@ use crate::agent::Agent;
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{ClusterCaller, Ctx, Slot};
 use crate::leadership::Leadership;
-use crate::security::AuthChannel;
 use crate::security::Speaker;
 use crate::service::WorkStream;
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use mozen_client::worker::WorkerClient;
 use mozen_model::{
     ChainLink, Code, ERROR_MESSAGE_BYTES, QUOTED_ARGS_BYTES, RequestKey, TaskError, codes, quote,
     quote_bytes,
 };
 use mozen_proto as pb;
-use mozen_proto::mozen_worker_client::MozenWorkerClient;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -148,7 +147,7 @@ async fn on_leader<T, L, LFut, F, Fut>(
 where
     L: FnOnce(Arc<Leadership>) -> LFut,
     LFut: Future<Output = Result<(), tonic::Status>>,
-    F: Fn(MozenWorkerClient<AuthChannel>) -> Fut,
+    F: Fn(WorkerClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     match agent.leadership() {

@@ -10,6 +10,7 @@
 use crate::error::ClientError;
 use crate::status::{is_not_leader, is_transport, leader_hint, rejected};
 use crate::transport::{AuthChannel, ClientTransport};
+use crate::worker::WorkerClient;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use mozen_model::{RequestKey, TaskError, canonical_args, codes};
@@ -64,11 +65,7 @@ struct Inner {
 
 /// The agent the client talks to: its address, and its `Mozen` and `MozenWorker` services
 /// over one channel.
-type Current = (
-    String,
-    MozenClient<AuthChannel>,
-    MozenWorkerClient<AuthChannel>,
-);
+type Current = (String, MozenClient<AuthChannel>, WorkerClient);
 
 /// How long one probe of an agent may take during a search for the leader.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -268,6 +265,7 @@ impl Client {
         let mozen = MozenClient::new(ch)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let worker = WorkerClient::new(worker, mozen.clone());
         Ok((addr, mozen, worker))
     }
 
@@ -318,10 +316,10 @@ impl Client {
     }
 
     /// [`rpc`](Self::rpc) on the leader's `MozenWorker` service (agents' own worker RPCs:
-    /// join, heartbeat, Work, completions, parking).
+    /// join, heartbeat, Work, completions, parking; see [`WorkerClient`]).
     pub async fn worker_rpc<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where
-        F: Fn(MozenWorkerClient<AuthChannel>) -> Fut,
+        F: Fn(WorkerClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.rpc_on(|(_, _, w)| op(w)).await

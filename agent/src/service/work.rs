@@ -421,6 +421,17 @@ async fn provenance(
             })
             .collect()
     };
+    // An express run this leader does not fly is judged by what earlier leaders wrote down,
+    // which this leader's state must hold first (else it would be dropped as not written).
+    let strays = completions
+        .iter()
+        .any(|c| c.attempt == 0 && leadership.flight_node(&c.key).is_none());
+    if strays && !crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await {
+        return Err(status(
+            Code::NotReady,
+            "this leader has not yet applied what earlier leaders committed; report again",
+        ));
+    }
     let mut v = verdicts(&completions);
     if v.contains(&Verdict::Refused(Reason::Attempt))
         && crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await

@@ -16,6 +16,8 @@ pub struct Agent {
     pub functions: Functions,
     /// What the corruption checks found, and whether this agent quarantined itself.
     pub integrity: crate::integrity::Integrity,
+    /// Outcomes refused because they came from a node not holding the attempt.
+    pub refusals: crate::provenance::Refusals,
 }
 
 impl Deref for Agent {

@@ -115,6 +115,10 @@ impl AgentBuilder {
         {
             return crate::bench_scale::main();
         }
+        if argv.get(1).is_some_and(|a| a == "token") {
+            argv.remove(1);
+            return token_command(TokenArgs::parse_from(argv));
+        }
         let repair = argv.get(1).is_some_and(|a| a == "repair");
         if repair {
             argv.remove(1);
@@ -130,6 +134,13 @@ impl AgentBuilder {
             }
         };
         init_tracing();
+        if cfg.security.access.is_none() && cfg.security.token.is_some() {
+            tracing::warn!(
+                "--token-file without --access-file: the one token grants every role (peer, \
+                 worker, operator, client) to whoever holds it; give each its own token with \
+                 --access-file (docs/operations.md, \"Roles\"). This mode goes away in the next release"
+            );
+        }
         match open_files {
             Ok((before, after)) if before != after => {
                 tracing::info!("open-file limit raised from {before} to {after}")
@@ -217,6 +228,58 @@ impl AgentBuilder {
         work.shutdown_timeout(Duration::from_secs(2));
         code
     }
+}
+
+/// `mozen-agent token`: mints a credential for the access file.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "mozen-agent token",
+    about = "Mint a token: prints the token on stdout and its --access-file line on stderr",
+    after_help = "Example: mozen-agent token --role client --name alice > alice.token 2>> access\n\
+                  Give alice.token to the client (--token-file) and append the line to every \
+                  agent's --access-file (docs/operations.md, \"Roles\")."
+)]
+pub struct TokenArgs {
+    /// Roles, comma-separated: peer, worker, operator, client.
+    #[arg(long)]
+    pub role: String,
+    /// The credential's name: the caller's identity (fair share, events); `node-N` binds a
+    /// peer or worker credential to node N.
+    #[arg(long)]
+    pub name: String,
+    /// Print the line of this existing token instead of minting one (nothing on stdout).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+fn token_command(args: TokenArgs) -> ExitCode {
+    let (token, minted) = match &args.token_file {
+        Some(p) => match crate::security::read_token("token-file", p) {
+            Ok(t) => (t.expose().to_string(), false),
+            Err(e) => {
+                eprintln!("mozen-agent token: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => match crate::security::mint_token() {
+            Ok(t) => (t, true),
+            Err(e) => {
+                eprintln!("mozen-agent token: no randomness from the system: {e}");
+                return ExitCode::from(EXIT_ERROR);
+            }
+        },
+    };
+    let line = crate::security::AccessList::line(&args.role, &args.name, &token);
+    // The line is checked as the agent will read it.
+    if let Err(e) = crate::security::AccessList::parse(&line) {
+        eprintln!("mozen-agent token: {}", e.trim_start_matches("line 1: "));
+        return ExitCode::from(2);
+    }
+    if minted {
+        println!("{token}");
+    }
+    eprintln!("{line}");
+    ExitCode::SUCCESS
 }
 
 fn init_tracing() {

@@ -2,7 +2,7 @@
 //!
 //! Errors quote the bad value and say how to fix it; nothing downstream re-validates.
 
-use crate::security::{Security, load_tls, read_token};
+use crate::security::{AccessList, Security, check_own_token, load_tls, read_token};
 use clap::Parser;
 use mozen_model::NodeId;
 pub use mozen_model::flags::{
@@ -107,6 +107,11 @@ pub struct AgentArgs {
     /// its peers. Required on a non-loopback --listen address unless --insecure.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Credentials this agent accepts, each with its roles (peer, worker, operator, client)
+    /// and name: lines of `<role>[,<role>...] <name> <blake3-hex-of-token>` (see
+    /// docs/operations.md, "Roles"). Without it, the --token-file token grants every role.
+    #[arg(long, value_name = "PATH")]
+    pub access_file: Option<PathBuf>,
     /// Allow listening on a non-loopback address without a token.
     #[arg(long)]
     pub insecure: bool,
@@ -386,7 +391,16 @@ impl AgentArgs {
                 self.tls_cert.as_deref(),
                 self.tls_key.as_deref(),
             )?,
+            access: self
+                .access_file
+                .as_deref()
+                .map(AccessList::read)
+                .transpose()?
+                .map(std::sync::Arc::new),
         };
+        if let Some(access) = &security.access {
+            check_own_token(id, security.token.as_ref(), access)?;
+        }
         if let Some(tls) = &security.tls
             && tls.identity.is_none()
         {
@@ -589,5 +603,59 @@ mod tests {
         assert!(e.0.contains("at least 16"), "{}", e.0);
         // Loopback needs nothing.
         assert!(args(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn access_file_must_parse_and_list_the_agents_own_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        let token = "0123456789abcdef-node-1";
+        std::fs::write(&tok, token).unwrap();
+        let access = dir.path().join("access");
+        let a = |lines: &str| {
+            std::fs::write(&access, lines).unwrap();
+            let v = vec![
+                "mozen-agent",
+                "--id",
+                "1",
+                "--token-file",
+                tok.to_str().unwrap(),
+                "--access-file",
+                access.to_str().unwrap(),
+            ];
+            AgentArgs::parse_from(v).validate()
+        };
+        let line = |roles: &str, name: &str| AccessList::line(roles, name, token);
+        let c = a(&format!("{}\n", line("peer", "node-1"))).unwrap();
+        assert!(c.security.access.is_some());
+        assert!(a(&line("worker", "pool-a")).is_ok());
+        let e = a(&format!(
+            "# x\n{}\nclient bob nothex",
+            line("peer", "node-1")
+        ))
+        .unwrap_err();
+        assert!(
+            e.0.starts_with(&format!(
+                "--access-file '{}': line 3: 'nothex'",
+                access.display()
+            )),
+            "{}",
+            e.0
+        );
+        let e = a(&line("client", "node-1")).unwrap_err();
+        assert!(
+            e.0.contains("an agent needs peer (voters) or worker"),
+            "{}",
+            e.0
+        );
+        let e = a(&line("peer", "node-2")).unwrap_err();
+        assert!(e.0.contains("bound to node 2"), "{}", e.0);
+        let e = a(&AccessList::line(
+            "peer",
+            "node-1",
+            "another-token-0123456789",
+        ))
+        .unwrap_err();
+        assert!(e.0.contains("not in --access-file"), "{}", e.0);
     }
 }

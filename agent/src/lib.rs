@@ -9,13 +9,14 @@
 //! - [`membership`]: node operations (drain, undrain, promote, demote, remove) as a typed
 //!   `NodeOp` with a typed error.
 //! - [`network`]: the peer-only Raft transport over gRPC.
-//! - [`security`]: the cluster token and TLS on both services: the flags and the server side
-//!   here, the client side re-exported from mozen-client.
+//! - [`security`]: tokens (scoped by role with an access file) and TLS on every service: the
+//!   flags and the server side here, the client side re-exported from mozen-client.
 //! - [`faults`]: test-only fault injection (cutting links between agents, diverging digests);
 //!   the fault file's format is mozen-fleet's.
 //! - [`integrity`], [`checks`]: corruption checks across members: voters compare state
 //!   checkpoints; an outvoted one quarantines itself.
 //! - [`proposer`]: batches many facts into one log entry.
+//! - [`provenance`]: outcomes taken only from the node holding the attempt; refusals counted.
 //! - [`hub`]: reacts to applied commands (wakes waiters; shows them to the leadership).
 //! - [`leadership`]: what only the leader has, owned by one `Leadership` value: scheduling,
 //!   liveness, express calls, the autoscaler, the workers' Work streams; [`leading`] follows
@@ -67,6 +68,7 @@ pub mod network;
 pub mod node;
 pub mod paging;
 pub mod proposer;
+pub mod provenance;
 pub mod repair;
 pub mod security;
 pub mod service;

@@ -152,6 +152,17 @@ pub fn render(agent: &Agent) -> String {
         vec![(String::new(), if agent.is_leader() { 1.0 } else { 0.0 })],
     );
     integrity(agent, &mut metric);
+    metric(
+        "mozen_refused_completions_total",
+        "Completions, early child values and parks refused by this agent while it led: from a caller not allowed to speak for the node (reason node) or for an attempt that node does not hold (reason attempt).",
+        "counter",
+        agent
+            .refusals
+            .counts()
+            .into_iter()
+            .map(|(r, n)| (format!("{{reason=\"{}\"}}", r.as_str()), n as f64))
+            .collect(),
+    );
     suspicions(agent, &mut metric);
     metric(
         "mozen_function_thread_holds_total",

@@ -139,6 +139,7 @@ pub async fn run(
         hub,
         functions,
         integrity: Default::default(),
+        refusals: Default::default(),
     });
     let sup = agent.supervisor.clone();
     if let (Some(f), Some(path)) = (&agent.faults, &agent.cfg.fault_file) {
@@ -336,7 +337,7 @@ async fn form_cluster(agent: &Arc<Agent>) -> bool {
     loop {
         let r = agent
             .client
-            .rpc(|mut c| {
+            .worker_rpc(|mut c| {
                 let r = req.clone();
                 async move { c.join(r).await }
             })

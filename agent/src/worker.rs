@@ -11,17 +11,17 @@ use crate::agent::Agent;
 use crate::client::{CallOptions, Client, ClientError};
 use crate::functions::{ClusterCaller, Ctx, Slot};
 use crate::leadership::Leadership;
-use crate::security::AuthChannel;
+use crate::security::Speaker;
 use crate::service::WorkStream;
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use mozen_client::worker::WorkerClient;
 use mozen_model::{
     ChainLink, Code, ERROR_MESSAGE_BYTES, QUOTED_ARGS_BYTES, RequestKey, TaskError, codes, quote,
     quote_bytes,
 };
 use mozen_proto as pb;
-use mozen_proto::mozen_client::MozenClient;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -118,7 +118,13 @@ impl ClusterCaller for ChildCaller {
             };
             on_leader(
                 &agent,
-                |_| crate::service::park_request(&agent, req.clone()),
+                |_| {
+                    let r = req.clone();
+                    let agent = &agent;
+                    async move {
+                        crate::service::park_request(agent, r, &Speaker::local(agent.me())).await
+                    }
+                },
                 |mut c| {
                     let r = req.clone();
                     async move { c.park(r).await }
@@ -141,12 +147,12 @@ async fn on_leader<T, L, LFut, F, Fut>(
 where
     L: FnOnce(Arc<Leadership>) -> LFut,
     LFut: Future<Output = Result<(), tonic::Status>>,
-    F: Fn(MozenClient<AuthChannel>) -> Fut,
+    F: Fn(WorkerClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     match agent.leadership() {
         Ok(l) => local(l).await.map_err(|s| crate::client::rejected(&s)),
-        Err(_) => agent.client.rpc(remote).await.map(|_| ()),
+        Err(_) => agent.client.worker_rpc(remote).await.map(|_| ()),
     }
 }
 
@@ -186,7 +192,7 @@ pub async fn run(agent: Arc<Agent>) {
                 .map_err(|s| crate::client::rejected(&s))
         } else {
             tokio::select! {
-                s = agent.client.rpc(|mut c| {
+                s = agent.client.worker_rpc(|mut c| {
                     let r = req.clone();
                     async move { c.work(r).await }
                 }) => s.map(|s| -> WorkStream { Box::pin(s) }),
@@ -255,7 +261,7 @@ pub async fn run(agent: Arc<Agent>) {
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            agent.client.rpc(|mut c| {
+            agent.client.worker_rpc(|mut c| {
                 let r = hb.clone();
                 async move { c.heartbeat(r).await }
             }),
@@ -283,7 +289,7 @@ pub async fn run(agent: Arc<Agent>) {
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(3),
-            agent.client.rpc(|mut c| {
+            agent.client.worker_rpc(|mut c| {
                 let r = hb.clone();
                 async move { c.heartbeat(r).await }
             }),
@@ -502,7 +508,8 @@ async fn send_report(agent: &Agent, req: pb::CompleteRequest, running: &Running)
     loop {
         let local = |l: Arc<Leadership>| {
             let completions = req.completions.clone();
-            async move { crate::service::complete_reported(agent, &l, completions).await }
+            let me = Speaker::local(agent.me());
+            async move { crate::service::complete_reported(agent, &l, completions, &me).await }
         };
         let r = on_leader(agent, local, |mut c| {
             let r = req.clone();
@@ -542,7 +549,7 @@ async fn heartbeat(agent: Arc<Agent>, running: Running) {
         // (it would take them for lost).
         let r = agent
             .client
-            .rpc(|mut c| {
+            .worker_rpc(|mut c| {
                 let r = pb::HeartbeatRequest {
                     node_id: agent.me(),
                     running: keys(&running),

@@ -10,11 +10,13 @@
 use crate::error::ClientError;
 use crate::status::{is_not_leader, is_transport, leader_hint, rejected};
 use crate::transport::{AuthChannel, ClientTransport};
+use crate::worker::WorkerClient;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use mozen_model::{RequestKey, TaskError, canonical_args, codes};
 use mozen_proto as pb;
 use mozen_proto::mozen_client::MozenClient;
+use mozen_proto::mozen_worker_client::MozenWorkerClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -44,7 +46,7 @@ struct Inner {
     addrs: Vec<String>,
     /// The agent currently believed to be the leader (index into `addrs` or an address learnt
     /// from a redirect) and its channel.
-    current: Mutex<Option<(String, MozenClient<AuthChannel>)>>,
+    current: Mutex<Option<Current>>,
     max_message: usize,
     /// How long to keep looking for a reachable leader before giving up.
     patience: Duration,
@@ -60,6 +62,10 @@ struct Inner {
     /// Channels the searches probe with, by address (one connection per agent).
     probes: Mutex<HashMap<String, MozenClient<AuthChannel>>>,
 }
+
+/// The agent the client talks to: its address, and its `Mozen` and `MozenWorker` services
+/// over one channel.
+type Current = (String, MozenClient<AuthChannel>, WorkerClient);
 
 /// How long one probe of an agent may take during a search for the leader.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -245,13 +251,31 @@ impl Client {
             .max_encoding_message_size(self.inner.max_message))
     }
 
-    fn current(&self, attempt: usize) -> Result<(String, MozenClient<AuthChannel>), Status> {
+    /// Both services of the agent at `addr`, over one channel.
+    fn link(&self, addr: String) -> Result<Current, Status> {
+        let ch = self
+            .inner
+            .transport
+            .channel(&addr)
+            .map_err(|e| Status::unavailable(format!("bad address {addr}: {e}")))?;
+        let max = self.inner.max_message;
+        let worker = MozenWorkerClient::new(ch.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let mozen = MozenClient::new(ch)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let worker = WorkerClient::new(worker, mozen.clone());
+        Ok((addr, mozen, worker))
+    }
+
+    fn current(&self, attempt: usize) -> Result<Current, Status> {
         let mut cur = self.inner.current.lock().expect("client lock");
         if let Some(c) = cur.as_ref() {
             return Ok(c.clone());
         }
         let addr = self.inner.addrs[attempt % self.inner.addrs.len()].clone();
-        let c = (addr.clone(), self.agent(&addr)?);
+        let c = self.link(addr)?;
         *cur = Some(c.clone());
         Ok(c)
     }
@@ -259,7 +283,7 @@ impl Client {
     fn switch(&self, to: Option<String>) {
         let mut cur = self.inner.current.lock().expect("client lock");
         *cur = match to {
-            Some(addr) => self.agent(&addr).ok().map(|c| (addr, c)),
+            Some(addr) => self.link(addr).ok(),
             None => None,
         };
     }
@@ -276,7 +300,7 @@ impl Client {
             .lock()
             .expect("client lock")
             .as_ref()
-            .map(|(a, _)| a.clone())
+            .map(|(a, _, _)| a.clone())
     }
 
     /// Runs `op` against the leader, following redirects and skipping unreachable agents until
@@ -288,6 +312,24 @@ impl Client {
         F: Fn(MozenClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.rpc_on(|(_, c, _)| op(c)).await
+    }
+
+    /// [`rpc`](Self::rpc) on the leader's `MozenWorker` service (agents' own worker RPCs:
+    /// join, heartbeat, Work, completions, parking; see [`WorkerClient`]).
+    pub async fn worker_rpc<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(WorkerClient) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.rpc_on(|(_, _, w)| op(w)).await
+    }
+
+    async fn rpc_on<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Current) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let start = Instant::now();
         let deadline = start + self.inner.patience;
         let mut attempt = 0usize;
@@ -296,7 +338,7 @@ impl Client {
         loop {
             let epoch = self.epoch();
             let result = match self.current(attempt) {
-                Ok((addr, client)) => (addr, op(client).await),
+                Ok(cur) => (cur.0.clone(), op(cur).await),
                 Err(s) => (String::new(), Err(s)),
             };
             let (addr, result) = result;
@@ -640,7 +682,7 @@ impl Client {
         if let Some(tx) = pipe.as_ref().filter(|tx| !tx.is_closed()) {
             return Some(tx.clone());
         }
-        let (_, client) = self.inner.current.lock().expect("client lock").clone()?;
+        let (_, client, _) = self.inner.current.lock().expect("client lock").clone()?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_pipe(client, rx));
         *pipe = Some(tx.clone());

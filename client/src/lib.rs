@@ -8,6 +8,8 @@
 //!   and operator messages with their `MZ-` code.
 //! - [`transport`]: channels with the cluster token and TLS ([`ClientTransport`]), the TLS
 //!   files, and (feature `clap`) the security flags of client programs.
+//! - [`worker`]: the agents' own worker RPCs, on `MozenWorker` (or `Mozen`'s old names for a
+//!   leader of the previous release).
 //! - [`error`]: [`ClientError`], typed and with a stable code.
 //! - [`batch`]: batch jobs from the client's side: job files, slicing, running and planning a
 //!   job on a cluster (the agent runs the job's root request and the built-ins).
@@ -22,6 +24,7 @@ pub mod client;
 pub mod error;
 pub mod status;
 pub mod transport;
+pub mod worker;
 
 pub use client::{CallOptions, Client, Handle, call_request, split_addrs};
 pub use error::ClientError;

@@ -164,7 +164,8 @@ impl TlsFiles {
 #[cfg(feature = "clap")]
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ClientArgs {
-    /// File holding the cluster token.
+    /// File holding this client's token: the cluster token, or with an access file a token
+    /// with the client role (operator for node operations).
     #[arg(long, global = true, env = "MOZEN_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
     /// CA certificate (PEM) of the cluster: turns TLS on.

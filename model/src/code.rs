@@ -226,6 +226,10 @@ codes! {
     BadResult => "MZ-BAD-RESULT",
         "A result the chaos workload read back is not valid JSON.",
         "Treat it as a violation and reproduce with the run's seed.";
+    // --- roles ---
+    Forbidden => "MZ-FORBIDDEN",
+        "The caller's credential lacks the role the RPC needs, or speaks for a node or an attempt it does not hold.",
+        "Use a credential with that role (docs/operations.md, \"Roles\"), or the node's own credential.";
 }
 
 impl Code {

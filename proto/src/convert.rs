@@ -131,7 +131,8 @@ same_codes!(
     ChaosSetup,
     ChaosNotReady,
     ChaosViolations,
-    BadResult
+    BadResult,
+    Forbidden
 );
 
 /// A wire enum value with no model counterpart: UNSPECIFIED, or a value from a newer peer.

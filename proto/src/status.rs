@@ -38,7 +38,7 @@ pub const fn grpc_code(code: Code) -> tonic::Code {
         | Code::BadHosts => G::InvalidArgument,
         Code::AttemptsExhausted => G::Aborted,
         Code::Cancelled => G::Cancelled,
-        Code::ExecRefused => G::PermissionDenied,
+        Code::ExecRefused | Code::Forbidden => G::PermissionDenied,
         Code::Timeout | Code::UpTimeout | Code::ChaosNotReady => G::DeadlineExceeded,
         Code::ParentGone
         | Code::NotQueued

@@ -1299,6 +1299,44 @@ mod tests {
         assert_eq!(st.queue().count(), 0);
     }
 
+    /// The state machine's own check, behind the leader's (agent/src/provenance.rs): only the
+    /// running attempt on its node finishes a request; a completion naming another node or an
+    /// attempt that never ran changes nothing and stores no outcome.
+    #[test]
+    fn a_completion_of_another_node_or_attempt_changes_nothing() {
+        let mut st = cluster(2);
+        st.apply(&Command::RegisterNode {
+            node: node(2, 2),
+            at: 0,
+        });
+        st.apply(&submit(1, None, 0));
+        st.apply(&assign(1, 1, 1));
+        let _ = st.take_effects();
+        for (node, attempt) in [(2, 1), (1, 7), (9, 1), (1, 0)] {
+            let forged = st.apply(&complete(1, node, attempt, Outcome::Value(b"666".to_vec())));
+            assert_eq!(
+                forged,
+                Response::Completed(vec![CompleteReply::Stale]),
+                "node {node} attempt {attempt}"
+            );
+            assert!(st.take_effects().is_empty(), "no outcome stored");
+            assert!(matches!(
+                st.request_state(&key(1)),
+                Some(RequestState::Running {
+                    node: 1,
+                    attempt: 1,
+                    ..
+                })
+            ));
+        }
+        let real = st.apply(&complete(1, 1, 1, Outcome::Value(b"7".to_vec())));
+        assert_eq!(real, Response::Completed(vec![CompleteReply::Finished]));
+        assert_eq!(
+            st.take_effects(),
+            vec![Effect::PutOutcome(key(1), Outcome::Value(b"7".to_vec()))]
+        );
+    }
+
     fn ran(n: u8, parent: Option<RequestKey>, value: &[u8]) -> Command {
         let Command::Submit { mut requests, .. } = submit(n, parent, 0) else {
             unreachable!()

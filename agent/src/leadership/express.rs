@@ -283,6 +283,15 @@ impl Leadership {
         done.iter().any(|c| !flights.contains_key(&c.key))
     }
 
+    /// The node an express flight of `key` runs on, if one flies.
+    pub fn flight_node(&self, key: &RequestKey) -> Option<NodeId> {
+        self.flights
+            .lock()
+            .expect("flights")
+            .get(key)
+            .map(|f| f.node)
+    }
+
     /// Whether `key` flies (runs here before being written down) or is held to fly.
     pub fn flies(&self, key: &RequestKey) -> bool {
         self.flights.lock().expect("flights").contains_key(key) || self.is_held(key)

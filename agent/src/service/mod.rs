@@ -2,7 +2,8 @@
 //!
 //! - [`calls`]: callers (clients, functions calling functions): call, submit, get, cancel,
 //!   forget, blobs;
-//! - [`work`]: workers: join, heartbeat, the Work stream, completions, parking;
+//! - [`work`]: workers: join, heartbeat, the Work stream, completions, parking (the
+//!   `MozenWorker` service, and the same RPCs still on `Mozen` for one release);
 //! - [`admin`]: operators: node operations, expecting a node;
 //! - [`reads`]: everyone: cluster info, status, nodes, queue, trees, events, the console's
 //!   Watch stream, state digests.
@@ -29,11 +30,13 @@ use crate::agent::Agent;
 use crate::hub::Woken;
 use crate::leadership::{Leadership, NotLeader};
 use crate::proposer::ProposeError;
+use crate::security::Gated;
 use calls::CallsStream;
 use futures::StreamExt;
 use mozen_model::{Code, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_proto::mozen_server::{Mozen, MozenServer};
+use mozen_proto::mozen_worker_server::{MozenWorker, MozenWorkerServer};
 use mozen_proto::raft_server::RaftServer;
 use mozen_proto::status::{self, status};
 use mozen_store::{Command, Response as SmResponse};
@@ -42,21 +45,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-/// Serves the `Mozen` and `Raft` services, health and reflection on `listener` until `stop`
-/// fires. Every service but health passes the [`crate::security::Guard`] first.
+/// Serves the `Mozen`, `MozenWorker` and `Raft` services, health and reflection on
+/// `listener` until `stop` fires. Every service but health passes the
+/// [`crate::security::Guard`] first, which admits each RPC for the role it needs.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationToken) {
     // Room around a value at the bound (a result of --max-result in a completion, arguments
     // of --max-args in a call), so the limits refuse it with their own codes.
     let max = agent.cfg.max_message + crate::limits::FRAMING;
-    let mozen = MozenServer::new(Service {
+    let service = Service {
         agent: agent.clone(),
         streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    };
+    let worker = MozenWorkerServer::new(service.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let mozen = MozenServer::new(service)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let raft_max = agent.cfg.raft_message();
     let raft = RaftServer::new(crate::network::RaftService {
         raft: agent.raft.clone(),
@@ -81,7 +88,8 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
         agent.me(),
         agent.cfg.security.token.as_ref(),
         agent.faults.clone(),
-    );
+    )
+    .with_access(agent.cfg.security.access.clone());
     let server = match agent.cfg.security.server() {
         Ok(s) => s,
         Err(e) => {
@@ -104,10 +112,11 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     let health = standard::health(&agent).await;
     let r = server
         .add_service(health)
-        .add_service(InterceptedService::new(reflection_v1, guard.clone()))
-        .add_service(InterceptedService::new(reflection_v1alpha, guard.clone()))
-        .add_service(InterceptedService::new(raft, guard.clone()))
-        .add_service(InterceptedService::new(mozen, guard))
+        .add_service(Gated::new(reflection_v1, guard.clone()))
+        .add_service(Gated::new(reflection_v1alpha, guard.clone()))
+        .add_service(Gated::new(raft, guard.clone()))
+        .add_service(Gated::new(worker, guard.clone()))
+        .add_service(Gated::new(mozen, guard))
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await;
     if let Err(e) = r {
@@ -234,6 +243,32 @@ impl Service {
             }
         }
         Ok(reply)
+    }
+}
+
+/// The workers' service: the handlers of the same RPCs still on `Mozen` (for one release).
+#[tonic::async_trait]
+impl MozenWorker for Service {
+    async fn join(&self, r: Request<pb::JoinRequest>) -> Res<pb::JoinReply> {
+        work::join(self, r).await
+    }
+
+    async fn heartbeat(&self, r: Request<pb::HeartbeatRequest>) -> Res<pb::HeartbeatReply> {
+        work::heartbeat(self, r).await
+    }
+
+    type WorkStream = WorkStream;
+
+    async fn work(&self, r: Request<pb::WorkRequest>) -> Res<Self::WorkStream> {
+        work::work(self, r).await
+    }
+
+    async fn complete(&self, r: Request<pb::CompleteRequest>) -> Res<pb::CompleteReply> {
+        work::complete(self, r).await
+    }
+
+    async fn park(&self, r: Request<pb::ParkRequest>) -> Res<pb::ParkReply> {
+        work::park(self, r).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! The standard gRPC services every agent serves beside `Mozen` and `Raft`:
 //!
-//! - `grpc.health.v1.Health`: the overall service (`""`) and `mozen.v1.Mozen` are `SERVING`
+//! - `grpc.health.v1.Health`: the overall service (`""`), `mozen.v1.Mozen` and
+//!   `mozen.v1.MozenWorker` are `SERVING`
 //!   only while this agent reaches a leader (it leads, or its Raft metrics name a current
 //!   leader; an agent that is only a worker, the leader it last learnt), and `NOT_SERVING`
 //!   without a quorum, quarantined or stopping. Answered without a token, like a load
@@ -10,6 +11,7 @@
 
 use crate::agent::Agent;
 use mozen_proto::mozen_server::MozenServer;
+use mozen_proto::mozen_worker_server::MozenWorkerServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::server::NamedService;
@@ -19,6 +21,8 @@ use tonic_health::server::HealthReporter;
 
 /// The service name health reports on besides the overall `""`.
 const MOZEN: &str = <MozenServer<super::Service> as NamedService>::NAME;
+/// The workers' service, reported with the same status (its RPCs need the leader too).
+const WORKER: &str = <MozenWorkerServer<super::Service> as NamedService>::NAME;
 
 /// How often the health is evaluated again without a Raft metrics change (quarantine and
 /// shutdown do not always change the metrics).
@@ -52,7 +56,7 @@ async fn report(reporter: &HealthReporter, serving: bool) {
     } else {
         ServingStatus::NotServing
     };
-    for name in ["", MOZEN] {
+    for name in ["", MOZEN, WORKER] {
         reporter.set_service_status(name, status).await;
     }
 }

@@ -2,11 +2,17 @@
 //! cancellations, completions, parking. Everything here is the leader's: each handler takes
 //! the [`Leadership`] first. The leader's own worker calls [`open_work`],
 //! [`complete_reported`] and [`park_request`] directly, without a gRPC round trip.
+//!
+//! Only credentials with the worker role get here (the guard's table); each request names
+//! nodes, and a caller speaks only for the nodes its [`Speaker`] allows. Outcomes are
+//! further judged by [`crate::provenance`]: only the node holding the attempt reports it.
 
 use super::{Res, Service, propose_status};
 use crate::agent::Agent;
 use crate::context::now_ms;
 use crate::leadership::{Leadership, assignment_item};
+use crate::provenance::{Reason, Verdict, judge};
+use crate::security::Speaker;
 use mozen_model::{Code, NodeInfo, NodeState, RequestKey, RequestState};
 use mozen_proto as pb;
 use mozen_proto::status::status;
@@ -23,7 +29,9 @@ pub(crate) type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkItem, Stat
 
 pub(super) async fn join(s: &Service, r: Request<pb::JoinRequest>) -> Res<pb::JoinReply> {
     let leadership = s.leadership()?;
+    let speaker = Speaker::of(&r);
     let r = r.into_inner();
+    speaker.check("join", r.id)?;
     if r.id == 0 || r.slots == 0 {
         return Err(status(
             Code::BadArguments,
@@ -60,7 +68,9 @@ pub(super) async fn heartbeat(
     r: Request<pb::HeartbeatRequest>,
 ) -> Res<pb::HeartbeatReply> {
     let leadership = s.leadership()?;
+    let speaker = Speaker::of(&r);
     let r = r.into_inner();
+    speaker.check("heartbeat", r.node_id)?;
     let known = s
         .agent
         .sm
@@ -130,11 +140,9 @@ pub(super) async fn heartbeat(
 
 pub(super) async fn work(s: &Service, r: Request<pb::WorkRequest>) -> Res<WorkStream> {
     let leadership = s.leadership()?;
-    Ok(Response::new(open_work(
-        &s.agent,
-        &leadership,
-        r.into_inner().node_id,
-    )?))
+    let node = r.get_ref().node_id;
+    Speaker::of(&r).check("the Work stream", node)?;
+    Ok(Response::new(open_work(&s.agent, &leadership, node)?))
 }
 
 pub(super) async fn complete(
@@ -142,13 +150,15 @@ pub(super) async fn complete(
     r: Request<pb::CompleteRequest>,
 ) -> Res<pb::CompleteReply> {
     let leadership = s.leadership()?;
-    complete_reported(&s.agent, &leadership, r.into_inner().completions).await?;
+    let speaker = Speaker::of(&r);
+    complete_reported(&s.agent, &leadership, r.into_inner().completions, &speaker).await?;
     Ok(Response::new(pb::CompleteReply {}))
 }
 
 pub(super) async fn park(s: &Service, r: Request<pb::ParkRequest>) -> Res<pb::ParkReply> {
     s.leadership()?;
-    park_request(&s.agent, r.into_inner()).await?;
+    let speaker = Speaker::of(&r);
+    park_request(&s.agent, r.into_inner(), &speaker).await?;
     Ok(Response::new(pb::ParkReply {}))
 }
 
@@ -236,11 +246,15 @@ pub(crate) fn open_work(
 /// How long a new leader's `Complete` waits for its state to hold earlier terms' entries.
 const STATE_CURRENT_WAIT: Duration = Duration::from_secs(5);
 
-/// Commits outcomes reported by a worker (through gRPC, or directly by the leader's own).
+/// Commits outcomes reported by a worker (through gRPC, or directly by the leader's own),
+/// once [`provenance`](crate::provenance) says `speaker` reports them for the nodes holding
+/// them: a refused one refuses the whole report with `MZ-FORBIDDEN` before anything is
+/// handed on or proposed; stale ones are dropped.
 pub(crate) async fn complete_reported(
     agent: &Agent,
     leadership: &Leadership,
     reported: Vec<pb::Completion>,
+    speaker: &Speaker,
 ) -> Result<(), Status> {
     let mut completions = Vec::with_capacity(reported.len());
     for c in reported {
@@ -263,6 +277,7 @@ pub(crate) async fn complete_reported(
             duration_ms: c.duration_ms,
         });
     }
+    let completions = provenance(agent, leadership, completions, speaker).await?;
     // Child calls waiting on these values go on now; the values are committed below.
     for c in &completions {
         if let mozen_model::Outcome::Value(v) = &c.outcome {
@@ -322,11 +337,39 @@ pub(crate) async fn complete_reported(
 }
 
 /// Commits that a running request parks or resumes (through gRPC, or directly by the leader's
-/// own worker).
-pub(crate) async fn park_request(agent: &Agent, r: pb::ParkRequest) -> Result<(), Status> {
+/// own worker), when `speaker` speaks for the node holding that attempt (else refused as a
+/// completion would be; a stale park is dropped).
+pub(crate) async fn park_request(
+    agent: &Agent,
+    r: pb::ParkRequest,
+    speaker: &Speaker,
+) -> Result<(), Status> {
     let Some(key) = pb::convert::key_from_bytes(&r.key) else {
         return Err(status(Code::BadArguments, "park key must be 32 bytes"));
     };
+    let verdict = |agent: &Agent| {
+        if !speaker.may_speak_for(r.node) {
+            return Verdict::Refused(Reason::Node);
+        }
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        judge(state.request(&key).as_deref(), r.node, r.attempt)
+    };
+    let mut v = verdict(agent);
+    if matches!(v, Verdict::Refused(Reason::Attempt))
+        && crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
+    {
+        v = verdict(agent);
+    }
+    match v {
+        Verdict::Holds => {}
+        Verdict::Stale => return Ok(()),
+        Verdict::Refused(reason) => {
+            return Err(refuse(
+                agent, speaker, reason, "park", &key, r.node, r.attempt,
+            ));
+        }
+    }
     agent
         .propose(Command::Park {
             key,
@@ -338,4 +381,117 @@ pub(crate) async fn park_request(agent: &Agent, r: pb::ParkRequest) -> Result<()
         .await
         .map_err(|e| propose_status(agent, e))?;
     Ok(())
+}
+
+/// The completions `speaker` may report, as [`crate::provenance`] judges them against this
+/// leader's state and express flights: stale ones dropped; any refused one refuses them all.
+/// A verdict of "no such attempt" is given only once this leader's state holds what earlier
+/// leaders committed (an assignment of theirs may not be applied here yet).
+async fn provenance(
+    agent: &Agent,
+    leadership: &Leadership,
+    completions: Vec<mozen_store::Completion>,
+    speaker: &Speaker,
+) -> Result<Vec<mozen_store::Completion>, Status> {
+    let verdicts = |cs: &[mozen_store::Completion]| -> Vec<Verdict> {
+        let state = agent.sm.shared();
+        let state = state.read().expect("state");
+        cs.iter()
+            .map(|c| {
+                if !speaker.may_speak_for(c.node) {
+                    return Verdict::Refused(Reason::Node);
+                }
+                if c.attempt > 0 {
+                    return judge(state.request(&c.key).as_deref(), c.node, c.attempt);
+                }
+                // An express run (attempt 0): the flight names its node; a flight of an
+                // earlier leader counts if the log shows it written down on that node.
+                match leadership.flight_node(&c.key) {
+                    Some(n) if n == c.node => Verdict::Holds,
+                    Some(_) => Verdict::Refused(Reason::Attempt),
+                    None => match state.request(&c.key).map(|r| r.state) {
+                        Some(RequestState::Running { node, .. }) if node == c.node => {
+                            Verdict::Holds
+                        }
+                        Some(RequestState::Running { .. }) => Verdict::Refused(Reason::Attempt),
+                        // Not written down: its caller sent the call again; dropped.
+                        _ => Verdict::Stale,
+                    },
+                }
+            })
+            .collect()
+    };
+    // An express run this leader does not fly is judged by what earlier leaders wrote down,
+    // which this leader's state must hold first (else it would be dropped as not written).
+    let strays = completions
+        .iter()
+        .any(|c| c.attempt == 0 && leadership.flight_node(&c.key).is_none());
+    if strays && !crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await {
+        return Err(status(
+            Code::NotReady,
+            "this leader has not yet applied what earlier leaders committed; report again",
+        ));
+    }
+    let mut v = verdicts(&completions);
+    if v.contains(&Verdict::Refused(Reason::Attempt))
+        && crate::context::await_state_current(&agent.raft, STATE_CURRENT_WAIT).await
+    {
+        v = verdicts(&completions);
+    }
+    if let Some((c, reason)) = completions.iter().zip(&v).find_map(|(c, v)| match v {
+        Verdict::Refused(r) => Some((c, *r)),
+        _ => None,
+    }) {
+        return Err(refuse(
+            agent,
+            speaker,
+            reason,
+            "completion",
+            &c.key,
+            c.node,
+            c.attempt,
+        ));
+    }
+    Ok(completions
+        .into_iter()
+        .zip(v)
+        .filter(|(_, v)| *v == Verdict::Holds)
+        .map(|(c, _)| c)
+        .collect())
+}
+
+/// Counts a refused outcome, proposes its event when one is due, and returns the refusal.
+fn refuse(
+    agent: &Agent,
+    speaker: &Speaker,
+    reason: Reason,
+    what: &str,
+    key: &RequestKey,
+    node: u64,
+    attempt: u32,
+) -> Status {
+    let detail = format!(
+        "{what} of request {} for node {node} attempt {attempt}: {}{}",
+        key.short(),
+        speaker.describe(),
+        match reason {
+            Reason::Node => ", not that node",
+            Reason::Attempt => "; that node does not hold that attempt",
+        }
+    );
+    if let Some(message) = agent.refusals.refused(reason, &speaker.name, &detail) {
+        let cmd = Command::Event {
+            kind: crate::provenance::EVENT_KIND.into(),
+            node: Some(node),
+            message,
+            at: now_ms(),
+        };
+        let proposer = agent.ctx.clone();
+        agent.tasks.spawn(async move {
+            if let Err(e) = proposer.propose(cmd).await {
+                tracing::warn!("recording a refused completion: {e}");
+            }
+        });
+    }
+    status(Code::Forbidden, detail)
 }

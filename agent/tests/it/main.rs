@@ -17,5 +17,6 @@ mod formation;
 mod integrity;
 mod limits;
 mod partition;
+mod roles;
 mod security;
 mod standard;

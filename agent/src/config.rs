@@ -208,9 +208,10 @@ impl AgentConfig {
     /// The largest message between Raft members, derived from the API's limits so that every
     /// entry the API can cause replicates: one log entry holds at most one value past the
     /// proposer's batching bound, and the largest fact is a call run before it was written
-    /// down (its arguments and its result together). Never below `--max-message`.
+    /// down (its arguments and its result together), or what one message of `--max-message`
+    /// brings (a batch of blobs).
     pub fn raft_message(&self) -> usize {
-        (self.limits.max_args + self.limits.max_result + RAFT_FRAMING).max(self.max_message)
+        (self.limits.max_args + self.limits.max_result).max(self.max_message) + RAFT_FRAMING
     }
 
     /// How long an AppendEntries carrying entries may take to reach a follower and be written

@@ -22,6 +22,27 @@ pub const PIPELINE_BATCH: usize = 256;
 /// leader sends it again and again; big payloads are cut into entries of this size.
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;
 
+/// `items` in consecutive groups of at most [`MAX_ENTRY_BYTES`] by `size` (an item larger than
+/// that alone), so that each group can make one log entry of bounded size.
+pub fn chunk_by_bytes<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        match out.last_mut() {
+            Some(group) if bytes + n <= MAX_ENTRY_BYTES => {
+                bytes += n;
+                group.push(item);
+            }
+            _ => {
+                bytes = n;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
 /// Why a proposal did not commit.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
@@ -192,5 +213,27 @@ async fn write(raft: &Raft, me: NodeId, mut batch: Vec<Pending>) {
                 let _ = tx.send(Err(err.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_stay_within_the_entry_bound_and_keep_the_order() {
+        let sizes = vec![600 << 10, 300 << 10, 200 << 10, 3 << 20, 10, 20];
+        let chunks = chunk_by_bytes(sizes.clone(), |n| *n);
+        assert_eq!(
+            chunks,
+            vec![
+                vec![600 << 10, 300 << 10],
+                vec![200 << 10],
+                vec![3 << 20],
+                vec![10, 20]
+            ]
+        );
+        assert_eq!(chunks.concat(), sizes);
+        assert!(chunk_by_bytes(Vec::<usize>::new(), |n| *n).is_empty());
     }
 }

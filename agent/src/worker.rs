@@ -22,6 +22,7 @@ use mozen_model::{
     quote_bytes,
 };
 use mozen_proto as pb;
+use prost::Message as _;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -483,17 +484,36 @@ async fn report_batches<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut sending = tokio::task::JoinSet::new();
-    while let Some(first) = rx.recv().await {
+    // A completion that did not fit the batch before starts the next one.
+    let mut held: Option<pb::Completion> = None;
+    loop {
+        let first = match held.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => break,
+            },
+        };
         // Completions keep arriving while every send is in flight: the next batch is
         // gathered once one of them is done.
         while sending.try_join_next().is_some() {}
         while sending.len() >= at_once.max(1) {
             sending.join_next().await;
         }
+        // No batch passes REPORT_BYTES (one larger completion goes alone): a batch stays
+        // within the Complete RPC's message bound and makes no log entry of many values.
+        let mut bytes = first.encoded_len();
         let mut batch = vec![first];
-        while batch.len() < 1024 {
+        while batch.len() < 1024 && bytes < REPORT_BYTES {
             match rx.try_recv() {
-                Ok(c) => batch.push(c),
+                Ok(c) if bytes + c.encoded_len() > REPORT_BYTES => {
+                    held = Some(c);
+                    break;
+                }
+                Ok(c) => {
+                    bytes += c.encoded_len();
+                    batch.push(c);
+                }
                 Err(_) => break,
             }
         }
@@ -501,6 +521,9 @@ async fn report_batches<F, Fut>(
     }
     while sending.join_next().await.is_some() {}
 }
+
+/// About the most bytes of completions in one `Complete` (one larger result goes alone).
+const REPORT_BYTES: usize = 1 << 20;
 
 /// Sends one batch of completions, retrying for a minute, then forgets the runs it reported.
 async fn send_report(agent: &Agent, req: pb::CompleteRequest, running: &Running) {
@@ -625,6 +648,44 @@ mod tests {
         second_done.send(()).unwrap();
         third_done.send(()).unwrap();
         reporter.await.expect("reporter ends");
+    }
+
+    #[tokio::test]
+    async fn batches_of_completions_stay_within_their_byte_bound() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let big = |i: u8| pb::Completion {
+            key: vec![i; 32],
+            value: Some(vec![b'v'; 400 << 10]),
+            ..Default::default()
+        };
+        // Six of 400 KiB and one of 3 MiB, all waiting before the first send.
+        for i in 0..6 {
+            tx.send(big(i)).unwrap();
+        }
+        tx.send(pb::Completion {
+            key: vec![6; 32],
+            value: Some(vec![b'v'; 3 << 20]),
+            ..Default::default()
+        })
+        .unwrap();
+        drop(tx);
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        report_batches(rx, 1, move |batch| {
+            let seen = seen.clone();
+            async move {
+                let keys: Vec<u8> = batch.iter().map(|c| c.key[0]).collect();
+                let bytes: usize = batch.iter().map(|c| c.encoded_len()).sum();
+                seen.lock().unwrap().push((keys, bytes));
+            }
+        })
+        .await;
+        let batches = batches.lock().unwrap().clone();
+        let keys: Vec<Vec<u8>> = batches.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![vec![0, 1], vec![2, 3], vec![4, 5], vec![6]]);
+        for (k, bytes) in &batches {
+            assert!(*bytes <= REPORT_BYTES || k.len() == 1, "{k:?}: {bytes}");
+        }
     }
 
     #[test]

@@ -373,7 +373,9 @@ impl Leadership {
         }
         let at = now_ms();
         let mut cmds = Vec::new();
-        if !runs.is_empty() {
+        // Each run holds arguments and a value: groups of bounded size, one entry each.
+        let run_bytes = |r: &Run| r.request.args.len() + r.value.len() + 64;
+        for runs in crate::proposer::chunk_by_bytes(runs, run_bytes) {
             cmds.push(Command::Ran { runs, at });
         }
         if !submits.is_empty() {

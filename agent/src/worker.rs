@@ -427,7 +427,7 @@ fn start(
                 // A function's own message, however long, is kept only up to a bound: it is
                 // written down and served to every reader of the request.
                 e.message = quote(&e.message, ERROR_MESSAGE_BYTES);
-                e.chain.push(ChainLink {
+                e.push_link(ChainLink {
                     key,
                     function: a.function.clone(),
                     args: quote_bytes(&a.args, QUOTED_ARGS_BYTES),

@@ -52,7 +52,46 @@ impl TaskError {
     }
 }
 
+/// Most links an error chain keeps: the origin's half and the caller's half; the calls
+/// between are counted in one link whose function is [`OMITTED_LINKS`].
+pub const MAX_CHAIN_LINKS: usize = 32;
+
+/// The function name of the link standing for calls left out of a long chain; its `args`
+/// say how many (`"17 calls"`).
+pub const OMITTED_LINKS: &str = "...";
+
 impl TaskError {
+    /// Adds the next hop (the caller of the last one) to the chain, keeping at most
+    /// [`MAX_CHAIN_LINKS`]: past that, the hops in the middle are counted, not kept, so an
+    /// error from the bottom of a deep recursion stays small enough to read.
+    pub fn push_link(&mut self, link: ChainLink) {
+        self.chain.push(link);
+        if self.chain.len() <= MAX_CHAIN_LINKS {
+            return;
+        }
+        let mid = MAX_CHAIN_LINKS / 2;
+        let counted = (self.chain[mid].function == OMITTED_LINKS)
+            .then(|| {
+                self.chain[mid]
+                    .args
+                    .strip_suffix(" calls")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .flatten();
+        // The hop after the middle one leaves; the middle one counts it (and itself, the
+        // first time).
+        self.chain.remove(mid + 1);
+        let count = counted.map_or(2, |n| n + 1);
+        let key = self.chain[mid].key;
+        self.chain[mid] = ChainLink {
+            key,
+            function: OMITTED_LINKS.into(),
+            args: format!("{count} calls"),
+            node: None,
+        };
+    }
+
     /// A task error with a code of the cluster's own.
     pub fn coded(code: Code, message: impl Into<String>) -> Self {
         TaskError::new(code.as_str(), message)
@@ -102,5 +141,53 @@ impl Outcome {
             Outcome::Value(v) => v.len(),
             Outcome::Error(e) => e.message.len() + e.chain.len() * 64,
         }
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn link(i: u8) -> ChainLink {
+        ChainLink {
+            key: RequestKey([i; 32]),
+            function: format!("f{i}"),
+            args: i.to_string(),
+            node: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_deep_chain_keeps_both_ends_and_counts_the_middle() {
+        let mut e = TaskError::new("MZ-FUNCTION-FAILED", "boom");
+        for i in 0..100u8 {
+            e.push_link(link(i));
+        }
+        assert_eq!(e.chain.len(), MAX_CHAIN_LINKS);
+        let mid = MAX_CHAIN_LINKS / 2;
+        // The origin's half, in order.
+        for (i, l) in e.chain[..mid].iter().enumerate() {
+            assert_eq!(l.function, format!("f{i}"));
+        }
+        assert_eq!(e.chain[mid].function, OMITTED_LINKS);
+        assert_eq!(
+            e.chain[mid].args,
+            format!("{} calls", 100 - MAX_CHAIN_LINKS + 1)
+        );
+        // The caller's half, ending with the outermost call.
+        assert_eq!(e.chain.last().unwrap().function, "f99");
+        assert_eq!(
+            e.chain[mid + 1].function,
+            format!("f{}", 100 - (MAX_CHAIN_LINKS - mid - 1))
+        );
+    }
+
+    #[test]
+    fn a_short_chain_is_kept_whole() {
+        let mut e = TaskError::new("MZ-FUNCTION-FAILED", "boom");
+        for i in 0..MAX_CHAIN_LINKS as u8 {
+            e.push_link(link(i));
+        }
+        assert!(e.chain.iter().all(|l| l.function != OMITTED_LINKS));
     }
 }

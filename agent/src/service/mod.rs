@@ -57,6 +57,7 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     let service = Service {
         agent: agent.clone(),
         streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
+        feed: Arc::default(),
     };
     let worker = MozenWorkerServer::new(service.clone())
         .max_decoding_message_size(max)
@@ -129,6 +130,8 @@ pub struct Service {
     agent: Arc<Agent>,
     /// Open RPCs per client connection (`--max-client-streams`).
     streams: crate::limits::StreamLimiter,
+    /// The console's feed, shared by every Watch stream.
+    feed: Arc<reads::Feed>,
 }
 
 type Res<T> = Result<Response<T>, Status>;

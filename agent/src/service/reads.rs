@@ -138,6 +138,7 @@ pub(super) async fn watch(s: &Service, r: Request<pb::WatchRequest>) -> Res<Watc
     let n = r.into_inner().requests;
     let n = if n == 0 { 200 } else { n as usize };
     let budget = paging::reply_budget(s.agent.cfg.max_message);
+    let feed = s.feed.clone();
     let agent = s.agent.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // The stream ends with the leadership: the console reconnects and follows the new leader.
@@ -149,7 +150,7 @@ pub(super) async fn watch(s: &Service, r: Request<pb::WatchRequest>) -> Res<Watc
             let Some(l) = leadership.upgrade().filter(|_| agent.is_leader()) else {
                 break;
             };
-            let update = view::cluster_update(&agent, &l, n, budget);
+            let update = feed.update(&agent, &l, n, budget);
             drop(l);
             if tx.send(Ok(update)).await.is_err() {
                 break;
@@ -174,4 +175,52 @@ pub(super) async fn state_digest(
         return Ok(Response::new(crate::checks::checkpoints_reply(&s.agent)));
     }
     Ok(Response::new(view::state_digest(&s.agent)))
+}
+
+/// How old a computed update may be and still serve another Watch stream.
+const FEED_FRESH: Duration = Duration::from_millis(250);
+
+/// The console's feed of this agent, computed at most once per [`FEED_FRESH`] whatever the
+/// number of Watch streams: each update reads the whole state under its lock, which a crowd
+/// of watchers asking for their own would hold most of the time, starving the state
+/// machine.
+#[derive(Default)]
+pub(super) struct Feed {
+    last: std::sync::Mutex<Option<(std::time::Instant, Arc<pb::ClusterUpdate>)>>,
+}
+
+impl Feed {
+    /// An update with the `n` most recent requests, computed now or shared with the other
+    /// streams.
+    fn update(
+        &self,
+        agent: &crate::agent::Agent,
+        leadership: &crate::leadership::Leadership,
+        n: usize,
+        budget: usize,
+    ) -> pb::ClusterUpdate {
+        let shared = {
+            // Held while computing: the other streams wait and take this one's update.
+            let mut last = self.last.lock().expect("feed");
+            match &*last {
+                Some((at, u)) if at.elapsed() < FEED_FRESH => u.clone(),
+                _ => {
+                    let u = Arc::new(view::cluster_update(
+                        agent,
+                        leadership,
+                        view::WATCH_REQUESTS_MAX,
+                        budget,
+                    ));
+                    *last = Some((std::time::Instant::now(), u.clone()));
+                    u
+                }
+            }
+        };
+        let mut update = (*shared).clone();
+        // Cut to what this stream asked; it lost requests to the byte bound only if fewer
+        // than it asked for made it in.
+        update.truncated = shared.truncated && shared.requests.len() < n;
+        update.requests.truncate(n);
+        update
+    }
 }

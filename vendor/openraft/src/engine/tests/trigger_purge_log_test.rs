@@ -7,6 +7,7 @@ use crate::engine::testing::UTConfig;
 use crate::engine::Command;
 use crate::engine::Engine;
 use crate::engine::LogIdList;
+use crate::progress::Inflight;
 use crate::progress::Progress;
 use crate::testing::log_id;
 use crate::utime::UTime;
@@ -98,6 +99,51 @@ fn test_trigger_purge_log_delete_only_in_snapshot_logs() -> anyhow::Result<()> {
 }
 
 #[test]
+fn test_trigger_purge_log_not_used_by_a_first_probe_is_deleted() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.state.snapshot_meta = SnapshotMeta {
+        last_log_id: Some(log_id(1, 0, 3)),
+        last_membership: StoredMembership::new(Some(log_id(1, 0, 1)), m12()),
+        snapshot_id: "1".to_string(),
+    };
+    eng.state.purge_upto = Some(log_id(1, 0, 2));
+    eng.state.io_state.purged = Some(log_id(1, 0, 2));
+    eng.state.log_ids = LogIdList::new([log_id(1, 0, 2), log_id(1, 0, 10)]);
+    eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(2, 1));
+
+    // Make it a leader and send the first probe.
+    eng.testing_new_leader();
+    let l = eng.leader.as_mut().unwrap();
+    let p = l.progress.get_mut(&2).unwrap();
+    let inflight = p.next_send(eng.state.deref(), 10).unwrap().clone();
+
+    // Patched (vendor/README.md, progress/entry/mod.rs next_send): the first probe carries only
+    // the last entry (upstream: from index 3 on, which kept the logs to purge in flight).
+    assert_eq!(
+        Inflight::logs(Some(log_id(1, 0, 9)), Some(log_id(1, 0, 10))).with_id(1),
+        inflight
+    );
+
+    eng.trigger_purge_log(5);
+
+    assert_eq!(
+        Some(log_id(1, 0, 3)),
+        eng.state.purge_upto,
+        "delete only in snapshot logs"
+    );
+
+    assert_eq!(
+        vec![Command::PurgeLog { upto: log_id(1, 0, 3) },],
+        eng.output.take_commands(),
+        "logs not in flight are deleted"
+    );
+
+    Ok(())
+}
+
+/// Upstream's `test_trigger_purge_log_in_used_wont_be_delete`, with the patched first probe
+/// answered by a conflict so that the next probe holds the logs to purge in flight.
+#[test]
 fn test_trigger_purge_log_in_used_wont_be_delete() -> anyhow::Result<()> {
     let mut eng = eng();
     eng.state.snapshot_meta = SnapshotMeta {
@@ -113,7 +159,17 @@ fn test_trigger_purge_log_in_used_wont_be_delete() -> anyhow::Result<()> {
     // Make it a leader and mark the logs are in flight.
     eng.testing_new_leader();
     let l = eng.leader.as_mut().unwrap();
-    let _ = l.progress.get_mut(&2).unwrap().next_send(eng.state.deref(), 10).unwrap();
+    let p = l.progress.get_mut(&2).unwrap();
+    // Patched (vendor/README.md, progress/entry/mod.rs next_send): the first probe carries only
+    // the last entry; after a conflict at its prev (index 9) the search bisects and sends from
+    // index 3 on, as upstream's first probe did.
+    let _ = p.next_send(eng.state.deref(), 10).unwrap();
+    p.update_conflicting(Some(1), 9)?;
+    let inflight = p.next_send(eng.state.deref(), 10).unwrap().clone();
+    assert_eq!(
+        Inflight::logs(Some(log_id(1, 0, 2)), Some(log_id(1, 0, 10))).with_id(2),
+        inflight
+    );
 
     eng.trigger_purge_log(5);
 

@@ -41,11 +41,13 @@ fn eng() -> Engine<UTConfig> {
 fn test_follower_append_entries_update_accepted() -> anyhow::Result<()> {
     let mut eng = eng();
 
+    // Patched (vendor/README.md, following_handler append_entries): it returns a Result, an
+    // error only for a conflict with committed entries, none here.
     eng.following_handler().append_entries(Some(log_id(2, 1, 3)), vec![
         //
         blank_ent(3, 1, 4),
         blank_ent(3, 1, 5),
-    ]);
+    ])?;
 
     assert_eq!(
         &[
@@ -63,7 +65,7 @@ fn test_follower_append_entries_update_accepted() -> anyhow::Result<()> {
     eng.following_handler().append_entries(Some(log_id(2, 1, 3)), vec![
         //
         blank_ent(3, 1, 4),
-    ]);
+    ])?;
 
     assert_eq!(Some(&log_id(3, 1, 5)), eng.state.last_log_id());
     assert_eq!(Some(&log_id(3, 1, 5)), eng.state.accepted());

@@ -250,9 +250,11 @@ fn test_leader_append_entries_with_membership_log() -> anyhow::Result<()> {
             Command::RebuildReplicationStreams {
                 targets: vec![(2, ProgressEntry::empty(7))]
             },
+            // Patched (vendor/README.md, progress/entry/mod.rs next_send): the new learner's
+            // first probe carries only the last entry, prev = 3-1-5 (upstream: prev None).
             Command::Replicate {
                 target: 2,
-                req: Inflight::logs(None, Some(log_id(3, 1, 6))).with_id(1),
+                req: Inflight::logs(Some(log_id(3, 1, 5)), Some(log_id(3, 1, 6))).with_id(1),
             },
         ],
         eng.output.take_commands()

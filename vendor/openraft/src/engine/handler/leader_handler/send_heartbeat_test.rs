@@ -56,15 +56,17 @@ fn test_leader_send_heartbeat() -> anyhow::Result<()> {
     // A heartbeat is a normal AppendEntries RPC if there are pending data to send.
     {
         eng.leader_handler()?.send_heartbeat();
+        // Patched (vendor/README.md, progress/entry/mod.rs next_send): a new leader's first
+        // probe carries only its last entry, prev = 1-1-2 (upstream: the whole log, prev None).
         assert_eq!(
             vec![
                 Command::Replicate {
                     target: 2,
-                    req: Inflight::logs(None, Some(log_id(2, 1, 3))).with_id(1),
+                    req: Inflight::logs(Some(log_id(1, 1, 2)), Some(log_id(2, 1, 3))).with_id(1),
                 },
                 Command::Replicate {
                     target: 3,
-                    req: Inflight::logs(None, Some(log_id(2, 1, 3))).with_id(1),
+                    req: Inflight::logs(Some(log_id(1, 1, 2)), Some(log_id(2, 1, 3))).with_id(1),
                 },
             ],
             eng.output.take_commands()

@@ -168,9 +168,11 @@ fn test_leader_append_membership_update_learner_process() -> anyhow::Result<()> 
             "learner-5 has previous value"
         );
 
+        // Patched (vendor/README.md, progress/entry/mod.rs next_send): the new learner's first
+        // probe carries only the last entry, prev = 1-1-9 (upstream: prev None).
         assert_eq!(
             &ProgressEntry::empty(11)
-                .with_inflight(Inflight::logs(None, Some(log_id(5, 1, 10))).with_id(1))
+                .with_inflight(Inflight::logs(Some(log_id(1, 1, 9)), Some(log_id(5, 1, 10))).with_id(1))
                 .with_curr_inflight_id(1),
             l.progress.get(&6)
         );

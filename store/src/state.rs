@@ -15,6 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::owners::QueueKey;
+pub use crate::owners::{Owners, Queued, UNKNOWN};
 
 /// How many recent events the state keeps for the console and `mozen events`.
 pub const EVENT_LOG_LEN: usize = 256;
@@ -49,9 +53,6 @@ pub enum Effect {
     PutOutcome(RequestKey, Outcome),
     DeleteOutcome(RequestKey),
 }
-
-/// Queue order: higher priority first, then submission order.
-type QueueKey = (Reverse<i32>, u64, RequestKey);
 
 /// The whole replicated state but result payloads.
 ///
@@ -91,6 +92,11 @@ pub struct ClusterState {
     /// to date by the transitions that change them, not encoded, rebuilt on decoding.
     #[serde(skip)]
     loads: LoadIndex,
+    /// Owner of each live request and each owner's queue: derived from the submissions this
+    /// member applied, not encoded (see `owners.rs`); rebuilt on decoding with every queued
+    /// request under the unknown owner.
+    #[serde(skip)]
+    owners: Owners,
 }
 
 impl Serialize for ClusterState {
@@ -103,6 +109,14 @@ impl<'de> Deserialize<'de> for ClusterState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut state = ClusterState::deserialize(d)?;
         state.loads = state.rebuilt_loads();
+        let queued: Vec<(QueueKey, usize)> = state
+            .queue
+            .iter()
+            .map(|qk| (*qk, state.requests.get(&qk.2).map_or(0, |r| r.args.len())))
+            .collect();
+        for (qk, bytes) in queued {
+            state.owners.enqueue(qk, bytes);
+        }
         Ok(state)
     }
 }
@@ -123,9 +137,12 @@ impl ClusterState {
             Command::RegisterNode { node, at } => self.register_node(node, *at),
             Command::SetNodeState { id, state, at } => self.set_node_state(*id, *state, *at),
             Command::RemoveNode { id, at } => self.remove_node(*id, *at),
-            Command::Submit { requests, at } => {
-                Response::Submitted(requests.iter().map(|r| self.submit(r, *at)).collect())
-            }
+            Command::Submit { requests, at } => Response::Submitted(
+                requests
+                    .iter()
+                    .map(|r| self.submit(r, *at, UNKNOWN))
+                    .collect(),
+            ),
             Command::Assign { assignments, at } => {
                 Response::Assigned(assignments.iter().map(|a| self.assign(a, *at)).collect())
             }
@@ -186,6 +203,25 @@ impl ClusterState {
             }
             Command::Ran { runs, at } => {
                 Response::Ran(runs.iter().map(|r| self.ran(r, *at)).collect())
+            }
+            Command::SubmitFrom {
+                client,
+                requests,
+                at,
+            } => Response::Submitted(
+                requests
+                    .iter()
+                    .map(|r| self.submit(r, *at, client))
+                    .collect(),
+            ),
+            Command::CancelMany { keys, at } => {
+                let mut cancelled = Vec::new();
+                for k in keys {
+                    if let Response::Cancelled(ks) = self.cancel(*k, *at) {
+                        cancelled.extend(ks);
+                    }
+                }
+                Response::Cancelled(cancelled)
             }
         }
     }
@@ -301,7 +337,9 @@ impl ClusterState {
 
     // ----- requests -----
 
-    fn submit(&mut self, new: &NewRequest, at: Millis) -> SubmitReply {
+    /// Submits `new` for client identity `client` ([`UNKNOWN`] when not named); a child call
+    /// belongs to its parent's owner.
+    fn submit(&mut self, new: &NewRequest, at: Millis, client: &str) -> SubmitReply {
         // A parent that is no longer running cannot wait; its call is stale.
         let parent_attempt = match new.parent {
             Some(p) => match self.requests.get(&p).map(|r| r.state) {
@@ -327,8 +365,14 @@ impl ClusterState {
                     self.unfinish(new.key);
                 }
                 let req = self.new_record(new, RequestState::Queued, at);
-                self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                let owner = match new.parent {
+                    Some(p) => Arc::from(self.owners.owner(&p)),
+                    None => Arc::from(client),
+                };
+                self.owners.set(req.key, owner);
+                let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
                 self.requests.insert(req.key, req);
+                self.queue_insert(qk, bytes);
                 self.counter(&new.function).submitted += 1;
                 SubmitReply::Queued
             }
@@ -344,6 +388,18 @@ impl ClusterState {
             }
         }
         reply
+    }
+
+    /// Puts a queued request in the queue and its owner's.
+    fn queue_insert(&mut self, qk: QueueKey, bytes: usize) {
+        self.queue.insert(qk);
+        self.owners.enqueue(qk, bytes);
+    }
+
+    /// Takes a request out of the queue and its owner's.
+    fn queue_remove(&mut self, qk: QueueKey, bytes: usize) {
+        self.queue.remove(&qk);
+        self.owners.dequeue(&qk, bytes);
     }
 
     fn link(&mut self, parent: RequestKey, child: RequestKey) {
@@ -445,9 +501,10 @@ impl ClusterState {
                 ),
             ));
         }
+        let req = &self.requests[&a.key];
+        let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
+        self.queue_remove(qk, bytes);
         let req = self.requests.get_mut(&a.key).expect("checked above");
-        self.queue
-            .remove(&(Reverse(req.priority), req.seq, req.key));
         req.state = RequestState::Running {
             node: a.node,
             attempt: a.attempt,
@@ -499,7 +556,8 @@ impl ClusterState {
             Some(RequestState::Done) => return false,
             Some(RequestState::Queued | RequestState::Running { .. }) => {
                 let r = &self.requests[&m.key];
-                self.queue.remove(&(Reverse(r.priority), r.seq, m.key));
+                let (qk, bytes) = ((Reverse(r.priority), r.seq, m.key), r.args.len());
+                self.queue_remove(qk, bytes);
                 let node = self.stop_running(m.key);
                 let r = self.requests.get_mut(&m.key).expect("live");
                 r.state = RequestState::Done;
@@ -541,7 +599,8 @@ impl ClusterState {
             Some(RequestState::Done) => return false,
             Some(RequestState::Queued | RequestState::Running { .. }) => {
                 let r = &self.requests[&key];
-                self.queue.remove(&(Reverse(r.priority), r.seq, key));
+                let (qk, bytes) = ((Reverse(r.priority), r.seq, key), r.args.len());
+                self.queue_remove(qk, bytes);
                 let node = self.stop_running(key);
                 let r = self.requests.get_mut(&key).expect("live");
                 r.state = RequestState::Done;
@@ -626,7 +685,8 @@ impl ClusterState {
                     req.not_before =
                         at.saturating_add(req.retry.backoff_ms.saturating_mul(1 << shift));
                     req.state = RequestState::Queued;
-                    self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                    let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
+                    self.queue_insert(qk, bytes);
                     self.counter(&function).failures += 1;
                     self.release_waiters(c.key);
                     CompleteReply::Retrying
@@ -651,6 +711,7 @@ impl ClusterState {
         self.effects.push(Effect::PutOutcome(key, outcome));
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.owners.drop_key(&key);
         if let Some(r) = self.requests.remove(&key) {
             let profile = self.profiles.intern(&r);
             if let Some(record) = Finished::new(r, profile, seq) {
@@ -756,7 +817,8 @@ impl ClusterState {
                 failed += 1;
             } else {
                 req.state = RequestState::Queued;
-                self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
+                self.queue_insert(qk, bytes);
                 requeued += 1;
             }
         }
@@ -809,7 +871,8 @@ impl ClusterState {
             }
             let node = r.state.node();
             if r.state == RequestState::Queued {
-                self.queue.remove(&(Reverse(r.priority), r.seq, k));
+                let (qk, bytes) = ((Reverse(r.priority), r.seq, k), r.args.len());
+                self.queue_remove(qk, bytes);
             }
             self.stop_running(k);
             let r = self.requests.get_mut(&k).expect("present");
@@ -1022,6 +1085,21 @@ impl ClusterState {
         self.queue.len()
     }
 
+    /// Queued requests in fair order (see [`Owners::fair`]): the order the scheduler serves.
+    pub fn queue_fair(&self) -> impl Iterator<Item = &Request> {
+        self.owners.fair().filter_map(|k| self.requests.get(&k))
+    }
+
+    /// Owners of live requests and what each has queued (see `owners.rs`).
+    pub fn owners(&self) -> &Owners {
+        &self.owners
+    }
+
+    /// Argument bytes of every queued request.
+    pub fn queued_bytes(&self) -> u64 {
+        self.owners.bytes
+    }
+
     pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Request> {
         self.running_by_node
             .get(&node)
@@ -1137,6 +1215,52 @@ impl ClusterState {
         }
         if self.loads != self.rebuilt_loads() {
             return Err("the scheduler's node loads disagree with the node table".into());
+        }
+        self.check_owners()
+    }
+
+    /// The owner index agrees with the queue and the records (see `owners.rs`).
+    fn check_owners(&self) -> Result<(), String> {
+        let mut keys = 0;
+        let mut total = 0;
+        for (owner, q) in self.owners.queues() {
+            if q.is_empty() {
+                return Err(format!("owner '{owner}' is listed with nothing queued"));
+            }
+            let mut bytes = 0;
+            for qk in &q.keys {
+                if !self.queue.contains(qk) {
+                    return Err(format!("owner '{owner}' queues {} out of the queue", qk.2));
+                }
+                if self.owners.owner(&qk.2) != owner {
+                    return Err(format!("request {} is queued under the wrong owner", qk.2));
+                }
+                bytes += self.requests.get(&qk.2).map_or(0, |r| r.args.len() as u64);
+            }
+            if bytes != q.bytes {
+                return Err(format!(
+                    "owner '{owner}' counts {} bytes, records say {bytes}",
+                    q.bytes
+                ));
+            }
+            keys += q.len();
+            total += bytes;
+        }
+        if keys != self.queue.len() || total != self.owners.bytes {
+            return Err(format!(
+                "owners queue {keys} requests of {} bytes; the queue holds {} of {}",
+                total,
+                self.queue.len(),
+                self.owners.bytes
+            ));
+        }
+        if let Some(k) = self
+            .owners
+            .of
+            .keys()
+            .find(|k| !self.requests.contains_key(k))
+        {
+            return Err(format!("owner kept for {k}, which is not live"));
         }
         Ok(())
     }
@@ -1570,5 +1694,104 @@ mod tests {
         let back: ClusterState =
             postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
         assert_eq!(back, st);
+    }
+
+    fn submit_from(client: &str, n: u8, parent: Option<RequestKey>) -> Command {
+        let Command::Submit { requests, at } = submit(n, parent, 0) else {
+            unreachable!()
+        };
+        Command::SubmitFrom {
+            client: client.into(),
+            requests,
+            at,
+        }
+    }
+
+    #[test]
+    fn submit_from_records_owners_and_children_inherit_them() {
+        let mut st = cluster(1);
+        st.apply(&submit_from("a", 1, None));
+        st.apply(&submit_from("b", 2, None));
+        st.apply(&submit(3, None, 0));
+        assert_eq!(st.owners().queued_by("a"), (1, 1));
+        assert_eq!(st.owners().queued_by("b"), (1, 1));
+        assert_eq!(st.owners().queued_by(UNKNOWN), (1, 1));
+        assert_eq!(st.queued_bytes(), 3);
+        st.check_invariants().expect("invariants");
+        st.apply(&assign(1, 1, 1));
+        assert_eq!(st.owners().queued_by("a"), (0, 0));
+        assert_eq!(st.owners().owner(&key(1)), "a");
+        // A child call sent by a node is its root caller's.
+        st.apply(&submit_from("node-1", 4, Some(key(1))));
+        assert_eq!(st.owners().owner(&key(4)), "a");
+        assert_eq!(st.owners().queued_by("a"), (1, 1));
+        assert_eq!(st.owners().queued_by("node-1"), (0, 0));
+        st.check_invariants().expect("invariants");
+        // Joining does not change the owner.
+        st.apply(&submit_from("b", 4, None));
+        assert_eq!(st.owners().owner(&key(4)), "a");
+        st.apply(&complete(1, 1, 1, Outcome::Value(vec![1])));
+        st.check_invariants().expect("invariants");
+        assert_eq!(st.owners().owner(&key(1)), UNKNOWN, "finished: not live");
+    }
+
+    #[test]
+    fn fair_queue_alternates_clients() {
+        let mut st = cluster(1);
+        for n in 1..=4 {
+            st.apply(&submit_from("flood", n, None));
+        }
+        st.apply(&submit_from("other", 9, None));
+        let order: Vec<_> = st.queue_fair().map(|r| r.key).collect();
+        assert_eq!(order, vec![key(1), key(9), key(2), key(3), key(4)]);
+        let fifo: Vec<_> = st.queue().map(|r| r.key).collect();
+        assert_eq!(fifo, vec![key(1), key(2), key(3), key(4), key(9)]);
+    }
+
+    #[test]
+    fn cancel_many_cancels_each_and_skips_unknown_keys() {
+        let mut st = cluster(1);
+        for n in 1..=5 {
+            st.apply(&submit_from("a", n, None));
+        }
+        st.apply(&assign(1, 1, 1));
+        st.apply(&submit_from("a", 6, Some(key(1))));
+        let r = st.apply(&Command::CancelMany {
+            keys: vec![key(1), key(2), key(3), key(77)],
+            at: 5,
+        });
+        let Response::Cancelled(mut keys) = r else {
+            panic!("{r:?}")
+        };
+        keys.sort();
+        assert_eq!(keys, vec![key(1), key(2), key(3), key(6)], "with the child");
+        assert_eq!(st.queue_len(), 2);
+        assert_eq!(st.owners().queued_by("a"), (2, 2));
+        assert_eq!(st.busy_slots(1), 0);
+        st.check_invariants().expect("invariants");
+        st.apply(&Command::CancelMany {
+            keys: vec![key(4), key(5)],
+            at: 6,
+        });
+        assert_eq!(st.queue_len(), 0);
+        assert_eq!(st.queued_bytes(), 0);
+        assert!(st.owners().queues().next().is_none());
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn owners_are_unknown_after_a_snapshot_and_apply_stays_deterministic() {
+        let mut st = cluster(1);
+        st.apply(&submit_from("a", 1, None));
+        st.apply(&submit_from("b", 2, None));
+        let back: ClusterState =
+            postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
+        back.check_invariants().expect("invariants after decoding");
+        assert_eq!(back.owners().queued_by(UNKNOWN), (2, 2));
+        assert_eq!(back.digest(), st.digest(), "owners are not encoded");
+        let mut again = cluster(1);
+        again.apply(&submit_from("a", 1, None));
+        again.apply(&submit_from("b", 2, None));
+        assert_eq!(again, st);
     }
 }

@@ -1085,6 +1085,16 @@ impl ClusterState {
         self.queue.len()
     }
 
+    /// Queued and running requests, by key.
+    pub fn live(&self) -> impl Iterator<Item = &Request> {
+        self.requests.values()
+    }
+
+    /// The request under `key` while it is queued or running.
+    pub fn live_request(&self, key: &RequestKey) -> Option<&Request> {
+        self.requests.get(key)
+    }
+
     /// Queued requests in fair order (see [`Owners::fair`]): the order the scheduler serves.
     pub fn queue_fair(&self) -> impl Iterator<Item = &Request> {
         self.owners.fair().filter_map(|k| self.requests.get(&k))

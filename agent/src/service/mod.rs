@@ -52,6 +52,7 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
     let mozen = MozenServer::new(Service {
         agent: agent.clone(),
         streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
+        admission: crate::limits::Admission::default(),
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
@@ -117,6 +118,8 @@ pub struct Service {
     agent: Arc<Agent>,
     /// Open RPCs per client connection (`--max-client-streams`).
     streams: crate::limits::StreamLimiter,
+    /// Calls admitted and not applied yet (`--max-queue` and the other queue bounds).
+    admission: crate::limits::Admission,
 }
 
 type Res<T> = Result<Response<T>, Status>;

@@ -126,9 +126,12 @@ async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
     assert_eq!(s.code(), Code::ResourceExhausted);
     // Cancelling the queued requests makes room again.
     for key in &accepted {
-        conn.cancel(pb::CancelRequest { key: key.clone() })
-            .await
-            .unwrap();
+        conn.cancel(pb::CancelRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     let reply = conn
         .call(call("echo", json!("after")))

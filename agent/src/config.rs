@@ -74,17 +74,17 @@ pub struct AgentArgs {
     /// --max-message).
     #[arg(long)]
     pub max_result: Option<String>,
-    /// Most queued requests in the cluster; new top-level calls beyond it get
-    /// RESOURCE_EXHAUSTED (MZ-QUEUE-FULL) with a retry hint.
+    /// Most outstanding (queued or running) requests in the cluster; new top-level calls
+    /// beyond it get RESOURCE_EXHAUSTED (MZ-QUEUE-FULL) with a retry hint.
     #[arg(long, default_value = "100000")]
     pub max_queue: String,
-    /// Most argument bytes of queued requests in the cluster, e.g. 256MiB.
+    /// Most argument bytes of outstanding requests in the cluster, e.g. 256MiB.
     #[arg(long, default_value = "256MiB")]
     pub max_queued_bytes: String,
-    /// Most queued requests of one client identity (default: half of --max-queue).
+    /// Most outstanding requests of one client identity (default: half of --max-queue).
     #[arg(long)]
     pub max_queue_per_client: Option<String>,
-    /// Most argument bytes queued by one client identity (default: half of
+    /// Most argument bytes outstanding for one client identity (default: half of
     /// --max-queued-bytes).
     #[arg(long)]
     pub max_queued_bytes_per_client: Option<String>,

@@ -4,9 +4,11 @@
 //!   and `MZ-TOO-LARGE` before anything is proposed;
 //! - `--max-result`: the result of one execution; a larger one is recorded as the request's
 //!   failure `MZ-RESULT-TOO-LARGE` (not retried: the function is pure and would return the same);
-//! - `--max-queue`, `--max-queued-bytes`: queued requests and their argument bytes in the
-//!   cluster; `--max-queue-per-client`, `--max-queued-bytes-per-client`: the same for one client
-//!   identity (`Caller::name`; default half the cluster's, so no client fills the queue alone).
+//! - `--max-queue`, `--max-queued-bytes`: outstanding requests (queued or running: a running
+//!   request that sleeps gives its slot back, so counting the queue alone would let any number
+//!   in) and their argument bytes, in the cluster; `--max-queue-per-client`,
+//!   `--max-queued-bytes-per-client`: the same for one client identity (`Caller::name`; by
+//!   default half the cluster's, so no client fills the cluster alone).
 //!   A new top-level request beyond any of them is refused with `RESOURCE_EXHAUSTED`,
 //!   `MZ-QUEUE-FULL` and a `RetryInfo` hint, before anything is written ([`Admission`]: calls
 //!   admitted but not applied yet count, so calls arriving together cannot all pass one look
@@ -169,10 +171,11 @@ impl Limits {
             .map(|b| *b as u64)
             .sum();
         let mut pending = admission.pending.lock().expect("admission");
-        let (mine, mine_bytes) = state.owners().queued_by(client);
+        let owners = state.owners();
+        let (total, usage) = (owners.total(), owners.usage_of(client));
         let (p_mine, p_mine_bytes) = pending.by.get(client).copied().unwrap_or((0, 0));
-        let queued = state.queue_len() + pending.count;
-        let queued_bytes = state.queued_bytes() + pending.bytes;
+        let queued = total.requests + pending.count;
+        let queued_bytes = total.bytes + pending.bytes;
         let refuse = |what: String, flag: &str, bound: String| {
             Err(status(
                 Code::QueueFull,
@@ -183,7 +186,7 @@ impl Limits {
         };
         if queued + n > self.max_queue {
             return refuse(
-                format!("{queued} requests are queued"),
+                format!("{queued} requests are outstanding (queued or running)"),
                 "--max-queue",
                 self.max_queue.to_string(),
             );
@@ -191,22 +194,22 @@ impl Limits {
         // A request larger than a byte bound alone is still admitted into an empty queue.
         if queued_bytes > 0 && queued_bytes + bytes > self.max_queued_bytes {
             return refuse(
-                format!("{queued_bytes} argument bytes are queued"),
+                format!("{queued_bytes} argument bytes are outstanding"),
                 "--max-queued-bytes",
                 self.max_queued_bytes.to_string(),
             );
         }
-        let (mine, mine_bytes) = (mine + p_mine, mine_bytes + p_mine_bytes);
+        let (mine, mine_bytes) = (usage.requests + p_mine, usage.bytes + p_mine_bytes);
         if mine + n > self.max_queue_per_client {
             return refuse(
-                format!("client '{client}' has {mine} requests queued"),
+                format!("client '{client}' has {mine} requests outstanding"),
                 "--max-queue-per-client",
                 self.max_queue_per_client.to_string(),
             );
         }
         if mine_bytes > 0 && mine_bytes + bytes > self.max_queued_bytes_per_client {
             return refuse(
-                format!("client '{client}' has {mine_bytes} argument bytes queued"),
+                format!("client '{client}' has {mine_bytes} argument bytes outstanding"),
                 "--max-queued-bytes-per-client",
                 self.max_queued_bytes_per_client.to_string(),
             );

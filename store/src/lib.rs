@@ -37,7 +37,7 @@ pub use command::{
 };
 pub use error::StoreError;
 pub use raft_types::{Entry, LogId, Raft, RaftNode, TypeConfig, Vote};
-pub use state::{ClusterState, Effect, Event, FunctionCounters, Owners, UNKNOWN};
+pub use state::{ClusterState, Effect, Event, FunctionCounters, Owners, UNKNOWN, Usage};
 pub use storage::{
     ApplyObserver, FORMAT_VERSION, LogStore, SharedState, StateMachineStore, StoreOptions, open,
 };

@@ -1,5 +1,5 @@
-//! Who submitted each live request, and what each client identity has queued: the index
-//! behind per-client admission, fair share and bulk cancel by client.
+//! Who submitted each live (queued or running) request, and what each client identity has
+//! outstanding: the index behind per-client admission, fair share and bulk cancel by client.
 //!
 //! Derived, never encoded: a member fills it by applying `Command::SubmitFrom`, which names
 //! the caller. A child call belongs to the owner of its parent (its root caller). A request
@@ -20,96 +20,106 @@ pub(crate) type QueueKey = (Reverse<i32>, u64, RequestKey);
 /// The owner of requests whose submitter this member does not know.
 pub const UNKNOWN: &str = "";
 
-/// What one client identity has queued.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Queued {
-    /// Its queued requests, in queue order.
-    pub(crate) keys: BTreeSet<QueueKey>,
-    /// Argument bytes of those requests.
+/// Requests and argument bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub requests: usize,
     pub bytes: u64,
 }
 
-impl Queued {
-    pub fn len(&self) -> usize {
-        self.keys.len()
+impl Usage {
+    fn add(&mut self, bytes: u64) {
+        self.requests += 1;
+        self.bytes += bytes;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+    fn sub(&mut self, bytes: u64) {
+        self.requests -= 1;
+        self.bytes -= bytes;
     }
 }
 
-/// The owner index; see the module docs. Invariant: every key of the state's queue is in
-/// exactly one owner's `keys` (the owner `of` names, else [`UNKNOWN`]), and no owner is
-/// listed with an empty queue.
+/// The owner index; see the module docs. Invariants: every live (queued or running) request
+/// is in `of`; `usage` and `total` sum what `of` holds; every key of the state's queue is in
+/// exactly one owner's `queued` set (its owner's), and no owner is listed with nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Owners {
-    /// Owner of each queued or running request with a known owner.
-    pub(crate) of: HashMap<RequestKey, Arc<str>>,
-    /// Queued requests per owner.
-    pub(crate) queued: BTreeMap<Arc<str>, Queued>,
-    /// Argument bytes of every queued request.
-    pub(crate) bytes: u64,
+    /// Owner and argument bytes of each live request.
+    pub(crate) of: HashMap<RequestKey, (Arc<str>, u64)>,
+    /// Live requests per owner.
+    pub(crate) usage: BTreeMap<Arc<str>, Usage>,
+    /// Every live request.
+    pub(crate) total: Usage,
+    /// Queued requests per owner, in queue order.
+    pub(crate) queued: BTreeMap<Arc<str>, BTreeSet<QueueKey>>,
 }
 
 impl Owners {
     /// The owner of `key` ([`UNKNOWN`] when not known).
     pub fn owner(&self, key: &RequestKey) -> &str {
-        self.of.get(key).map_or(UNKNOWN, |o| o)
+        self.of.get(key).map_or(UNKNOWN, |(o, _)| o)
     }
 
     fn owner_arc(&self, key: &RequestKey) -> Arc<str> {
         self.of
             .get(key)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(UNKNOWN))
+            .map_or_else(|| Arc::from(UNKNOWN), |(o, _)| o.clone())
     }
 
-    pub(crate) fn set(&mut self, key: RequestKey, owner: Arc<str>) {
-        if owner.is_empty() {
-            self.of.remove(&key);
-        } else {
-            self.of.insert(key, owner);
-        }
+    /// A request became live, owned by `owner`.
+    pub(crate) fn add(&mut self, key: RequestKey, owner: Arc<str>, bytes: u64) {
+        self.drop_key(&key);
+        self.usage.entry(owner.clone()).or_default().add(bytes);
+        self.total.add(bytes);
+        self.of.insert(key, (owner, bytes));
     }
 
-    /// The request left the live set (finished, forgotten).
+    /// The request left the live set (finished).
     pub(crate) fn drop_key(&mut self, key: &RequestKey) {
-        self.of.remove(key);
-    }
-
-    pub(crate) fn enqueue(&mut self, qk: QueueKey, bytes: usize) {
-        let owner = self.owner_arc(&qk.2);
-        let q = self.queued.entry(owner).or_default();
-        if q.keys.insert(qk) {
-            q.bytes += bytes as u64;
-            self.bytes += bytes as u64;
+        if let Some((owner, bytes)) = self.of.remove(key) {
+            self.total.sub(bytes);
+            if let Some(u) = self.usage.get_mut(&owner) {
+                u.sub(bytes);
+                if u.requests == 0 {
+                    self.usage.remove(&owner);
+                }
+            }
         }
     }
 
-    pub(crate) fn dequeue(&mut self, qk: &QueueKey, bytes: usize) {
+    pub(crate) fn enqueue(&mut self, qk: QueueKey) {
         let owner = self.owner_arc(&qk.2);
-        if let Some(q) = self.queued.get_mut(&owner)
-            && q.keys.remove(qk)
-        {
-            q.bytes -= bytes as u64;
-            self.bytes -= bytes as u64;
-            if q.keys.is_empty() {
+        self.queued.entry(owner).or_default().insert(qk);
+    }
+
+    pub(crate) fn dequeue(&mut self, qk: &QueueKey) {
+        let owner = self.owner_arc(&qk.2);
+        if let Some(q) = self.queued.get_mut(&owner) {
+            q.remove(qk);
+            if q.is_empty() {
                 self.queued.remove(&owner);
             }
         }
     }
 
-    /// What `owner` has queued.
-    pub fn queued_by(&self, owner: &str) -> (usize, u64) {
-        self.queued
-            .get(owner)
-            .map_or((0, 0), |q| (q.keys.len(), q.bytes))
+    /// Live (queued or running) requests of `owner` and their argument bytes.
+    pub fn usage_of(&self, owner: &str) -> Usage {
+        self.usage.get(owner).copied().unwrap_or_default()
     }
 
-    /// Every owner with queued requests, and what it has queued.
-    pub fn queues(&self) -> impl Iterator<Item = (&str, &Queued)> {
-        self.queued.iter().map(|(o, q)| (&**o, q))
+    /// Every live request and their argument bytes.
+    pub fn total(&self) -> Usage {
+        self.total
+    }
+
+    /// Every owner with live requests, and its usage.
+    pub fn usage(&self) -> impl Iterator<Item = (&str, Usage)> {
+        self.usage.iter().map(|(o, u)| (&**o, *u))
+    }
+
+    /// How many requests `owner` has queued.
+    pub fn queued_by(&self, owner: &str) -> usize {
+        self.queued.get(owner).map_or(0, BTreeSet::len)
     }
 
     /// Queued keys in fair order: by priority, and within a priority round-robin between the
@@ -119,7 +129,7 @@ impl Owners {
         let mut heads = BinaryHeap::with_capacity(self.queued.len());
         let mut iters = Vec::with_capacity(self.queued.len());
         for (i, q) in self.queued.values().enumerate() {
-            let mut it = q.keys.iter();
+            let mut it = q.iter();
             if let Some(&(prio, seq, key)) = it.next() {
                 heads.push(Reverse((prio, 0u64, seq, i, key)));
             }
@@ -162,22 +172,43 @@ mod tests {
     fn fair_order_alternates_owners_within_a_priority() {
         let mut o = Owners::default();
         for n in 0..5u8 {
-            o.set(k(n), Arc::from("flood"));
-            o.enqueue((Reverse(0), n as u64, k(n)), 10);
+            o.add(k(n), Arc::from("flood"), 10);
+            o.enqueue((Reverse(0), n as u64, k(n)));
         }
-        o.set(k(10), Arc::from("other"));
-        o.enqueue((Reverse(0), 10, k(10)), 3);
+        o.add(k(10), Arc::from("other"), 3);
+        o.enqueue((Reverse(0), 10, k(10)));
         // Unknown owner, higher priority: first whatever the rounds.
-        o.enqueue((Reverse(5), 11, k(11)), 1);
+        o.add(k(11), Arc::from(UNKNOWN), 1);
+        o.enqueue((Reverse(5), 11, k(11)));
         let order: Vec<_> = o.fair().collect();
         assert_eq!(order, vec![k(11), k(0), k(10), k(1), k(2), k(3), k(4)]);
-        assert_eq!(o.queued_by("flood"), (5, 50));
-        assert_eq!(o.queued_by("other"), (1, 3));
-        assert_eq!(o.queued_by(UNKNOWN), (1, 1));
-        assert_eq!(o.bytes, 54);
-        o.dequeue(&(Reverse(0), 10, k(10)), 3);
-        assert_eq!(o.queued_by("other"), (0, 0));
-        assert!(o.queues().all(|(name, _)| name != "other"));
-        assert_eq!(o.bytes, 51);
+        assert_eq!(
+            o.usage_of("flood"),
+            Usage {
+                requests: 5,
+                bytes: 50
+            }
+        );
+        assert_eq!(o.queued_by("other"), 1);
+        assert_eq!(
+            o.total(),
+            Usage {
+                requests: 7,
+                bytes: 54
+            }
+        );
+        o.dequeue(&(Reverse(0), 10, k(10)));
+        assert_eq!(o.queued_by("other"), 0);
+        assert_eq!(o.usage_of("other").requests, 1, "running still counts");
+        o.drop_key(&k(10));
+        assert_eq!(o.usage_of("other"), Usage::default());
+        assert!(o.usage().all(|(name, _)| name != "other"));
+        assert_eq!(
+            o.total(),
+            Usage {
+                requests: 6,
+                bytes: 51
+            }
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::owners::QueueKey;
-pub use crate::owners::{Owners, Queued, UNKNOWN};
+pub use crate::owners::{Owners, UNKNOWN, Usage};
 
 /// How many recent events the state keeps for the console and `mozen events`.
 pub const EVENT_LOG_LEN: usize = 256;
@@ -109,13 +109,17 @@ impl<'de> Deserialize<'de> for ClusterState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut state = ClusterState::deserialize(d)?;
         state.loads = state.rebuilt_loads();
-        let queued: Vec<(QueueKey, usize)> = state
-            .queue
-            .iter()
-            .map(|qk| (*qk, state.requests.get(&qk.2).map_or(0, |r| r.args.len())))
+        let live: Vec<(RequestKey, u64)> = state
+            .requests
+            .values()
+            .map(|r| (r.key, r.args.len() as u64))
             .collect();
-        for (qk, bytes) in queued {
-            state.owners.enqueue(qk, bytes);
+        for (key, bytes) in live {
+            state.owners.add(key, Arc::from(UNKNOWN), bytes);
+        }
+        let queued: Vec<QueueKey> = state.queue.iter().copied().collect();
+        for qk in queued {
+            state.owners.enqueue(qk);
         }
         Ok(state)
     }
@@ -369,10 +373,10 @@ impl ClusterState {
                     Some(p) => Arc::from(self.owners.owner(&p)),
                     None => Arc::from(client),
                 };
-                self.owners.set(req.key, owner);
-                let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
+                self.owners.add(req.key, owner, req.args.len() as u64);
+                let qk = (Reverse(req.priority), req.seq, req.key);
                 self.requests.insert(req.key, req);
-                self.queue_insert(qk, bytes);
+                self.queue_insert(qk);
                 self.counter(&new.function).submitted += 1;
                 SubmitReply::Queued
             }
@@ -391,15 +395,15 @@ impl ClusterState {
     }
 
     /// Puts a queued request in the queue and its owner's.
-    fn queue_insert(&mut self, qk: QueueKey, bytes: usize) {
+    fn queue_insert(&mut self, qk: QueueKey) {
         self.queue.insert(qk);
-        self.owners.enqueue(qk, bytes);
+        self.owners.enqueue(qk);
     }
 
     /// Takes a request out of the queue and its owner's.
-    fn queue_remove(&mut self, qk: QueueKey, bytes: usize) {
+    fn queue_remove(&mut self, qk: QueueKey) {
         self.queue.remove(&qk);
-        self.owners.dequeue(&qk, bytes);
+        self.owners.dequeue(&qk);
     }
 
     fn link(&mut self, parent: RequestKey, child: RequestKey) {
@@ -502,8 +506,8 @@ impl ClusterState {
             ));
         }
         let req = &self.requests[&a.key];
-        let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
-        self.queue_remove(qk, bytes);
+        let qk = (Reverse(req.priority), req.seq, req.key);
+        self.queue_remove(qk);
         let req = self.requests.get_mut(&a.key).expect("checked above");
         req.state = RequestState::Running {
             node: a.node,
@@ -556,8 +560,8 @@ impl ClusterState {
             Some(RequestState::Done) => return false,
             Some(RequestState::Queued | RequestState::Running { .. }) => {
                 let r = &self.requests[&m.key];
-                let (qk, bytes) = ((Reverse(r.priority), r.seq, m.key), r.args.len());
-                self.queue_remove(qk, bytes);
+                let qk = (Reverse(r.priority), r.seq, m.key);
+                self.queue_remove(qk);
                 let node = self.stop_running(m.key);
                 let r = self.requests.get_mut(&m.key).expect("live");
                 r.state = RequestState::Done;
@@ -599,8 +603,8 @@ impl ClusterState {
             Some(RequestState::Done) => return false,
             Some(RequestState::Queued | RequestState::Running { .. }) => {
                 let r = &self.requests[&key];
-                let (qk, bytes) = ((Reverse(r.priority), r.seq, key), r.args.len());
-                self.queue_remove(qk, bytes);
+                let qk = (Reverse(r.priority), r.seq, key);
+                self.queue_remove(qk);
                 let node = self.stop_running(key);
                 let r = self.requests.get_mut(&key).expect("live");
                 r.state = RequestState::Done;
@@ -685,8 +689,8 @@ impl ClusterState {
                     req.not_before =
                         at.saturating_add(req.retry.backoff_ms.saturating_mul(1 << shift));
                     req.state = RequestState::Queued;
-                    let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
-                    self.queue_insert(qk, bytes);
+                    let qk = (Reverse(req.priority), req.seq, req.key);
+                    self.queue_insert(qk);
                     self.counter(&function).failures += 1;
                     self.release_waiters(c.key);
                     CompleteReply::Retrying
@@ -817,8 +821,8 @@ impl ClusterState {
                 failed += 1;
             } else {
                 req.state = RequestState::Queued;
-                let (qk, bytes) = ((Reverse(req.priority), req.seq, req.key), req.args.len());
-                self.queue_insert(qk, bytes);
+                let qk = (Reverse(req.priority), req.seq, req.key);
+                self.queue_insert(qk);
                 requeued += 1;
             }
         }
@@ -871,8 +875,8 @@ impl ClusterState {
             }
             let node = r.state.node();
             if r.state == RequestState::Queued {
-                let (qk, bytes) = ((Reverse(r.priority), r.seq, k), r.args.len());
-                self.queue_remove(qk, bytes);
+                let qk = (Reverse(r.priority), r.seq, k);
+                self.queue_remove(qk);
             }
             self.stop_running(k);
             let r = self.requests.get_mut(&k).expect("present");
@@ -1100,14 +1104,9 @@ impl ClusterState {
         self.owners.fair().filter_map(|k| self.requests.get(&k))
     }
 
-    /// Owners of live requests and what each has queued (see `owners.rs`).
+    /// Owners of live requests and what each has outstanding (see `owners.rs`).
     pub fn owners(&self) -> &Owners {
         &self.owners
-    }
-
-    /// Argument bytes of every queued request.
-    pub fn queued_bytes(&self) -> u64 {
-        self.owners.bytes
     }
 
     pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Request> {
@@ -1231,46 +1230,59 @@ impl ClusterState {
 
     /// The owner index agrees with the queue and the records (see `owners.rs`).
     fn check_owners(&self) -> Result<(), String> {
+        if self.owners.of.len() != self.requests.len() {
+            return Err(format!(
+                "owners known for {} requests; {} are live",
+                self.owners.of.len(),
+                self.requests.len()
+            ));
+        }
+        let mut usage: BTreeMap<&str, Usage> = BTreeMap::new();
+        for (k, (owner, bytes)) in &self.owners.of {
+            let Some(r) = self.requests.get(k) else {
+                return Err(format!("owner kept for {k}, which is not live"));
+            };
+            if r.args.len() as u64 != *bytes {
+                return Err(format!("owner index counts {bytes} bytes for {k}"));
+            }
+            let u = usage.entry(owner).or_default();
+            u.requests += 1;
+            u.bytes += bytes;
+        }
+        let listed: BTreeMap<&str, Usage> = self.owners.usage().collect();
+        if listed != usage {
+            return Err(format!("owners' usage {listed:?}, records say {usage:?}"));
+        }
+        let total = usage.values().fold(Usage::default(), |a, u| Usage {
+            requests: a.requests + u.requests,
+            bytes: a.bytes + u.bytes,
+        });
+        if total != self.owners.total() {
+            return Err(format!(
+                "total usage {:?}, records say {total:?}",
+                self.owners.total()
+            ));
+        }
         let mut keys = 0;
-        let mut total = 0;
-        for (owner, q) in self.owners.queues() {
+        for (owner, q) in &self.owners.queued {
             if q.is_empty() {
                 return Err(format!("owner '{owner}' is listed with nothing queued"));
             }
-            let mut bytes = 0;
-            for qk in &q.keys {
+            for qk in q {
                 if !self.queue.contains(qk) {
                     return Err(format!("owner '{owner}' queues {} out of the queue", qk.2));
                 }
-                if self.owners.owner(&qk.2) != owner {
+                if self.owners.owner(&qk.2) != &**owner {
                     return Err(format!("request {} is queued under the wrong owner", qk.2));
                 }
-                bytes += self.requests.get(&qk.2).map_or(0, |r| r.args.len() as u64);
-            }
-            if bytes != q.bytes {
-                return Err(format!(
-                    "owner '{owner}' counts {} bytes, records say {bytes}",
-                    q.bytes
-                ));
             }
             keys += q.len();
-            total += bytes;
         }
-        if keys != self.queue.len() || total != self.owners.bytes {
+        if keys != self.queue.len() {
             return Err(format!(
-                "owners queue {keys} requests of {} bytes; the queue holds {} of {}",
-                total,
-                self.queue.len(),
-                self.owners.bytes
+                "owners queue {keys} requests; the queue holds {}",
+                self.queue.len()
             ));
-        }
-        if let Some(k) = self
-            .owners
-            .of
-            .keys()
-            .find(|k| !self.requests.contains_key(k))
-        {
-            return Err(format!("owner kept for {k}, which is not live"));
         }
         Ok(())
     }
@@ -1723,19 +1735,25 @@ mod tests {
         st.apply(&submit_from("a", 1, None));
         st.apply(&submit_from("b", 2, None));
         st.apply(&submit(3, None, 0));
-        assert_eq!(st.owners().queued_by("a"), (1, 1));
-        assert_eq!(st.owners().queued_by("b"), (1, 1));
-        assert_eq!(st.owners().queued_by(UNKNOWN), (1, 1));
-        assert_eq!(st.queued_bytes(), 3);
+        let one = Usage {
+            requests: 1,
+            bytes: 1,
+        };
+        assert_eq!(st.owners().usage_of("a"), one);
+        assert_eq!(st.owners().usage_of("b"), one);
+        assert_eq!(st.owners().usage_of(UNKNOWN), one);
+        assert_eq!(st.owners().total().bytes, 3);
         st.check_invariants().expect("invariants");
         st.apply(&assign(1, 1, 1));
-        assert_eq!(st.owners().queued_by("a"), (0, 0));
+        assert_eq!(st.owners().queued_by("a"), 0);
+        assert_eq!(st.owners().usage_of("a"), one, "running still counts");
         assert_eq!(st.owners().owner(&key(1)), "a");
         // A child call sent by a node is its root caller's.
         st.apply(&submit_from("node-1", 4, Some(key(1))));
         assert_eq!(st.owners().owner(&key(4)), "a");
-        assert_eq!(st.owners().queued_by("a"), (1, 1));
-        assert_eq!(st.owners().queued_by("node-1"), (0, 0));
+        assert_eq!(st.owners().usage_of("a").requests, 2);
+        assert_eq!(st.owners().queued_by("a"), 1);
+        assert_eq!(st.owners().usage_of("node-1"), Usage::default());
         st.check_invariants().expect("invariants");
         // Joining does not change the owner.
         st.apply(&submit_from("b", 4, None));
@@ -1743,6 +1761,8 @@ mod tests {
         st.apply(&complete(1, 1, 1, Outcome::Value(vec![1])));
         st.check_invariants().expect("invariants");
         assert_eq!(st.owners().owner(&key(1)), UNKNOWN, "finished: not live");
+        st.apply(&memo(9, b"1"));
+        st.check_invariants().expect("invariants");
     }
 
     #[test]
@@ -1776,7 +1796,8 @@ mod tests {
         keys.sort();
         assert_eq!(keys, vec![key(1), key(2), key(3), key(6)], "with the child");
         assert_eq!(st.queue_len(), 2);
-        assert_eq!(st.owners().queued_by("a"), (2, 2));
+        assert_eq!(st.owners().queued_by("a"), 2);
+        assert_eq!(st.owners().usage_of("a").requests, 2);
         assert_eq!(st.busy_slots(1), 0);
         st.check_invariants().expect("invariants");
         st.apply(&Command::CancelMany {
@@ -1784,8 +1805,8 @@ mod tests {
             at: 6,
         });
         assert_eq!(st.queue_len(), 0);
-        assert_eq!(st.queued_bytes(), 0);
-        assert!(st.owners().queues().next().is_none());
+        assert_eq!(st.owners().total(), Usage::default());
+        assert!(st.owners().usage().next().is_none());
         st.check_invariants().expect("invariants");
     }
 
@@ -1797,7 +1818,8 @@ mod tests {
         let back: ClusterState =
             postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
         back.check_invariants().expect("invariants after decoding");
-        assert_eq!(back.owners().queued_by(UNKNOWN), (2, 2));
+        assert_eq!(back.owners().queued_by(UNKNOWN), 2);
+        assert_eq!(back.owners().usage_of(UNKNOWN).bytes, 2);
         assert_eq!(back.digest(), st.digest(), "owners are not encoded");
         let mut again = cluster(1);
         again.apply(&submit_from("a", 1, None));

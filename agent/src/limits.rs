@@ -177,10 +177,16 @@ impl Limits {
         let queued = total.requests + pending.count;
         let queued_bytes = total.bytes + pending.bytes;
         let refuse = |what: String, flag: &str, bound: String| {
+            let whose = if flag.ends_with("-per-client") {
+                "one client may hold"
+            } else {
+                "this cluster holds"
+            };
             Err(status(
                 Code::QueueFull,
                 format_args!(
-                    "{what}, the most this cluster holds ({flag} {bound}); {n} more from client                      '{client}' refused; retry later"
+                    "{what}, the most {whose} ({flag} {bound}); {n} more from client \
+                     '{client}' refused; retry later"
                 ),
             ))
         };

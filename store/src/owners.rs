@@ -122,16 +122,18 @@ impl Owners {
         self.queued.get(owner).map_or(0, BTreeSet::len)
     }
 
-    /// Queued keys in fair order: by priority, and within a priority round-robin between the
-    /// owners (each owner's `n`-th queued request comes before any owner's `n+1`-th), each
-    /// owner's own requests in its submission order. Each step costs O(log owners).
+    /// Queued keys in fair order: by priority, and within a priority the owners take turns,
+    /// the owner with the fewest requests started first: an owner's queued request that would
+    /// be its `n`-th running one comes before any owner's `n+1`-th. Each owner's own requests
+    /// keep their queue order. Each step costs O(log owners).
     pub fn fair(&self) -> Fair<'_> {
         let mut heads = BinaryHeap::with_capacity(self.queued.len());
         let mut iters = Vec::with_capacity(self.queued.len());
-        for (i, q) in self.queued.values().enumerate() {
+        for (i, (owner, q)) in self.queued.iter().enumerate() {
+            let running = self.usage_of(owner).requests.saturating_sub(q.len());
             let mut it = q.iter();
             if let Some(&(prio, seq, key)) = it.next() {
-                heads.push(Reverse((prio, 0u64, seq, i, key)));
+                heads.push(Reverse((prio, running as u64, seq, i, key)));
             }
             iters.push(it);
         }
@@ -139,7 +141,7 @@ impl Owners {
     }
 }
 
-/// Heap entry of [`Fair`]: (priority, round, seq, owner index, key), least first.
+/// Heap entry of [`Fair`]: (priority, turn, seq, owner index, key), least first.
 type Head = Reverse<(Reverse<i32>, u64, u64, usize, RequestKey)>;
 
 /// The iterator of [`Owners::fair`].
@@ -197,6 +199,14 @@ mod tests {
                 bytes: 54
             }
         );
+        // One of flood's starts: other's next request comes before flood's next two.
+        o.dequeue(&(Reverse(0), 0, k(0)));
+        o.add(k(12), Arc::from("other"), 0);
+        o.enqueue((Reverse(0), 12, k(12)));
+        let order: Vec<_> = o.fair().collect();
+        assert_eq!(order, vec![k(11), k(10), k(1), k(12), k(2), k(3), k(4)]);
+        o.dequeue(&(Reverse(0), 12, k(12)));
+        o.drop_key(&k(12));
         o.dequeue(&(Reverse(0), 10, k(10)));
         assert_eq!(o.queued_by("other"), 0);
         assert_eq!(o.usage_of("other").requests, 1, "running still counts");

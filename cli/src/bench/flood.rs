@@ -268,7 +268,8 @@ async fn steady(client: &Client, nonce: &str, phase: &str, stop: &AtomicBool) ->
             Ok(r) if r.state == "done" => s.ok.push(t.elapsed()),
             Ok(r) => {
                 s.failures += 1;
-                s.first_error.get_or_insert(format!("a call ended {}", r.state));
+                s.first_error
+                    .get_or_insert(format!("a call ended {}", r.state));
             }
             Err(e) => {
                 s.failures += 1;

@@ -76,6 +76,11 @@ impl Owners {
 
     /// The request left the live set (finished).
     pub(crate) fn drop_key(&mut self, key: &RequestKey) {
+        // A hash map keeps its largest size: give the memory of a flood back once it is gone
+        // (amortized: only when four times too large).
+        if self.of.capacity() > 4 * self.of.len() + 1024 {
+            self.of.shrink_to(2 * self.of.len());
+        }
         if let Some((owner, bytes)) = self.of.remove(key) {
             self.total.sub(bytes);
             if let Some(u) = self.usage.get_mut(&owner) {

@@ -770,6 +770,11 @@ impl ClusterState {
             self.finished
                 .retain(|(seq, key)| terminal.get(key).is_some_and(|t| t.finish_seq == *seq));
         }
+        // A deque keeps its largest size: after a flood was cancelled and forgotten, give the
+        // memory back (amortized: only when four times too large).
+        if self.finished.capacity() > 4 * self.finished.len() + 1024 {
+            self.finished.shrink_to(2 * self.finished.len());
+        }
     }
 
     /// Current entries of the finished order, oldest first.

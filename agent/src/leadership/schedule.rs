@@ -225,6 +225,9 @@ pub fn lost_assignments(
     reported: &[RequestKey],
     grace_ms: u64,
 ) -> Vec<RequestKey> {
+    // A set: a node may report tens of thousands of running requests (sleeps hold no slot),
+    // and a scan of the list per request made each heartbeat quadratic, under the state lock.
+    let reported: HashSet<&RequestKey> = reported.iter().collect();
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let now = now_ms();

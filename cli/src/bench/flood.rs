@@ -1,7 +1,7 @@
 //! `flood`: one client floods the cluster past its bound while another calls `noop`.
 //!
-//! The run's cluster starts with `--max-queue` [`MAX_QUEUE`] (per client: half of it, the
-//! default). Phases, each `30 s × --scale` (at least 5 s; idle a third of that):
+//! The run's cluster starts with `--max-queue` `--flood-queue` (default [`MAX_QUEUE`]; per
+//! client: half of it, the default). Phases, each `30 s × --scale` (at least 5 s; idle a third of that):
 //!
 //! 1. idle: the other client (`mozen-client-id: probe`) calls `noop` (distinct arguments)
 //!    every 20 ms: its p50/p99;
@@ -25,15 +25,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The cluster-wide bound the flood runs against.
+/// The cluster-wide bound the flood runs against by default.
 pub const MAX_QUEUE: usize = 20_000;
 
 /// Flooding tasks.
 pub const FLOOD_TASKS: usize = 64;
 
 /// Agent flags of the flood's cluster.
-pub fn agent_flags() -> Vec<String> {
-    vec!["--max-queue".into(), MAX_QUEUE.to_string()]
+pub fn agent_flags(max_queue: usize) -> Vec<String> {
+    vec!["--max-queue".into(), max_queue.to_string()]
 }
 
 /// The other client's calls during one phase.
@@ -213,7 +213,7 @@ pub async fn run(cluster: &LocalCluster, cfg: &BenchConfig, nonce: &str) -> Outc
         ("bulk_cancelled", cancelled as f64),
     ];
     let detail = json!({
-        "max_queue": MAX_QUEUE,
+        "max_queue": cfg.flood_queue,
         "flood_tasks": FLOOD_TASKS,
         "phase_s": phase.as_secs_f64(),
         "idle_noop_latency_ms": latency_ms(&idle.ok),
@@ -226,10 +226,13 @@ pub async fn run(cluster: &LocalCluster, cfg: &BenchConfig, nonce: &str) -> Outc
         "forgotten": forgotten,
     });
     let admitted = admitted.load(Ordering::Relaxed) as usize;
-    if admitted > MAX_QUEUE {
+    let per_client = (cfg.flood_queue / 2).max(1);
+    if admitted > per_client {
         return Outcome {
             error: Some(format!(
-                "the flooder got {admitted} calls admitted past --max-queue {MAX_QUEUE}"
+                "the flooder got {admitted} calls admitted past its bound of {per_client} \
+                 (--max-queue {} / 2)",
+                cfg.flood_queue
             )),
             ..Outcome::ok(metrics, detail)
         };

@@ -21,7 +21,7 @@
 //! - `flood`: one client submits distinct `sleep(60000)` calls past the queue bound while
 //!   another calls `noop`: the other's p50/p99 beside its idle figures, elections, the
 //!   flooder's admitted and refused calls, agents' memory, and the bulk cancel's time. Its
-//!   cluster runs with `--max-queue 20000`. Not in `all`: ask for it by name.
+//!   cluster runs with `--max-queue 20000` (`--flood-queue`). Not in `all`: ask for it by name.
 //!
 //! Modules: [`cluster`] (agent processes), [`calls`] (the call workloads), [`scale`],
 //! [`wordcount`], [`saturate`], [`flood`], [`report`] (statistics, the table and the JSON). See
@@ -166,6 +166,9 @@ pub struct BenchArgs {
     /// The agent binary (default: `mozen-agent` next to this executable).
     #[arg(long, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
+    /// `--max-queue` of the flood workload's cluster (each client may hold half).
+    #[arg(long, default_value_t = flood::MAX_QUEUE)]
+    pub flood_queue: usize,
 }
 
 /// Validated settings of one harness invocation.
@@ -179,6 +182,7 @@ pub struct BenchConfig {
     pub batch_mb: f64,
     pub in_flight: Option<usize>,
     pub agent_bin: PathBuf,
+    pub flood_queue: usize,
 }
 
 impl BenchArgs {
@@ -201,6 +205,12 @@ impl BenchArgs {
             return usage(format!(
                 "--batch-mb {}: expected a size above 0",
                 self.batch_mb
+            ));
+        }
+        if self.flood_queue < 2 {
+            return usage(format!(
+                "--flood-queue {}: expected at least 2",
+                self.flood_queue
             ));
         }
         if self.in_flight == Some(0) {
@@ -236,6 +246,7 @@ impl BenchArgs {
             batch_mb: self.batch_mb,
             in_flight: self.in_flight,
             agent_bin,
+            flood_queue: self.flood_queue,
         })
     }
 }
@@ -311,7 +322,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         }
         if cfg.workloads.iter().any(|w| w.needs_cluster()) {
             let flags = if cfg.workloads.contains(&Workload::Flood) {
-                flood::agent_flags()
+                flood::agent_flags(cfg.flood_queue)
             } else {
                 Vec::new()
             };

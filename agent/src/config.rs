@@ -583,6 +583,28 @@ mod tests {
                 .0
                 .starts_with("--max-queue '0'")
         );
+        let l = args(&["--max-queue", "10", "--max-queued-bytes", "1MiB"])
+            .validate()
+            .unwrap()
+            .limits;
+        assert_eq!(
+            (l.max_queue_per_client, l.max_queued_bytes_per_client),
+            (5, 512 << 10)
+        );
+        assert!(
+            args(&["--max-queue", "10", "--max-queue-per-client", "11"])
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("must be at most --max-queue (10)")
+        );
+        assert!(
+            args(&["--max-queued-bytes-per-client", "1TiB"])
+                .validate()
+                .unwrap_err()
+                .0
+                .starts_with("--max-queued-bytes-per-client '1TiB'")
+        );
         let e = AgentArgs::parse_from(["mozen-agent", "--id", "0"])
             .validate()
             .unwrap_err();

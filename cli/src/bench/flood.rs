@@ -152,9 +152,10 @@ pub async fn run(cluster: &LocalCluster, cfg: &BenchConfig, nonce: &str) -> Outc
                 .filter_map(rss_kb)
                 .max()
                 .unwrap_or(0);
-            let mut p = probe.lock().expect("probe");
-            p.peak_rss_kb = p.peak_rss_kb.max(rss);
-            drop(p);
+            {
+                let mut p = probe.lock().expect("probe");
+                p.peak_rss_kb = p.peak_rss_kb.max(rss);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };

@@ -585,8 +585,12 @@ impl Service {
         leadership.write_parent(&self.agent, new.parent).await;
         match leadership.start_express(&self.agent, &new) {
             Start::Flying | Start::Joined | Start::Held => {
+                // A flying or held call is outstanding work the state does not show yet: it
+                // stays counted until its caller is answered (after it is written down, both
+                // count it for a moment, which errs on the safe side).
+                let out = self.wait_express(new, limit, client).await;
                 drop(permit);
-                return self.wait_express(new, limit, client).await;
+                return out;
             }
             _ => {}
         }

@@ -180,9 +180,10 @@ pub async fn run(cluster: &LocalCluster, cfg: &BenchConfig, nonce: &str) -> Outc
         })
         .await;
     let cancel_s = started.elapsed().as_secs_f64();
-    let cancelled = match &cancel {
-        Ok(r) => r.count,
-        Err(e) => return Outcome::failed(format!("bulk cancel: {e}"), json!({})),
+    // An agent without bulk cancel refuses it (the figures before it are still reported).
+    let (cancelled, cancel_error) = match &cancel {
+        Ok(r) => (r.count as f64, None),
+        Err(e) => (f64::NAN, Some(format!("bulk cancel: {e}"))),
     };
     let forgotten = flooder
         .rpc(|mut c| async move {
@@ -210,8 +211,15 @@ pub async fn run(cluster: &LocalCluster, cfg: &BenchConfig, nonce: &str) -> Outc
         ("rss_idle_mb", rss_idle),
         ("rss_peak_mb", probe.peak_rss_kb as f64 / 1024.0),
         ("rss_after_cancel_mb", rss_after),
-        ("bulk_cancel_s", cancel_s),
-        ("bulk_cancelled", cancelled as f64),
+        (
+            "bulk_cancel_s",
+            if cancel_error.is_some() {
+                f64::NAN
+            } else {
+                cancel_s
+            },
+        ),
+        ("bulk_cancelled", cancelled),
     ];
     let detail = json!({
         "max_queue": cfg.flood_queue,
@@ -226,6 +234,12 @@ pub async fn run(cluster: &LocalCluster, cfg: &BenchConfig, nonce: &str) -> Outc
         "terms": [probe.first_term, probe.last_term],
         "forgotten": forgotten,
     });
+    if let Some(e) = cancel_error {
+        return Outcome {
+            error: Some(e),
+            ..Outcome::ok(metrics, detail)
+        };
+    }
     let admitted = admitted.load(Ordering::Relaxed) as usize;
     let per_client = (cfg.flood_queue / 2).max(1);
     if admitted > per_client {

@@ -74,9 +74,20 @@ pub struct AgentArgs {
     /// --max-message).
     #[arg(long)]
     pub max_result: Option<String>,
-    /// Most queued requests; new top-level calls beyond it get RESOURCE_EXHAUSTED.
-    #[arg(long, default_value = "1000000")]
+    /// Most outstanding (queued or running) requests in the cluster; new top-level calls
+    /// beyond it get RESOURCE_EXHAUSTED (MZ-QUEUE-FULL) with a retry hint.
+    #[arg(long, default_value = "100000")]
     pub max_queue: String,
+    /// Most argument bytes of outstanding requests in the cluster, e.g. 256MiB.
+    #[arg(long, default_value = "256MiB")]
+    pub max_queued_bytes: String,
+    /// Most outstanding requests of one client identity (default: half of --max-queue).
+    #[arg(long)]
+    pub max_queue_per_client: Option<String>,
+    /// Most argument bytes outstanding for one client identity (default: half of
+    /// --max-queued-bytes).
+    #[arg(long)]
+    pub max_queued_bytes_per_client: Option<String>,
     /// Most open calls (Call, CallBatch, Submit, Get, Watch) per client connection.
     #[arg(long, default_value = "256")]
     pub max_client_streams: String,
@@ -349,10 +360,45 @@ impl AgentArgs {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(bad(flag, v, "must be a positive integer")),
         };
+        let max_queue = count("max-queue", &self.max_queue)?;
+        let bytes = |flag: &str, v: &str| match parse_size(v) {
+            Some(b) if b > 0 => Ok(b),
+            _ => Err(bad(flag, v, "expected a size above 0, e.g. 256MiB")),
+        };
+        let max_queued_bytes = bytes("max-queued-bytes", &self.max_queued_bytes)?;
+        let max_queue_per_client = match &self.max_queue_per_client {
+            Some(v) => match count("max-queue-per-client", v)? {
+                n if n <= max_queue => n,
+                _ => {
+                    return Err(bad(
+                        "max-queue-per-client",
+                        v,
+                        format!("must be at most --max-queue ({max_queue})"),
+                    ));
+                }
+            },
+            None => (max_queue / 2).max(1),
+        };
+        let max_queued_bytes_per_client = match &self.max_queued_bytes_per_client {
+            Some(v) => match bytes("max-queued-bytes-per-client", v)? {
+                b if b <= max_queued_bytes => b,
+                _ => {
+                    return Err(bad(
+                        "max-queued-bytes-per-client",
+                        v,
+                        format!("must be at most --max-queued-bytes ({max_queued_bytes} bytes)"),
+                    ));
+                }
+            },
+            None => (max_queued_bytes / 2).max(1),
+        };
         let limits = crate::limits::Limits {
             max_args: size_limit("max-args", &self.max_args)?,
             max_result: size_limit("max-result", &self.max_result)?,
-            max_queue: count("max-queue", &self.max_queue)?,
+            max_queue,
+            max_queued_bytes,
+            max_queue_per_client,
+            max_queued_bytes_per_client,
             max_client_streams: count("max-client-streams", &self.max_client_streams)?,
             max_streams_per_connection: count(
                 "max-streams-per-connection",
@@ -575,6 +621,28 @@ mod tests {
                 .unwrap_err()
                 .0
                 .starts_with("--max-queue '0'")
+        );
+        let l = args(&["--max-queue", "10", "--max-queued-bytes", "1MiB"])
+            .validate()
+            .unwrap()
+            .limits;
+        assert_eq!(
+            (l.max_queue_per_client, l.max_queued_bytes_per_client),
+            (5, 512 << 10)
+        );
+        assert!(
+            args(&["--max-queue", "10", "--max-queue-per-client", "11"])
+                .validate()
+                .unwrap_err()
+                .0
+                .contains("must be at most --max-queue (10)")
+        );
+        assert!(
+            args(&["--max-queued-bytes-per-client", "1TiB"])
+                .validate()
+                .unwrap_err()
+                .0
+                .starts_with("--max-queued-bytes-per-client '1TiB'")
         );
         let e = AgentArgs::parse_from(["mozen-agent", "--id", "0"])
             .validate()

@@ -100,7 +100,7 @@ impl Hub {
                     self.wake(&r.request.key, counted.then_some(r.value.as_slice()));
                 }
             }
-            (Command::Cancel { .. }, Response::Cancelled(keys)) => {
+            (Command::Cancel { .. } | Command::CancelMany { .. }, Response::Cancelled(keys)) => {
                 for k in keys {
                     self.wake(k, None);
                 }

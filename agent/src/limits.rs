@@ -4,11 +4,18 @@
 //!   and `MZ-TOO-LARGE` before anything is proposed;
 //! - `--max-result`: the result of one execution; a larger one is recorded as the request's
 //!   failure `MZ-RESULT-TOO-LARGE` (not retried: the function is pure and would return the same);
-//! - `--max-queue`: queued requests; a new top-level request while the queue is full is refused
-//!   with `RESOURCE_EXHAUSTED` and `MZ-QUEUE-FULL`, so the queue cannot grow without bound.
-//!   Calls that join a queued or running request or hit the memo table are still answered,
-//!   and child calls of running functions are exempt: refusing them would fail work already
-//!   admitted instead of holding new work back;
+//! - `--max-queue`, `--max-queued-bytes`: outstanding requests (queued or running: a running
+//!   request that sleeps gives its slot back, so counting the queue alone would let any number
+//!   in) and their argument bytes, in the cluster; `--max-queue-per-client`,
+//!   `--max-queued-bytes-per-client`: the same for one client identity (`Caller::name`; by
+//!   default half the cluster's, so no client fills the cluster alone).
+//!   A new top-level request beyond any of them is refused with `RESOURCE_EXHAUSTED`,
+//!   `MZ-QUEUE-FULL` and a `RetryInfo` hint, before anything is written ([`Admission`]: calls
+//!   admitted but not applied yet count, so calls arriving together cannot all pass one look
+//!   at the queue). Calls that join a queued or running request or hit the memo table are
+//!   still answered, and child calls of running functions are exempt (they count against
+//!   their root caller once queued): refusing them would fail work already admitted instead
+//!   of holding new work back. A CallBatch is admitted whole or refused whole;
 //! - `--max-client-streams`: RPCs that stay open (Call, CallBatch, Submit, Get, Watch) held
 //!   at once by one client connection; one more is refused with `RESOURCE_EXHAUSTED` and
 //!   `MZ-TOO-MANY-STREAMS`. Agents (requests carrying `mozen-node-id`) are exempt: their
@@ -24,8 +31,10 @@
 //! `--max-message` (the gRPC message bound) is older and lives in the config alone.
 
 use crate::security::NODE_ID_HEADER;
+use mozen_model::RequestKey;
 use mozen_model::{Code, Outcome, TaskError};
 use mozen_proto::status::status;
+use mozen_store::ClusterState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -72,6 +81,9 @@ pub struct Limits {
     pub max_args: usize,
     pub max_result: usize,
     pub max_queue: usize,
+    pub max_queued_bytes: u64,
+    pub max_queue_per_client: usize,
+    pub max_queued_bytes_per_client: u64,
     pub max_client_streams: usize,
     pub max_streams_per_connection: u32,
     pub max_client_connections: usize,
@@ -82,7 +94,10 @@ impl Default for Limits {
         Limits {
             max_args: mozen_proto::DEFAULT_MAX_MESSAGE_BYTES,
             max_result: mozen_proto::DEFAULT_MAX_MESSAGE_BYTES,
-            max_queue: 1_000_000,
+            max_queue: 100_000,
+            max_queued_bytes: 256 << 20,
+            max_queue_per_client: 50_000,
+            max_queued_bytes_per_client: 128 << 20,
             max_client_streams: 256,
             max_streams_per_connection: 256,
             max_client_connections: crate::connections::default_cap(
@@ -125,37 +140,179 @@ impl Limits {
         Outcome::Error(e)
     }
 
-    /// Admits a call of `key` unless it would add a new top-level request to a full queue
-    /// (see the module docs).
+    /// Admits `calls` of `client` together, or refuses them all: each that would add a new
+    /// top-level request counts against the cluster's and the client's bounds, with what is
+    /// queued in `state` and what was admitted but is not applied yet (see the module docs).
+    /// Returns one permit per call, to hold until its submission is applied.
     pub fn admit(
         &self,
-        state: &mozen_store::ClusterState,
-        key: &mozen_model::RequestKey,
-        child: bool,
-    ) -> Result<(), Status> {
-        use mozen_model::RequestState::{Cancelled, Failed};
-        let known = state
-            .request_state(key)
-            .is_some_and(|s| !matches!(s, Failed | Cancelled));
-        if child || known {
-            return Ok(());
+        admission: &Admission,
+        state: &ClusterState,
+        client: &Arc<str>,
+        calls: &[Candidate<'_>],
+    ) -> Result<Vec<AdmitPermit>, Status> {
+        use mozen_model::RequestState::{Cancelled, Done, Failed};
+        let is_new = |c: &Candidate<'_>| {
+            !c.child
+                && match state.request_state(c.key) {
+                    None | Some(Failed | Cancelled) => true,
+                    Some(Done) => c.no_cache,
+                    Some(_) => false,
+                }
+        };
+        let new: Vec<usize> = calls
+            .iter()
+            .map(|c| if is_new(c) { c.bytes } else { usize::MAX })
+            .collect();
+        let n = new.iter().filter(|b| **b != usize::MAX).count();
+        if n == 0 {
+            return Ok(calls.iter().map(|_| AdmitPermit::none()).collect());
         }
-        self.check_queue(state.queue_len())
-    }
-
-    /// Refuses a new top-level request while `queued` requests wait.
-    pub fn check_queue(&self, queued: usize) -> Result<(), Status> {
-        if queued >= self.max_queue {
-            return Err(status(
+        let bytes: u64 = new
+            .iter()
+            .filter(|b| **b != usize::MAX)
+            .map(|b| *b as u64)
+            .sum();
+        let mut pending = admission.pending.lock().expect("admission");
+        let owners = state.owners();
+        let (total, usage) = (owners.total(), owners.usage_of(client));
+        let (p_mine, p_mine_bytes) = pending.by.get(client).copied().unwrap_or((0, 0));
+        let queued = total.requests + pending.count;
+        let queued_bytes = total.bytes + pending.bytes;
+        let refuse = |what: String, flag: &str, bound: String| {
+            let whose = if flag.ends_with("-per-client") {
+                "one client may hold"
+            } else {
+                "this cluster holds"
+            };
+            Err(status(
                 Code::QueueFull,
                 format_args!(
-                    "{queued} requests are queued, the most this cluster holds \
-                 (--max-queue {}); retry later",
-                    self.max_queue
+                    "{what}, the most {whose} ({flag} {bound}); {n} more from client \
+                     '{client}' refused; retry later"
                 ),
-            ));
+            ))
+        };
+        if queued + n > self.max_queue {
+            return refuse(
+                format!("{queued} requests are outstanding (queued or running)"),
+                "--max-queue",
+                self.max_queue.to_string(),
+            );
         }
-        Ok(())
+        // A request larger than a byte bound alone is still admitted into an empty queue.
+        if queued_bytes > 0 && queued_bytes + bytes > self.max_queued_bytes {
+            return refuse(
+                format!("{queued_bytes} argument bytes are outstanding"),
+                "--max-queued-bytes",
+                self.max_queued_bytes.to_string(),
+            );
+        }
+        let (mine, mine_bytes) = (usage.requests + p_mine, usage.bytes + p_mine_bytes);
+        if mine + n > self.max_queue_per_client {
+            return refuse(
+                format!("client '{client}' has {mine} requests outstanding"),
+                "--max-queue-per-client",
+                self.max_queue_per_client.to_string(),
+            );
+        }
+        if mine_bytes > 0 && mine_bytes + bytes > self.max_queued_bytes_per_client {
+            return refuse(
+                format!("client '{client}' has {mine_bytes} argument bytes outstanding"),
+                "--max-queued-bytes-per-client",
+                self.max_queued_bytes_per_client.to_string(),
+            );
+        }
+        Ok(new
+            .into_iter()
+            .map(|b| {
+                if b == usize::MAX {
+                    return AdmitPermit::none();
+                }
+                pending.add(client, 1, b as u64);
+                AdmitPermit {
+                    slot: Some((client.clone(), b as u64, admission.pending.clone())),
+                }
+            })
+            .collect())
+    }
+}
+
+/// One call to admit.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub key: &'a RequestKey,
+    /// Its argument bytes.
+    pub bytes: usize,
+    /// A child call of a running request (exempt).
+    pub child: bool,
+    pub no_cache: bool,
+}
+
+/// Calls admitted and not applied yet, in total and per client: counted with the queue, so
+/// that calls arriving together (a batch, a stream) cannot all pass one look at it.
+#[derive(Debug, Default)]
+struct Pending {
+    count: usize,
+    bytes: u64,
+    by: HashMap<Arc<str>, (usize, u64)>,
+}
+
+impl Pending {
+    fn add(&mut self, client: &Arc<str>, n: usize, bytes: u64) {
+        self.count += n;
+        self.bytes += bytes;
+        let e = self.by.entry(client.clone()).or_default();
+        e.0 += n;
+        e.1 += bytes;
+    }
+
+    fn sub(&mut self, client: &Arc<str>, n: usize, bytes: u64) {
+        self.count -= n;
+        self.bytes -= bytes;
+        if let Some(e) = self.by.get_mut(client) {
+            e.0 -= n;
+            e.1 -= bytes;
+            if e.0 == 0 {
+                self.by.remove(client);
+            }
+        }
+    }
+}
+
+/// The admission state of an agent: the calls it admitted whose submissions are not applied
+/// yet (meaningful on the leader, where calls are admitted).
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Admission {
+    /// Calls admitted and not applied yet.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("admission").count
+    }
+}
+
+/// One admitted call: counted as pending until dropped (once its submission is applied, or
+/// refused).
+#[derive(Debug)]
+pub struct AdmitPermit {
+    slot: Option<(Arc<str>, u64, Arc<Mutex<Pending>>)>,
+}
+
+impl AdmitPermit {
+    /// A permit for a call that adds nothing to the queue.
+    pub fn none() -> Self {
+        AdmitPermit { slot: None }
+    }
+}
+
+impl Drop for AdmitPermit {
+    fn drop(&mut self) {
+        if let Some((client, bytes, pending)) = self.slot.take() {
+            pending.lock().expect("admission").sub(&client, 1, bytes);
+        }
     }
 }
 
@@ -287,10 +444,71 @@ mod tests {
             Outcome::Error(e) => assert_eq!(e.code, RESULT_TOO_LARGE),
             o => panic!("{o:?}"),
         }
-        assert!(l.check_queue(1).is_ok());
-        assert_eq!(
-            l.check_queue(2).unwrap_err().code(),
-            tonic::Code::ResourceExhausted
+    }
+
+    #[test]
+    fn admission_counts_pending_calls_per_cluster_and_client() {
+        let l = Limits {
+            max_queue: 4,
+            max_queue_per_client: 2,
+            max_queued_bytes: 100,
+            max_queued_bytes_per_client: 100,
+            ..Limits::default()
+        };
+        let adm = Admission::default();
+        let state = ClusterState::new();
+        let keys: Vec<RequestKey> = (0..6u8).map(|n| RequestKey::of("f", &[n])).collect();
+        let call = |k| Candidate {
+            key: k,
+            bytes: 10,
+            child: false,
+            no_cache: false,
+        };
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let first = l.admit(&adm, &state, &a, &[call(&keys[0]), call(&keys[1])]);
+        assert_eq!(first.as_ref().map(Vec::len).ok(), Some(2));
+        // Nothing is applied yet, and still the client's bound holds.
+        let e = l.admit(&adm, &state, &a, &[call(&keys[2])]).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().starts_with("MZ-QUEUE-FULL"), "{}", e.message());
+        assert!(e.message().contains("client 'a'"), "{}", e.message());
+        assert!(
+            e.message().contains("--max-queue-per-client 2"),
+            "{}",
+            e.message()
         );
+        let details = tonic_types::StatusExt::get_error_details(&e);
+        assert!(details.retry_info().is_some(), "a retry hint");
+        // A whole batch over the cluster's bound is refused whole.
+        let e = l
+            .admit(
+                &adm,
+                &state,
+                &b,
+                &[call(&keys[3]), call(&keys[4]), call(&keys[5])],
+            )
+            .unwrap_err();
+        assert!(e.message().contains("--max-queue 4"), "{}", e.message());
+        let child = Candidate {
+            child: true,
+            ..call(&keys[5])
+        };
+        assert!(
+            l.admit(&adm, &state, &a, &[child]).is_ok(),
+            "children are exempt"
+        );
+        assert_eq!(adm.pending(), 2);
+        drop(first);
+        assert_eq!(adm.pending(), 0);
+        assert!(l.admit(&adm, &state, &a, &[call(&keys[2])]).is_ok());
+        let bytes = Limits {
+            max_queued_bytes_per_client: 15,
+            ..l
+        };
+        let _one = bytes.admit(&adm, &state, &b, &[call(&keys[3])]).unwrap();
+        let e = bytes
+            .admit(&adm, &state, &b, &[call(&keys[4])])
+            .unwrap_err();
+        assert!(e.message().contains("argument bytes"), "{}", e.message());
     }
 }

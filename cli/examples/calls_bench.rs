@@ -25,6 +25,7 @@ async fn main() {
         batch_mb: 0.0,
         in_flight: Some(1000),
         agent_bin: Default::default(),
+        flood_queue: mozen_cli::bench::flood::MAX_QUEUE,
     };
     let client = Client::with_options(addrs, 16 << 20, Duration::from_secs(60)).expect("client");
     let nonce = format!("{}", std::process::id());

@@ -94,8 +94,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Cancels a request and the descendants nothing else needs.
-    Cancel { key: String },
+    /// Cancels a request and the descendants nothing else needs; or, with --function or
+    /// --client (or several keys), every queued or running request that matches (bulk cancel:
+    /// only your own requests unless you are an operator).
+    Cancel {
+        /// Request keys (hex); with more than one, a bulk cancel of them all.
+        keys: Vec<String>,
+        /// Bulk: every live request of this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Bulk: every live request of this client identity.
+        #[arg(long)]
+        client: Option<String>,
+    },
     /// Drops memoized results.
     Forget {
         key: Option<String>,
@@ -618,17 +629,47 @@ pub async fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
         }
-        Cmd::Cancel { key } => {
-            let req = pb::CancelRequest { key };
+        Cmd::Cancel {
+            mut keys,
+            function,
+            client: owner,
+        } => {
+            let bulk = function.is_some() || owner.is_some() || keys.len() > 1;
+            if !bulk && keys.is_empty() {
+                return Err(Fail::Usage(
+                    "cancel needs a key, several keys, --function or --client".into(),
+                ));
+            }
+            let req = if bulk {
+                pb::CancelRequest {
+                    keys,
+                    function: function.unwrap_or_default(),
+                    client: owner.unwrap_or_default(),
+                    ..Default::default()
+                }
+            } else {
+                pb::CancelRequest {
+                    key: keys.remove(0),
+                    ..Default::default()
+                }
+            };
+            let started = std::time::Instant::now();
             let r = client
                 .rpc(|mut c| {
                     let r = req.clone();
                     async move { c.cancel(r).await }
                 })
                 .await?;
-            println!("cancelled {} request(s)", r.cancelled.len());
-            for k in r.cancelled {
+            let count = r.count.max(r.cancelled.len() as u64);
+            println!(
+                "cancelled {count} request(s) in {:.2}s",
+                started.elapsed().as_secs_f64()
+            );
+            for k in &r.cancelled {
                 println!("  {k}");
+            }
+            if count > r.cancelled.len() as u64 {
+                println!("  ... and {} more", count - r.cancelled.len() as u64);
             }
         }
         Cmd::Forget {

@@ -20,6 +20,10 @@ use tonic::{Request, Status};
 /// Metadata header naming the agent that sends a request (absent from non-agent clients).
 pub const NODE_ID_HEADER: &str = "mozen-node-id";
 
+/// Metadata header naming the client identity, for admission and fair share when the
+/// credential does not name one (see docs/operations.md#limits).
+pub const CLIENT_ID_HEADER: &str = "mozen-client-id";
+
 /// Shortest token accepted, in characters.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -177,6 +181,10 @@ pub struct ClientArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, global = true, env = "MOZEN_TLS_KEY", value_name = "PATH")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// This client's identity for admission and fair share (sent as mozen-client-id; up to 64
+    /// letters, digits and -_.@:). Without it the agent counts the caller as "anonymous".
+    #[arg(long, global = true, env = "MOZEN_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
 }
 
 #[cfg(feature = "clap")]
@@ -193,10 +201,11 @@ impl ClientArgs {
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
         )?;
-        Ok(ClientTransport::new(
-            token,
-            tls.as_ref().map(TlsFiles::client_config),
-        ))
+        let t = ClientTransport::new(token, tls.as_ref().map(TlsFiles::client_config));
+        match &self.client_id {
+            Some(id) => t.with_client_id(id),
+            None => Ok(t),
+        }
     }
 }
 
@@ -209,6 +218,7 @@ pub struct ClientTransport {
     token: Option<Token>,
     tls: Option<ClientTlsConfig>,
     node: Option<NodeId>,
+    client_id: Option<MetadataValue<Ascii>>,
 }
 
 impl ClientTransport {
@@ -219,7 +229,25 @@ impl ClientTransport {
             token,
             tls,
             node: None,
+            client_id: None,
         }
+    }
+
+    /// Names this client `id` in every request (the `mozen-client-id` header); errors say why
+    /// an id cannot be sent.
+    pub fn with_client_id(mut self, id: &str) -> Result<Self, String> {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
+        if !ok {
+            return Err(format!(
+                "--client-id '{id}': expected 1 to 64 letters, digits and -_.@:"
+            ));
+        }
+        self.client_id = id.parse().ok();
+        Ok(self)
     }
 
     /// Marks every request as sent by agent `id` (used by the fault control).
@@ -253,6 +281,7 @@ impl ClientTransport {
                 .as_ref()
                 .and_then(|t| format!("Bearer {}", t.0).parse().ok()),
             node: self.node.and_then(|n| n.to_string().parse().ok()),
+            client_id: self.client_id.clone(),
         }
     }
 }
@@ -262,6 +291,7 @@ impl ClientTransport {
 pub struct Credentials {
     authorization: Option<MetadataValue<Ascii>>,
     node: Option<MetadataValue<Ascii>>,
+    client_id: Option<MetadataValue<Ascii>>,
 }
 
 impl Interceptor for Credentials {
@@ -271,6 +301,9 @@ impl Interceptor for Credentials {
         }
         if let Some(n) = &self.node {
             req.metadata_mut().insert(NODE_ID_HEADER, n.clone());
+        }
+        if let Some(c) = &self.client_id {
+            req.metadata_mut().insert(CLIENT_ID_HEADER, c.clone());
         }
         Ok(req)
     }
@@ -294,6 +327,11 @@ mod tests {
         let r = plain.clone().call(Request::new(())).unwrap();
         assert!(r.metadata().get("authorization").is_none());
         assert!(r.metadata().get(NODE_ID_HEADER).is_none());
+        assert!(r.metadata().get(CLIENT_ID_HEADER).is_none());
+        let named = ClientTransport::default().with_client_id("team-a").unwrap();
+        let r = named.credentials().call(Request::new(())).unwrap();
+        assert_eq!(r.metadata().get(CLIENT_ID_HEADER).unwrap(), "team-a");
+        assert!(ClientTransport::default().with_client_id("a b").is_err());
     }
 
     #[test]

@@ -125,6 +125,17 @@ pub enum Command {
     /// Requests the leader ran before writing them down (short calls whose callers wait):
     /// each is recorded as submitted, run on `node` and done with its value, in one fact.
     Ran { runs: Vec<Run>, at: Millis },
+    /// Submits a batch of requests on behalf of the client identity `client` (the caller's
+    /// name at the edge), which owns those it enqueues; a child call is owned by its parent's
+    /// owner whatever `client` says. Owners feed per-client admission and fair share.
+    SubmitFrom {
+        client: String,
+        requests: Vec<NewRequest>,
+        at: Millis,
+    },
+    /// Cancels each request as `Cancel` does; unknown keys are skipped. Bulk cancel writes a
+    /// few of these instead of one entry per key.
+    CancelMany { keys: Vec<RequestKey>, at: Millis },
 }
 
 /// A request that ran to a value, as carried by [`Command::Ran`].
@@ -151,6 +162,9 @@ pub struct Memo {
     pub value: Vec<u8>,
 }
 
+/// Bytes of one encoded request key.
+const KEY_BYTES: usize = 32;
+
 impl Command {
     /// Number of elementary facts, for metrics (a batch counts its parts).
     pub fn fact_count(&self) -> usize {
@@ -160,6 +174,8 @@ impl Command {
             Command::Complete { completions, .. } => completions.len(),
             Command::Memoize { memos, .. } => memos.len(),
             Command::Ran { runs, .. } => runs.len(),
+            Command::SubmitFrom { requests, .. } => requests.len(),
+            Command::CancelMany { keys, .. } => keys.len(),
             Command::Batch(cs) => cs.iter().map(Command::fact_count).sum(),
             _ => 1,
         }
@@ -199,6 +215,16 @@ impl Command {
                 .iter()
                 .map(|r| FIXED + r.request.function.len() + r.request.args.len() + r.value.len())
                 .sum(),
+            Command::SubmitFrom {
+                client, requests, ..
+            } => {
+                client.len()
+                    + requests
+                        .iter()
+                        .map(|r| FIXED + r.function.len() + r.args.len())
+                        .sum::<usize>()
+            }
+            Command::CancelMany { keys, .. } => FIXED + keys.len() * (KEY_BYTES + 1),
             Command::Batch(cs) => cs.iter().map(Command::approx_bytes).sum(),
             _ => FIXED,
         }

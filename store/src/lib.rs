@@ -24,6 +24,7 @@ pub mod command;
 pub mod error;
 mod finished;
 pub mod mark;
+pub mod owners;
 pub mod raft_types;
 pub mod seal;
 pub mod state;
@@ -36,7 +37,7 @@ pub use command::{
 };
 pub use error::StoreError;
 pub use raft_types::{Entry, LogId, Raft, RaftNode, TypeConfig, Vote};
-pub use state::{ClusterState, Effect, Event, FunctionCounters};
+pub use state::{ClusterState, Effect, Event, FunctionCounters, Owners, UNKNOWN, Usage};
 pub use storage::{
     ApplyObserver, FORMAT_VERSION, LogStore, SharedState, StateMachineStore, StoreOptions, open,
 };

@@ -15,6 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::owners::QueueKey;
+pub use crate::owners::{Owners, UNKNOWN, Usage};
 
 /// How many recent events the state keeps for the console and `mozen events`.
 pub const EVENT_LOG_LEN: usize = 256;
@@ -49,9 +53,6 @@ pub enum Effect {
     PutOutcome(RequestKey, Outcome),
     DeleteOutcome(RequestKey),
 }
-
-/// Queue order: higher priority first, then submission order.
-type QueueKey = (Reverse<i32>, u64, RequestKey);
 
 /// The whole replicated state but result payloads.
 ///
@@ -91,6 +92,11 @@ pub struct ClusterState {
     /// to date by the transitions that change them, not encoded, rebuilt on decoding.
     #[serde(skip)]
     loads: LoadIndex,
+    /// Owner of each live request and each owner's queue: derived from the submissions this
+    /// member applied, not encoded (see `owners.rs`); rebuilt on decoding with every queued
+    /// request under the unknown owner.
+    #[serde(skip)]
+    owners: Owners,
 }
 
 impl Serialize for ClusterState {
@@ -103,6 +109,18 @@ impl<'de> Deserialize<'de> for ClusterState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut state = ClusterState::deserialize(d)?;
         state.loads = state.rebuilt_loads();
+        let live: Vec<(RequestKey, u64)> = state
+            .requests
+            .values()
+            .map(|r| (r.key, r.args.len() as u64))
+            .collect();
+        for (key, bytes) in live {
+            state.owners.add(key, Arc::from(UNKNOWN), bytes);
+        }
+        let queued: Vec<QueueKey> = state.queue.iter().copied().collect();
+        for qk in queued {
+            state.owners.enqueue(qk);
+        }
         Ok(state)
     }
 }
@@ -123,9 +141,12 @@ impl ClusterState {
             Command::RegisterNode { node, at } => self.register_node(node, *at),
             Command::SetNodeState { id, state, at } => self.set_node_state(*id, *state, *at),
             Command::RemoveNode { id, at } => self.remove_node(*id, *at),
-            Command::Submit { requests, at } => {
-                Response::Submitted(requests.iter().map(|r| self.submit(r, *at)).collect())
-            }
+            Command::Submit { requests, at } => Response::Submitted(
+                requests
+                    .iter()
+                    .map(|r| self.submit(r, *at, UNKNOWN))
+                    .collect(),
+            ),
             Command::Assign { assignments, at } => {
                 Response::Assigned(assignments.iter().map(|a| self.assign(a, *at)).collect())
             }
@@ -186,6 +207,25 @@ impl ClusterState {
             }
             Command::Ran { runs, at } => {
                 Response::Ran(runs.iter().map(|r| self.ran(r, *at)).collect())
+            }
+            Command::SubmitFrom {
+                client,
+                requests,
+                at,
+            } => Response::Submitted(
+                requests
+                    .iter()
+                    .map(|r| self.submit(r, *at, client))
+                    .collect(),
+            ),
+            Command::CancelMany { keys, at } => {
+                let mut cancelled = Vec::new();
+                for k in keys {
+                    if let Response::Cancelled(ks) = self.cancel(*k, *at) {
+                        cancelled.extend(ks);
+                    }
+                }
+                Response::Cancelled(cancelled)
             }
         }
     }
@@ -301,7 +341,9 @@ impl ClusterState {
 
     // ----- requests -----
 
-    fn submit(&mut self, new: &NewRequest, at: Millis) -> SubmitReply {
+    /// Submits `new` for client identity `client` ([`UNKNOWN`] when not named); a child call
+    /// belongs to its parent's owner.
+    fn submit(&mut self, new: &NewRequest, at: Millis, client: &str) -> SubmitReply {
         // A parent that is no longer running cannot wait; its call is stale.
         let parent_attempt = match new.parent {
             Some(p) => match self.requests.get(&p).map(|r| r.state) {
@@ -327,8 +369,14 @@ impl ClusterState {
                     self.unfinish(new.key);
                 }
                 let req = self.new_record(new, RequestState::Queued, at);
-                self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                let owner = match new.parent {
+                    Some(p) => Arc::from(self.owners.owner(&p)),
+                    None => Arc::from(client),
+                };
+                self.owners.add(req.key, owner, req.args.len() as u64);
+                let qk = (Reverse(req.priority), req.seq, req.key);
                 self.requests.insert(req.key, req);
+                self.queue_insert(qk);
                 self.counter(&new.function).submitted += 1;
                 SubmitReply::Queued
             }
@@ -344,6 +392,18 @@ impl ClusterState {
             }
         }
         reply
+    }
+
+    /// Puts a queued request in the queue and its owner's.
+    fn queue_insert(&mut self, qk: QueueKey) {
+        self.queue.insert(qk);
+        self.owners.enqueue(qk);
+    }
+
+    /// Takes a request out of the queue and its owner's.
+    fn queue_remove(&mut self, qk: QueueKey) {
+        self.queue.remove(&qk);
+        self.owners.dequeue(&qk);
     }
 
     fn link(&mut self, parent: RequestKey, child: RequestKey) {
@@ -445,9 +505,10 @@ impl ClusterState {
                 ),
             ));
         }
+        let req = &self.requests[&a.key];
+        let qk = (Reverse(req.priority), req.seq, req.key);
+        self.queue_remove(qk);
         let req = self.requests.get_mut(&a.key).expect("checked above");
-        self.queue
-            .remove(&(Reverse(req.priority), req.seq, req.key));
         req.state = RequestState::Running {
             node: a.node,
             attempt: a.attempt,
@@ -499,7 +560,8 @@ impl ClusterState {
             Some(RequestState::Done) => return false,
             Some(RequestState::Queued | RequestState::Running { .. }) => {
                 let r = &self.requests[&m.key];
-                self.queue.remove(&(Reverse(r.priority), r.seq, m.key));
+                let qk = (Reverse(r.priority), r.seq, m.key);
+                self.queue_remove(qk);
                 let node = self.stop_running(m.key);
                 let r = self.requests.get_mut(&m.key).expect("live");
                 r.state = RequestState::Done;
@@ -541,7 +603,8 @@ impl ClusterState {
             Some(RequestState::Done) => return false,
             Some(RequestState::Queued | RequestState::Running { .. }) => {
                 let r = &self.requests[&key];
-                self.queue.remove(&(Reverse(r.priority), r.seq, key));
+                let qk = (Reverse(r.priority), r.seq, key);
+                self.queue_remove(qk);
                 let node = self.stop_running(key);
                 let r = self.requests.get_mut(&key).expect("live");
                 r.state = RequestState::Done;
@@ -626,7 +689,8 @@ impl ClusterState {
                     req.not_before =
                         at.saturating_add(req.retry.backoff_ms.saturating_mul(1 << shift));
                     req.state = RequestState::Queued;
-                    self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                    let qk = (Reverse(req.priority), req.seq, req.key);
+                    self.queue_insert(qk);
                     self.counter(&function).failures += 1;
                     self.release_waiters(c.key);
                     CompleteReply::Retrying
@@ -651,6 +715,7 @@ impl ClusterState {
         self.effects.push(Effect::PutOutcome(key, outcome));
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.owners.drop_key(&key);
         if let Some(r) = self.requests.remove(&key) {
             let profile = self.profiles.intern(&r);
             if let Some(record) = Finished::new(r, profile, seq) {
@@ -705,6 +770,11 @@ impl ClusterState {
             self.finished
                 .retain(|(seq, key)| terminal.get(key).is_some_and(|t| t.finish_seq == *seq));
         }
+        // A deque keeps its largest size: after a flood was cancelled and forgotten, give the
+        // memory back (amortized: only when four times too large).
+        if self.finished.capacity() > 4 * self.finished.len() + 1024 {
+            self.finished.shrink_to(2 * self.finished.len());
+        }
     }
 
     /// Current entries of the finished order, oldest first.
@@ -756,7 +826,8 @@ impl ClusterState {
                 failed += 1;
             } else {
                 req.state = RequestState::Queued;
-                self.queue.insert((Reverse(req.priority), req.seq, req.key));
+                let qk = (Reverse(req.priority), req.seq, req.key);
+                self.queue_insert(qk);
                 requeued += 1;
             }
         }
@@ -809,7 +880,8 @@ impl ClusterState {
             }
             let node = r.state.node();
             if r.state == RequestState::Queued {
-                self.queue.remove(&(Reverse(r.priority), r.seq, k));
+                let qk = (Reverse(r.priority), r.seq, k);
+                self.queue_remove(qk);
             }
             self.stop_running(k);
             let r = self.requests.get_mut(&k).expect("present");
@@ -1034,6 +1106,26 @@ impl ClusterState {
         self.queue.len()
     }
 
+    /// Queued and running requests, by key.
+    pub fn live(&self) -> impl Iterator<Item = &Request> {
+        self.requests.values()
+    }
+
+    /// The request under `key` while it is queued or running.
+    pub fn live_request(&self, key: &RequestKey) -> Option<&Request> {
+        self.requests.get(key)
+    }
+
+    /// Queued requests in fair order (see [`Owners::fair`]): the order the scheduler serves.
+    pub fn queue_fair(&self) -> impl Iterator<Item = &Request> {
+        self.owners.fair().filter_map(|k| self.requests.get(&k))
+    }
+
+    /// Owners of live requests and what each has outstanding (see `owners.rs`).
+    pub fn owners(&self) -> &Owners {
+        &self.owners
+    }
+
     pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = &Request> {
         self.running_by_node
             .get(&node)
@@ -1149,6 +1241,65 @@ impl ClusterState {
         }
         if self.loads != self.rebuilt_loads() {
             return Err("the scheduler's node loads disagree with the node table".into());
+        }
+        self.check_owners()
+    }
+
+    /// The owner index agrees with the queue and the records (see `owners.rs`).
+    fn check_owners(&self) -> Result<(), String> {
+        if self.owners.of.len() != self.requests.len() {
+            return Err(format!(
+                "owners known for {} requests; {} are live",
+                self.owners.of.len(),
+                self.requests.len()
+            ));
+        }
+        let mut usage: BTreeMap<&str, Usage> = BTreeMap::new();
+        for (k, (owner, bytes)) in &self.owners.of {
+            let Some(r) = self.requests.get(k) else {
+                return Err(format!("owner kept for {k}, which is not live"));
+            };
+            if r.args.len() as u64 != *bytes {
+                return Err(format!("owner index counts {bytes} bytes for {k}"));
+            }
+            let u = usage.entry(owner).or_default();
+            u.requests += 1;
+            u.bytes += bytes;
+        }
+        let listed: BTreeMap<&str, Usage> = self.owners.usage().collect();
+        if listed != usage {
+            return Err(format!("owners' usage {listed:?}, records say {usage:?}"));
+        }
+        let total = usage.values().fold(Usage::default(), |a, u| Usage {
+            requests: a.requests + u.requests,
+            bytes: a.bytes + u.bytes,
+        });
+        if total != self.owners.total() {
+            return Err(format!(
+                "total usage {:?}, records say {total:?}",
+                self.owners.total()
+            ));
+        }
+        let mut keys = 0;
+        for (owner, q) in &self.owners.queued {
+            if q.is_empty() {
+                return Err(format!("owner '{owner}' is listed with nothing queued"));
+            }
+            for qk in q {
+                if !self.queue.contains(qk) {
+                    return Err(format!("owner '{owner}' queues {} out of the queue", qk.2));
+                }
+                if self.owners.owner(&qk.2) != &**owner {
+                    return Err(format!("request {} is queued under the wrong owner", qk.2));
+                }
+            }
+            keys += q.len();
+        }
+        if keys != self.queue.len() {
+            return Err(format!(
+                "owners queue {keys} requests; the queue holds {}",
+                self.queue.len()
+            ));
         }
         Ok(())
     }
@@ -1620,5 +1771,114 @@ mod tests {
         let back: ClusterState =
             postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
         assert_eq!(back, st);
+    }
+
+    fn submit_from(client: &str, n: u8, parent: Option<RequestKey>) -> Command {
+        let Command::Submit { requests, at } = submit(n, parent, 0) else {
+            unreachable!()
+        };
+        Command::SubmitFrom {
+            client: client.into(),
+            requests,
+            at,
+        }
+    }
+
+    #[test]
+    fn submit_from_records_owners_and_children_inherit_them() {
+        let mut st = cluster(1);
+        st.apply(&submit_from("a", 1, None));
+        st.apply(&submit_from("b", 2, None));
+        st.apply(&submit(3, None, 0));
+        let one = Usage {
+            requests: 1,
+            bytes: 1,
+        };
+        assert_eq!(st.owners().usage_of("a"), one);
+        assert_eq!(st.owners().usage_of("b"), one);
+        assert_eq!(st.owners().usage_of(UNKNOWN), one);
+        assert_eq!(st.owners().total().bytes, 3);
+        st.check_invariants().expect("invariants");
+        st.apply(&assign(1, 1, 1));
+        assert_eq!(st.owners().queued_by("a"), 0);
+        assert_eq!(st.owners().usage_of("a"), one, "running still counts");
+        assert_eq!(st.owners().owner(&key(1)), "a");
+        // A child call sent by a node is its root caller's.
+        st.apply(&submit_from("node-1", 4, Some(key(1))));
+        assert_eq!(st.owners().owner(&key(4)), "a");
+        assert_eq!(st.owners().usage_of("a").requests, 2);
+        assert_eq!(st.owners().queued_by("a"), 1);
+        assert_eq!(st.owners().usage_of("node-1"), Usage::default());
+        st.check_invariants().expect("invariants");
+        // Joining does not change the owner.
+        st.apply(&submit_from("b", 4, None));
+        assert_eq!(st.owners().owner(&key(4)), "a");
+        st.apply(&complete(1, 1, 1, Outcome::Value(vec![1])));
+        st.check_invariants().expect("invariants");
+        assert_eq!(st.owners().owner(&key(1)), UNKNOWN, "finished: not live");
+        st.apply(&memo(9, b"1"));
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn fair_queue_alternates_clients() {
+        let mut st = cluster(1);
+        for n in 1..=4 {
+            st.apply(&submit_from("flood", n, None));
+        }
+        st.apply(&submit_from("other", 9, None));
+        let order: Vec<_> = st.queue_fair().map(|r| r.key).collect();
+        assert_eq!(order, vec![key(1), key(9), key(2), key(3), key(4)]);
+        let fifo: Vec<_> = st.queue().map(|r| r.key).collect();
+        assert_eq!(fifo, vec![key(1), key(2), key(3), key(4), key(9)]);
+    }
+
+    #[test]
+    fn cancel_many_cancels_each_and_skips_unknown_keys() {
+        let mut st = cluster(1);
+        for n in 1..=5 {
+            st.apply(&submit_from("a", n, None));
+        }
+        st.apply(&assign(1, 1, 1));
+        st.apply(&submit_from("a", 6, Some(key(1))));
+        let r = st.apply(&Command::CancelMany {
+            keys: vec![key(1), key(2), key(3), key(77)],
+            at: 5,
+        });
+        let Response::Cancelled(mut keys) = r else {
+            panic!("{r:?}")
+        };
+        keys.sort();
+        assert_eq!(keys, vec![key(1), key(2), key(3), key(6)], "with the child");
+        assert_eq!(st.queue_len(), 2);
+        assert_eq!(st.owners().queued_by("a"), 2);
+        assert_eq!(st.owners().usage_of("a").requests, 2);
+        assert_eq!(st.busy_slots(1), 0);
+        st.check_invariants().expect("invariants");
+        st.apply(&Command::CancelMany {
+            keys: vec![key(4), key(5)],
+            at: 6,
+        });
+        assert_eq!(st.queue_len(), 0);
+        assert_eq!(st.owners().total(), Usage::default());
+        assert!(st.owners().usage().next().is_none());
+        st.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn owners_are_unknown_after_a_snapshot_and_apply_stays_deterministic() {
+        let mut st = cluster(1);
+        st.apply(&submit_from("a", 1, None));
+        st.apply(&submit_from("b", 2, None));
+        let back: ClusterState =
+            postcard::from_bytes(&postcard::to_allocvec(&st).expect("encodes")).expect("decodes");
+        back.check_invariants().expect("invariants after decoding");
+        assert_eq!(back.owners().queued_by(UNKNOWN), 2);
+        assert_eq!(back.owners().usage_of(UNKNOWN).bytes, 2);
+        assert_eq!(back.digest(), st.digest(), "owners are not encoded");
+        let mut again = cluster(1);
+        again.apply(&submit_from("a", 1, None));
+        again.apply(&submit_from("b", 2, None));
+        assert_eq!(again, st);
     }
 }

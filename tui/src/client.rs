@@ -377,7 +377,10 @@ pub async fn perform(cluster: &Cluster, effect: Effect) -> Action {
                 .map(|r| ok_message(r.message, &what))
         }
         Effect::Cancel { key, label } => {
-            let req = pb::CancelRequest { key };
+            let req = pb::CancelRequest {
+                key,
+                ..Default::default()
+            };
             cluster
                 .rpc(RPC_TIMEOUT, |mut c| {
                     let req = req.clone();

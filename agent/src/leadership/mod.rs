@@ -314,7 +314,7 @@ impl Leadership {
                     self.on_applied(c, r);
                 }
             }
-            (Command::Submit { .. }, _) => self.schedule.notify_one(),
+            (Command::Submit { .. } | Command::SubmitFrom { .. }, _) => self.schedule.notify_one(),
             (Command::Assign { assignments, .. }, Response::Assigned(replies)) => {
                 if self.streams.lock().expect("streams").is_empty() {
                     return;
@@ -363,7 +363,7 @@ impl Leadership {
                     self.finished(&r.request.key);
                 }
             }
-            (Command::Cancel { .. }, Response::Cancelled(keys)) => {
+            (Command::Cancel { .. } | Command::CancelMany { .. }, Response::Cancelled(keys)) => {
                 for k in keys {
                     self.finished(k);
                     self.broadcast(pb::WorkItem {

@@ -79,7 +79,7 @@ impl<E: Fn(NodeId) -> bool> NodeView for Nodes<'_, E> {
     }
 }
 
-/// One scheduling pass: the queue in order, each request with its parent's node as locality
+/// One scheduling pass: the queue in fair order, each request with its parent's node as locality
 /// hint and whether its function is `short`, placed on the nodes `eligible` accepts (counting
 /// places `reserved` for assignments not applied yet). Also driven by the `scale` benchmark.
 pub fn plan_pass(
@@ -92,7 +92,9 @@ pub fn plan_pass(
     // With no short function known, local queues cannot be used: the pass ends at the last
     // free slot instead of looking further for short requests.
     let nodes = Nodes::new(state, eligible, reserved, !short.is_empty());
-    let queue = state.queue().map(|r| Candidate {
+    // Fair share: within a priority, client identities take turns (see `Owners::fair`), so a
+    // flood of one client's requests does not stand in front of another's.
+    let queue = state.queue_fair().map(|r| Candidate {
         key: r.key,
         preferred: preferred_node(state, &r.parents),
         ready: r.not_before <= now,
@@ -223,6 +225,9 @@ pub fn lost_assignments(
     reported: &[RequestKey],
     grace_ms: u64,
 ) -> Vec<RequestKey> {
+    // A set: a node may report tens of thousands of running requests (sleeps hold no slot),
+    // and a scan of the list per request made each heartbeat quadratic, under the state lock.
+    let reported: HashSet<&RequestKey> = reported.iter().collect();
     let state = agent.sm.shared();
     let state = state.read().expect("state");
     let now = now_ms();

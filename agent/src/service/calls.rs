@@ -6,6 +6,8 @@ use super::{Res, Service, parse_key};
 use crate::context::now_ms;
 use crate::hub::Woken;
 use crate::leadership::{Leadership, Start};
+use crate::limits::{AdmitPermit, Candidate};
+use crate::security::{Caller, Roles};
 use mozen_model::{Code, RequestKey, RequestState, RetryPolicy, canonical_args};
 use mozen_proto as pb;
 use mozen_proto::status::{self, status};
@@ -22,7 +24,10 @@ pub(super) type CallsStream = Pin<Box<dyn Stream<Item = Result<pb::TaggedReply, 
 
 pub(super) async fn call(s: &Service, r: Request<pb::CallRequest>) -> Res<pb::CallReply> {
     let _open = s.streams.acquire(&r)?;
-    Ok(Response::new(s.do_call(r.into_inner()).await?))
+    let client = Caller::of(&r).name;
+    Ok(Response::new(
+        s.do_call(r.into_inner(), &client, None).await?,
+    ))
 }
 
 pub(super) async fn calls(
@@ -33,6 +38,7 @@ pub(super) async fn calls(
     // CALLS_PER_STREAM: past that the agent stops reading the stream until some finish
     // (HTTP/2 flow control then holds the client back).
     let open = s.streams.acquire(&r)?;
+    let client = Caller::of(&r).name;
     let mut inbound = r.into_inner();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let svc = s.clone();
@@ -45,9 +51,10 @@ pub(super) async fn calls(
             };
             let tx = tx.clone();
             let svc = svc.clone();
+            let client = client.clone();
             tokio::spawn(async move {
                 let result = match m.call {
-                    Some(c) => svc.do_call(c).await,
+                    Some(c) => svc.do_call(c, &client, None).await,
                     None => Err(status(Code::BadArguments, "a tagged call without its call")),
                 };
                 let _ = tx.send(Ok(tagged_reply(m.tag, result)));
@@ -63,29 +70,40 @@ pub(super) async fn call_batch(
     r: Request<pb::CallBatchRequest>,
 ) -> Res<pb::CallBatchReply> {
     let _open = s.streams.acquire(&r)?;
+    let client = Caller::of(&r).name;
     let calls = r.into_inner().calls;
-    let replies = futures::future::join_all(calls.into_iter().map(|c| s.do_call(c))).await;
+    // Admitted whole or refused whole: one look at the queue for every call of the batch.
+    let mut parsed = Vec::with_capacity(calls.len());
+    for c in &calls {
+        parsed.push(s.parse_call(c).await?.1);
+    }
+    let permits = s.admit(&client, &parsed)?;
+    let replies = futures::future::join_all(
+        calls
+            .into_iter()
+            .zip(permits)
+            .map(|(c, p)| s.do_call(c, &client, Some(p))),
+    )
+    .await;
     let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(Response::new(pb::CallBatchReply { replies }))
 }
 
 pub(super) async fn submit(s: &Service, r: Request<pb::CallRequest>) -> Res<pb::SubmitReply> {
     let _open = s.streams.acquire(&r)?;
+    let client = Caller::of(&r).name;
     let (key, new) = s.parse_call(r.get_ref()).await?;
     let leadership = s.leadership()?;
-    let admitted = s.agent.sm.shared();
-    (s.agent.cfg.limits).admit(
-        &admitted.read().expect("state"),
-        &key,
-        !r.get_ref().parent.is_empty(),
-    )?;
+    let permit = s.admit(&client, std::slice::from_ref(&new))?;
     leadership.write_parent(&s.agent, new.parent).await;
     let resp = s
-        .propose(Command::Submit {
+        .propose(Command::SubmitFrom {
+            client: client.to_string(),
             requests: vec![new],
             at: now_ms(),
         })
         .await?;
+    drop(permit);
     let disposition = match resp {
         SmResponse::Submitted(r) => match r.first() {
             Some(SubmitReply::Queued) => "queued",
@@ -142,7 +160,12 @@ pub(super) async fn get(s: &Service, r: Request<pb::GetRequest>) -> Res<pb::Call
 }
 
 pub(super) async fn cancel(s: &Service, r: Request<pb::CancelRequest>) -> Res<pb::CancelReply> {
-    let key = parse_key(&r.get_ref().key)?;
+    let caller = Caller::of(&r);
+    let r = r.into_inner();
+    if !r.function.is_empty() || !r.client.is_empty() || !r.keys.is_empty() {
+        return cancel_many(s, &caller, r).await;
+    }
+    let key = parse_key(&r.key)?;
     let leadership = s.leadership()?;
     // An express call is written down first, so that the log can cancel it.
     if leadership.flies(&key) {
@@ -151,10 +174,93 @@ pub(super) async fn cancel(s: &Service, r: Request<pb::CancelRequest>) -> Res<pb
     match s.propose(Command::Cancel { key, at: now_ms() }).await? {
         SmResponse::Cancelled(keys) => Ok(Response::new(pb::CancelReply {
             cancelled: keys.iter().map(|k| k.to_hex()).collect(),
+            count: keys.len() as u64,
         })),
         SmResponse::Rejected(rej) => Err(status::coded(rej)),
         _ => Ok(Response::new(pb::CancelReply::default())),
     }
+}
+
+/// Keys in one `CancelMany` (about 140 KB of log entry).
+const CANCEL_CHUNK: usize = 4096;
+
+/// Keys a bulk cancel lists in its reply (it counts them all).
+const CANCEL_LISTED: usize = 1000;
+
+/// Bulk cancel: every queued or running request matching all the selectors of `r`, in
+/// `CancelMany` entries of [`CANCEL_CHUNK`] keys. A caller without the operator role matches
+/// only its own requests (the owner its submissions recorded).
+async fn cancel_many(s: &Service, caller: &Caller, r: pb::CancelRequest) -> Res<pb::CancelReply> {
+    let operator = caller.roles.contains(Roles::OPERATOR);
+    if !r.client.is_empty() && !operator && *r.client != *caller.name {
+        return Err(status(
+            Code::Forbidden,
+            format_args!(
+                "client '{}' may cancel only its own requests in bulk, not client '{}''s; \
+                 ask an operator",
+                caller.name, r.client
+            ),
+        ));
+    }
+    let mut keys = r
+        .keys
+        .iter()
+        .map(|k| parse_key(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !r.key.is_empty() {
+        keys.push(parse_key(&r.key)?);
+    }
+    let owner: Option<&str> = if !r.client.is_empty() {
+        Some(&r.client)
+    } else if operator {
+        None
+    } else {
+        Some(&caller.name)
+    };
+    let leadership = s.leadership()?;
+    // Express calls named by key are written down first, so that the log can cancel them.
+    let flying: Vec<RequestKey> = keys
+        .iter()
+        .filter(|k| leadership.flies(k))
+        .copied()
+        .collect();
+    if !flying.is_empty() {
+        leadership.write_down(&s.agent, Some(&flying)).await;
+    }
+    let selected: Vec<RequestKey> = {
+        let state = s.agent.sm.shared();
+        let state = state.read().expect("state");
+        let matches = |req: &mozen_model::Request| {
+            (r.function.is_empty() || req.function == r.function)
+                && owner.is_none_or(|o| state.owners().owner(&req.key) == o)
+        };
+        if keys.is_empty() {
+            state.live().filter(|q| matches(q)).map(|q| q.key).collect()
+        } else {
+            keys.iter()
+                .filter(|k| state.live_request(k).is_some_and(matches))
+                .copied()
+                .collect()
+        }
+    };
+    let at = now_ms();
+    let writes = selected.chunks(CANCEL_CHUNK).map(|chunk| {
+        s.propose(Command::CancelMany {
+            keys: chunk.to_vec(),
+            at,
+        })
+    });
+    let mut reply = pb::CancelReply::default();
+    for resp in futures::future::join_all(writes).await {
+        if let SmResponse::Cancelled(ks) = resp? {
+            reply.count += ks.len() as u64;
+            let room = CANCEL_LISTED.saturating_sub(reply.cancelled.len());
+            reply
+                .cancelled
+                .extend(ks.iter().take(room).map(|k| k.to_hex()));
+        }
+    }
+    Ok(Response::new(reply))
 }
 
 pub(super) async fn forget(s: &Service, r: Request<pb::ForgetRequest>) -> Res<pb::ForgetReply> {
@@ -287,6 +393,7 @@ impl Service {
         &self,
         new: NewRequest,
         limit: Duration,
+        client: &str,
     ) -> Result<pb::CallReply, Status> {
         let key = new.key;
         let deadline = Instant::now() + limit;
@@ -303,7 +410,8 @@ impl Service {
             }
             if !self.leadership()?.flies(&key) {
                 if let SmResponse::Submitted(r) = self
-                    .propose(Command::Submit {
+                    .propose(Command::SubmitFrom {
+                        client: client.to_string(),
                         requests: vec![new],
                         at: now_ms(),
                     })
@@ -395,21 +503,46 @@ impl Service {
                 == Some(RequestState::Done)
     }
 
-    async fn do_call(&self, c: pb::CallRequest) -> Result<pb::CallReply, Status> {
+    /// Admits `new` calls of `client` together, or refuses them all (see `limits.rs`).
+    fn admit(&self, client: &Arc<str>, new: &[NewRequest]) -> Result<Vec<AdmitPermit>, Status> {
+        let calls: Vec<Candidate<'_>> = new
+            .iter()
+            .map(|n| Candidate {
+                key: &n.key,
+                bytes: n.args.len(),
+                child: n.parent.is_some(),
+                no_cache: n.no_cache,
+            })
+            .collect();
+        let state = self.agent.sm.shared();
+        let state = state.read().expect("state");
+        (self.agent.cfg.limits).admit(&self.admission, &state, client, &calls)
+    }
+
+    /// One call of `client`: a memo hit, or started and waited for. `admitted` is its
+    /// permit when admitted already (with the rest of its batch).
+    async fn do_call(
+        &self,
+        c: pb::CallRequest,
+        client: &Arc<str>,
+        admitted: Option<AdmitPermit>,
+    ) -> Result<pb::CallReply, Status> {
         let (key, new) = self.parse_call(&c).await?;
         if !c.no_cache && self.memo_hit(&key) {
             return self.reply_for(&key, true, None);
         }
         let leadership = self.leadership()?;
         if new.parent.is_none() {
-            return self.start_call(&leadership, &c, key, new).await;
+            return self
+                .start_call(&leadership, &c, key, new, client, admitted)
+                .await;
         }
         // A child call is answered with its value as soon as a worker reports it: the caller
         // is a running function, whose own value is committed before anyone outside the
         // cluster sees it (see "Child values" in docs/architecture.md).
         let mut reported = leadership.wait_reported(key);
         tokio::select! {
-            r = self.start_call(&leadership, &c, key, new) => r,
+            r = self.start_call(&leadership, &c, key, new, client, admitted) => r,
             Ok((value, node, ms)) = &mut reported => Ok(pb::CallReply {
                 key: key.to_hex(),
                 node: Some(node),
@@ -429,13 +562,17 @@ impl Service {
         c: &pb::CallRequest,
         key: RequestKey,
         new: NewRequest,
+        client: &Arc<str>,
+        admitted: Option<AdmitPermit>,
     ) -> Result<pb::CallReply, Status> {
-        let admitted = self.agent.sm.shared();
-        (self.agent.cfg.limits).admit(
-            &admitted.read().expect("state"),
-            &key,
-            !c.parent.is_empty(),
-        )?;
+        // Held until the submission is applied (then the queue counts it).
+        let permit = match admitted {
+            Some(p) => p,
+            None => self
+                .admit(client, std::slice::from_ref(&new))?
+                .pop()
+                .unwrap_or_else(AdmitPermit::none),
+        };
         let limit = if c.timeout_ms == 0 {
             MAX_WAIT
         } else {
@@ -444,13 +581,19 @@ impl Service {
         leadership.write_parent(&self.agent, new.parent).await;
         match leadership.start_express(&self.agent, &new) {
             Start::Flying | Start::Joined | Start::Held => {
-                return self.wait_express(new, limit).await;
+                // A flying or held call is outstanding work the state does not show yet: it
+                // stays counted until its caller is answered (after it is written down, both
+                // count it for a moment, which errs on the safe side).
+                let out = self.wait_express(new, limit, client).await;
+                drop(permit);
+                return out;
             }
             _ => {}
         }
         let at = now_ms();
         let placed = leadership.place_now(&self.agent, key, &new.function, new.parent);
-        let submit = Command::Submit {
+        let submit = Command::SubmitFrom {
+            client: client.to_string(),
             requests: vec![new],
             at,
         };
@@ -471,6 +614,7 @@ impl Service {
             },
             None => self.propose(submit).await?,
         };
+        drop(permit);
         match resp {
             SmResponse::Submitted(r) if r.first() == Some(&SubmitReply::MemoHit) => {
                 self.reply_for(&key, true, None)

@@ -58,6 +58,7 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener, stop: CancellationT
         agent: agent.clone(),
         streams: crate::limits::StreamLimiter::new(agent.cfg.limits.max_client_streams),
         feed: Arc::default(),
+        admission: crate::limits::Admission::default(),
     };
     let worker = MozenWorkerServer::new(service.clone())
         .max_decoding_message_size(max)
@@ -132,6 +133,8 @@ pub struct Service {
     streams: crate::limits::StreamLimiter,
     /// The console's feed, shared by every Watch stream.
     feed: Arc<reads::Feed>,
+    /// Calls admitted and not applied yet (`--max-queue` and the other queue bounds).
+    admission: crate::limits::Admission,
 }
 
 type Res<T> = Result<Response<T>, Status>;

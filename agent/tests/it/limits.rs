@@ -81,11 +81,23 @@ async fn oversized_arguments_and_results_are_refused_naming_the_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
-    let c = Cluster::start(1, &["--voters", "1", "--slots", "1", "--max-queue", "2"]);
+    let c = Cluster::start(
+        1,
+        &[
+            "--voters",
+            "1",
+            "--slots",
+            "1",
+            "--max-queue",
+            "2",
+            "--max-queue-per-client",
+            "2",
+        ],
+    );
     c.ready(1).await;
     let mut conn = connection(&c).await;
-    // One spin runs on the only slot and two wait: the queue holds at most two, so one of
-    // the first four submissions is refused. (`spin` holds its slot; a `sleep` would not.)
+    // One spin runs on the only slot and one waits: at most two are outstanding (queued or
+    // running), so one of the first four submissions is refused.
     let mut accepted = Vec::new();
     let refusal = loop {
         assert!(accepted.len() < 4, "the queue took {accepted:?}");
@@ -126,9 +138,12 @@ async fn a_full_queue_answers_resource_exhausted_until_it_drains() {
     assert_eq!(s.code(), Code::ResourceExhausted);
     // Cancelling the queued requests makes room again.
     for key in &accepted {
-        conn.cancel(pb::CancelRequest { key: key.clone() })
-            .await
-            .unwrap();
+        conn.cancel(pb::CancelRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     let reply = conn
         .call(call("echo", json!("after")))

@@ -5,6 +5,7 @@
 
 use mozen_testkit as harness;
 
+mod admission;
 mod bad_input;
 mod batch;
 mod cluster;

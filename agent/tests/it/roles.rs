@@ -263,6 +263,25 @@ async fn client_credential_reaches_no_raft_worker_or_node_operation() {
         .unwrap();
     c.ready(3).await;
 
+    // Bulk cancel: the client credential may not name another client; the operator's may.
+    let bulk = |client: &str| pb::CancelRequest {
+        function: "sleep".into(),
+        client: client.into(),
+        ..Default::default()
+    };
+    let leader_addr = c.by_id(leader).addr.clone();
+    let on_leader = |token: &Path| {
+        pb::mozen_client::MozenClient::new(transport(token).channel(&leader_addr).unwrap())
+    };
+    forbidden(
+        "bulk Cancel of another client",
+        on_leader(&r.client).cancel(bulk("ops")).await,
+    );
+    on_leader(&r.operator)
+        .cancel(bulk("alice"))
+        .await
+        .expect("an operator cancels any client's requests");
+
     assert_eq!(leader_term(c).await, before, "leader and term unchanged");
     nothing_lost(c, &acked).await;
     let nodes = c.nodes().await;

@@ -53,11 +53,22 @@ impl LocalCluster {
         dir: &Path,
         fault_functions: bool,
     ) -> Result<LocalCluster, BenchError> {
+        Self::start_with_flags(agent_bin, n, dir, fault_functions, &[]).await
+    }
+
+    /// As [`start_with`](Self::start_with), each agent also given `flags`.
+    pub async fn start_with_flags(
+        agent_bin: &Path,
+        n: usize,
+        dir: &Path,
+        fault_functions: bool,
+        flags: &[String],
+    ) -> Result<LocalCluster, BenchError> {
         // A port found free can be taken by another program before the agent binds it: then
         // the cluster starts again on other ports, in a clean dir.
         let mut attempt = 1;
         loop {
-            match Self::start_once(agent_bin, n, dir, fault_functions).await {
+            match Self::start_once(agent_bin, n, dir, fault_functions, flags).await {
                 Err(BenchError::Runtime(m)) if m.contains("cannot bind") && attempt < 3 => {
                     eprintln!("a port was taken before an agent could bind it; starting again");
                     let _ = std::fs::remove_dir_all(dir);
@@ -73,6 +84,7 @@ impl LocalCluster {
         n: usize,
         dir: &Path,
         fault_functions: bool,
+        flags: &[String],
     ) -> Result<LocalCluster, BenchError> {
         let rt = |m: String| BenchError::Runtime(m);
         std::fs::create_dir_all(dir)
@@ -92,7 +104,8 @@ impl LocalCluster {
             let mut cmd = Command::new(agent_bin);
             cmd.args(["--id", &id.to_string(), "--listen", addr, "--data-dir"])
                 .arg(dir.join(format!("n{id}")))
-                .args(["--peers", &peers, "--voters", &voters(n).to_string()]);
+                .args(["--peers", &peers, "--voters", &voters(n).to_string()])
+                .args(flags);
             if fault_functions {
                 let faults = dir.join(format!("faults-{id}"));
                 std::fs::write(&faults, "")
@@ -144,6 +157,18 @@ impl LocalCluster {
             Duration::from_secs(60),
         )
         .expect("at least one address")
+    }
+
+    /// A client like [`client`](Self::client) that names itself `id` (`mozen-client-id`).
+    pub fn client_as(&self, id: &str) -> Result<Client, String> {
+        let transport = mozen_client::ClientTransport::default().with_client_id(id)?;
+        Client::with_transport(
+            self.addrs.clone(),
+            pb::DEFAULT_MAX_MESSAGE_BYTES,
+            Duration::from_secs(60),
+            transport,
+        )
+        .map_err(|e| e.to_string())
     }
 
     async fn ready(&self, n: usize) -> Result<(), BenchError> {

@@ -18,13 +18,18 @@
 //! - `saturate`: CPU-bound calls on every core of every agent (1× and 3×, the built-in `spin`
 //!   and a naive `async fn`) while a probe watches elections, heartbeat ages and a steady
 //!   client's `noop` latency. Not in `all` (about 4.5 minutes a run): ask for it by name.
+//! - `flood`: one client submits distinct `sleep(60000)` calls past the queue bound while
+//!   another calls `noop`: the other's p50/p99 beside its idle figures, elections, the
+//!   flooder's admitted and refused calls, agents' memory, and the bulk cancel's time. Its
+//!   cluster runs with `--max-queue 20000` (`--flood-queue`). Not in `all`: ask for it by name.
 //!
 //! Modules: [`cluster`] (agent processes), [`calls`] (the call workloads), [`scale`],
-//! [`wordcount`], [`saturate`], [`report`] (statistics, the table and the JSON). See
+//! [`wordcount`], [`saturate`], [`flood`], [`report`] (statistics, the table and the JSON). See
 //! docs/benchmarks.md.
 
 pub mod calls;
 pub mod cluster;
+pub mod flood;
 pub mod report;
 pub mod saturate;
 pub mod scale;
@@ -67,11 +72,13 @@ pub enum Workload {
     Failover,
     /// Every core computing; by name only (not in `all`).
     Saturate,
+    /// One client flooding past the queue bound; by name only (not in `all`).
+    Flood,
 }
 
 impl Workload {
     /// Every workload, in the order a run executes them.
-    pub const NAMED: [Workload; 8] = [
+    pub const NAMED: [Workload; 9] = [
         Workload::Scale,
         Workload::W1,
         Workload::W2,
@@ -79,12 +86,14 @@ impl Workload {
         Workload::Memo,
         Workload::Batch,
         Workload::Saturate,
+        Workload::Flood,
         Workload::Failover,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Saturate => "saturate",
+            Workload::Flood => "flood",
             Workload::W1 => "W1",
             Workload::W2 => "W2",
             Workload::W3 => "W3",
@@ -109,7 +118,7 @@ pub fn parse_workloads(s: &str) -> Result<Vec<Workload>, BenchError> {
             out.extend(
                 Workload::NAMED
                     .into_iter()
-                    .filter(|w| *w != Workload::Saturate),
+                    .filter(|w| !matches!(w, Workload::Saturate | Workload::Flood)),
             );
             continue;
         }
@@ -135,8 +144,8 @@ pub struct BenchArgs {
     /// Agents in each run's cluster (voters: 1, 3, 5 or 7 of them); failover needs at least 3.
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
-    /// all, or a comma-separated list of W1, W2, W3, memo, failover, scale, batch, saturate
-    /// (saturate is not in all).
+    /// all, or a comma-separated list of W1, W2, W3, memo, failover, scale, batch, saturate,
+    /// flood (saturate and flood are not in all).
     #[arg(long, default_value = "all")]
     pub workload: String,
     /// Runs, each on a fresh cluster; the table gives median, min and max over them.
@@ -157,6 +166,9 @@ pub struct BenchArgs {
     /// The agent binary (default: `mozen-agent` next to this executable).
     #[arg(long, value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
+    /// `--max-queue` of the flood workload's cluster (each client may hold half).
+    #[arg(long, default_value_t = flood::MAX_QUEUE)]
+    pub flood_queue: usize,
 }
 
 /// Validated settings of one harness invocation.
@@ -170,6 +182,7 @@ pub struct BenchConfig {
     pub batch_mb: f64,
     pub in_flight: Option<usize>,
     pub agent_bin: PathBuf,
+    pub flood_queue: usize,
 }
 
 impl BenchArgs {
@@ -192,6 +205,12 @@ impl BenchArgs {
             return usage(format!(
                 "--batch-mb {}: expected a size above 0",
                 self.batch_mb
+            ));
+        }
+        if self.flood_queue < 2 {
+            return usage(format!(
+                "--flood-queue {}: expected at least 2",
+                self.flood_queue
             ));
         }
         if self.in_flight == Some(0) {
@@ -227,6 +246,7 @@ impl BenchArgs {
             batch_mb: self.batch_mb,
             in_flight: self.in_flight,
             agent_bin,
+            flood_queue: self.flood_queue,
         })
     }
 }
@@ -301,11 +321,17 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
             rec.push(Workload::Scale, out);
         }
         if cfg.workloads.iter().any(|w| w.needs_cluster()) {
-            let cluster = LocalCluster::start_with(
+            let flags = if cfg.workloads.contains(&Workload::Flood) {
+                flood::agent_flags(cfg.flood_queue)
+            } else {
+                Vec::new()
+            };
+            let cluster = LocalCluster::start_with_flags(
                 &cfg.agent_bin,
                 cfg.agents,
                 &dir.path().join(format!("run{run}")),
                 cfg.workloads.contains(&Workload::Saturate),
+                &flags,
             )
             .await?;
             let client = cluster.client();
@@ -360,6 +386,7 @@ async fn run_on_cluster(
             None => Outcome::failed("no corpus".into(), Value::Null),
         },
         Workload::Saturate => saturate::run(cluster, client, cfg, nonce).await,
+        Workload::Flood => flood::run(cluster, cfg, nonce).await,
         Workload::Scale => Outcome::failed("scale runs in-process".into(), json!({})),
     }
 }

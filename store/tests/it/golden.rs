@@ -190,6 +190,29 @@ pub(crate) fn fixtures() -> Vec<(&'static str, Command)> {
                 at: 19,
             },
         ),
+        (
+            "submit_from",
+            Command::SubmitFrom {
+                client: "team-a".into(),
+                requests: vec![NewRequest {
+                    key: key(6),
+                    function: "noop".into(),
+                    args: b"[2]".to_vec(),
+                    parent: None,
+                    priority: 1,
+                    retry: RetryPolicy::default(),
+                    no_cache: false,
+                }],
+                at: 20,
+            },
+        ),
+        (
+            "cancel_many",
+            Command::CancelMany {
+                keys: vec![key(1), key(2)],
+                at: 21,
+            },
+        ),
     ]
 }
 

@@ -123,21 +123,7 @@ async fn acknowledged(c: &Cluster, tag: &str) -> Vec<(String, Value)> {
 async fn nothing_lost(c: &Cluster, acked: &[(String, Value)]) {
     let client = c.client();
     for (key, value) in acked {
-        let k = key.clone();
-        let r = client
-            .rpc(|mut cl| {
-                let key = k.clone();
-                async move {
-                    cl.get(pb::GetRequest {
-                        key,
-                        wait: false,
-                        timeout_ms: 0,
-                    })
-                    .await
-                }
-            })
-            .await
-            .unwrap();
+        let r = get(&client, key, false).await;
         assert_eq!(r.state, "done", "{key}");
         let got: Value = serde_json::from_str(r.result_json.as_deref().unwrap()).unwrap();
         assert_eq!(&got, value, "{key}");

@@ -101,10 +101,17 @@ pub(super) fn reflection() -> Result<
     ),
     tonic_reflection::server::Error,
 > {
+    // Each version lists both reflection services (the builder alone lists only its own), so
+    // a client that asks either learns that both are served.
     let builder = || {
         tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(mozen_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

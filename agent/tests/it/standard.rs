@@ -90,6 +90,15 @@ async fn every_agent_serves_health_and_reflection() {
             .await
             .unwrap();
         assert!(alpha.iter().any(|s| s == "mozen.v1.Mozen"), "{alpha:?}");
+        // Either version names both reflection services.
+        for listed in [&v1, &alpha] {
+            for r in [
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ] {
+                assert!(listed.iter().any(|s| s == r), "{r} not in {listed:?}");
+            }
+        }
     }
     let unknown = check(
         &ClientTransport::default(),

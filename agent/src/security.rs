@@ -32,7 +32,6 @@ use std::task::{Context, Poll};
 use tonic::codegen::http::HeaderMap;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
@@ -628,18 +627,6 @@ impl Guard {
     }
 }
 
-/// Admission without a role check (the path is unknown to an interceptor): see [`Gated`],
-/// which the agent serves with.
-impl Interceptor for Guard {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let (caller, speaker) = self.admit(None, req.metadata().as_ref())?;
-        let mut req = req;
-        req.extensions_mut().insert(caller);
-        req.extensions_mut().insert(speaker);
-        Ok(req)
-    }
-}
-
 /// A gRPC service behind the [`Guard`]: each request is admitted for its path (credential and
 /// role) before the service sees it, with its [`Caller`] and [`Speaker`] in its extensions;
 /// a refusal is answered here.
@@ -706,24 +693,24 @@ mod tests {
         r
     }
 
+    /// What the guard makes of `r` before any role check (no path).
+    fn admitted(g: &Guard, r: Request<()>) -> Result<(Caller, Speaker), Status> {
+        g.admit(None, r.metadata().as_ref())
+    }
+
     #[test]
     fn guard_checks_the_token() {
         let token = Token::new("0123456789abcdef-secret").unwrap();
-        let mut g = Guard::new(1, Some(&token), None);
-        assert!(
-            g.call(request(Some("Bearer 0123456789abcdef-secret")))
-                .is_ok()
-        );
-        let wrong = g
-            .call(request(Some("Bearer 0123456789abcdef-other")))
-            .unwrap_err();
+        let g = Guard::new(1, Some(&token), None);
+        assert!(admitted(&g, request(Some("Bearer 0123456789abcdef-secret"))).is_ok());
+        let wrong = admitted(&g, request(Some("Bearer 0123456789abcdef-other"))).unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         assert!(wrong.message().contains("does not match"));
-        let missing = g.call(request(None)).unwrap_err();
+        let missing = admitted(&g, request(None)).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(missing.message().contains("requires a token"));
-        let mut open = Guard::new(1, None, None);
-        assert!(open.call(request(None)).is_ok());
+        let open = Guard::new(1, None, None);
+        assert!(admitted(&open, request(None)).is_ok());
     }
 
     const ACCESS: &str = "\
@@ -895,15 +882,18 @@ operator ops {o}
     fn guard_refuses_blocked_peers() {
         let faults = Arc::new(Faults::default());
         faults.set([2].into());
-        let mut g = Guard::new(1, None, Some(faults));
+        let g = Guard::new(1, None, Some(faults));
         let mut r = Request::new(());
         r.metadata_mut()
             .insert(NODE_ID_HEADER, "2".parse().unwrap());
-        assert_eq!(g.call(r).unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            admitted(&g, r).unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
         let mut r = Request::new(());
         r.metadata_mut()
             .insert(NODE_ID_HEADER, "3".parse().unwrap());
-        assert!(g.call(r).is_ok());
+        assert!(admitted(&g, r).is_ok());
     }
 
     #[test]

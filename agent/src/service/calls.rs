@@ -75,14 +75,15 @@ pub(super) async fn call_batch(
     // Admitted whole or refused whole: one look at the queue for every call of the batch.
     let mut parsed = Vec::with_capacity(calls.len());
     for c in &calls {
-        parsed.push(s.parse_call(c).await?.1);
+        parsed.push(s.parse_call(c).await?);
     }
-    let permits = s.admit(&client, &parsed)?;
+    let permits = s.admit(&client, parsed.iter().map(|(_, new)| new))?;
     let replies = futures::future::join_all(
         calls
             .into_iter()
+            .zip(parsed)
             .zip(permits)
-            .map(|(c, p)| s.do_call(c, &client, Some(p))),
+            .map(|((c, parsed), p)| s.call_parsed(c, parsed, &client, Some(p))),
     )
     .await;
     let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -94,7 +95,7 @@ pub(super) async fn submit(s: &Service, r: Request<pb::CallRequest>) -> Res<pb::
     let client = Caller::of(&r).name;
     let (key, new) = s.parse_call(r.get_ref()).await?;
     let leadership = s.leadership()?;
-    let permit = s.admit(&client, std::slice::from_ref(&new))?;
+    let permit = s.admit(&client, [&new])?;
     leadership.write_parent(&s.agent, new.parent).await;
     let resp = s
         .propose(Command::SubmitFrom {
@@ -504,9 +505,13 @@ impl Service {
     }
 
     /// Admits `new` calls of `client` together, or refuses them all (see `limits.rs`).
-    fn admit(&self, client: &Arc<str>, new: &[NewRequest]) -> Result<Vec<AdmitPermit>, Status> {
+    fn admit<'a>(
+        &self,
+        client: &Arc<str>,
+        new: impl IntoIterator<Item = &'a NewRequest>,
+    ) -> Result<Vec<AdmitPermit>, Status> {
         let calls: Vec<Candidate<'_>> = new
-            .iter()
+            .into_iter()
             .map(|n| Candidate {
                 key: &n.key,
                 bytes: n.args.len(),
@@ -527,7 +532,18 @@ impl Service {
         client: &Arc<str>,
         admitted: Option<AdmitPermit>,
     ) -> Result<pb::CallReply, Status> {
-        let (key, new) = self.parse_call(&c).await?;
+        let parsed = self.parse_call(&c).await?;
+        self.call_parsed(c, parsed, client, admitted).await
+    }
+
+    /// [`Self::do_call`] of a call already parsed into its key and request.
+    async fn call_parsed(
+        &self,
+        c: pb::CallRequest,
+        (key, new): (RequestKey, NewRequest),
+        client: &Arc<str>,
+        admitted: Option<AdmitPermit>,
+    ) -> Result<pb::CallReply, Status> {
         if !c.no_cache && self.memo_hit(&key) {
             return self.reply_for(&key, true, None);
         }
@@ -569,7 +585,7 @@ impl Service {
         let permit = match admitted {
             Some(p) => p,
             None => self
-                .admit(client, std::slice::from_ref(&new))?
+                .admit(client, [&new])?
                 .pop()
                 .unwrap_or_else(AdmitPermit::none),
         };

@@ -164,17 +164,7 @@ async fn a_voter_whose_state_diverges_is_quarantined_and_the_others_keep_serving
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("node {bad} (the agent answering) is quarantined")));
     eventually(Duration::from_secs(10), "a corruption event", || async {
-        let events = served
-            .rpc(|mut cl| async move {
-                cl.events(pb::EventsRequest {
-                    limit: 100,
-                    ..Default::default()
-                })
-                .await
-            })
-            .await
-            .map(|r| r.events)
-            .unwrap_or_default();
+        let events = served.events(100).await.unwrap_or_default();
         events.iter().any(|e| {
             e.kind == "corruption" && e.node == Some(bad) && e.message.contains("MZ-CORRUPT")
         })

@@ -385,17 +385,7 @@ async fn forged_completions_never_reach_the_caller_or_the_memo() {
 
     // Told in events (the first refusal of each credential at once).
     eventually(Duration::from_secs(10), "refusal events", || async {
-        let events = client
-            .rpc(|mut cl| async move {
-                cl.events(pb::EventsRequest {
-                    limit: 100,
-                    ..Default::default()
-                })
-                .await
-            })
-            .await
-            .map(|r| r.events)
-            .unwrap_or_default();
+        let events = client.events(100).await.unwrap_or_default();
         let of = |who: &str| {
             events.iter().any(|e| {
                 e.kind == "refused-completion"

@@ -277,19 +277,7 @@ slots = 2
     for i in 0..24u64 {
         keys.push(submit(&c, "spin", json!(400 + i)).await.unwrap());
     }
-    let events = || async {
-        let r = c
-            .rpc(|mut c| async move {
-                c.events(pb::EventsRequest {
-                    limit: 200,
-                    ..Default::default()
-                })
-                .await
-            })
-            .await
-            .unwrap();
-        r.events
-    };
+    let events = || async { c.events(200).await.unwrap() };
     eventually(Duration::from_secs(20), "a pool agent to join", || async {
         let n = c
             .rpc(|mut c| async move { c.nodes(pb::NodesRequest {}).await })
